@@ -1,0 +1,35 @@
+# PneumoLens: `make demo` sets up and runs the main job; `make test` sets up and runs the tests.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?=
+DEMO_OUT ?= runs/demo
+
+.PHONY: setup demo test test-fast bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Torch first, from the pinned CPU build, so no other package can pull a different one.
+$(VENV)/.installed: $(BIN)/python requirements.lock pyproject.toml
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c requirements.lock -e ".[fast,dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/pneumolens demo --out $(DEMO_OUT) $(if $(DATA),--data $(DATA),)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow and not browser"
+
+bench: setup
+	$(BIN)/python bench/bench_core.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

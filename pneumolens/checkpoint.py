@@ -1,0 +1,169 @@
+"""One-file model checkpoint: weights plus everything needed to use them correctly.
+
+Like TorchXRayVision's weight entries, the file carries its class names, input size and
+decision threshold, so nobody downstream hard-codes 0.5 or a class list. It holds only
+tensors and plain Python values, so it loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .cache import preprocess_tag
+from .data import CLASS_NAMES
+from .errors import CheckpointError
+from .model import CnnLstm, ModelConfig, count_parameters
+
+FORMAT = "pneumolens-checkpoint"
+FORMAT_VERSION = 1
+SHIPPED = Path(__file__).resolve().parent / "weights" / "model.pt"
+
+
+@dataclass
+class Checkpoint:
+    """A trained model and its metadata.
+
+    Attributes:
+        model: the network, in eval mode.
+        config: its architecture.
+        threshold: decision threshold on the PNEUMONIA probability, chosen on validation.
+        threshold_rule: how the threshold was chosen (``youden``, ``f1``, ``fixed``...).
+        temperature: logit temperature from calibration on validation (1.0 = none).
+        class_names: ``("NORMAL", "PNEUMONIA")``; index 1 is the positive class.
+        preprocessing: how files become inputs (grayscale, size, resize filter, scaling).
+        provenance: data manifest hash, git commit, command, date, recipe.
+        metrics: validation metrics recorded at training time.
+    """
+
+    model: CnnLstm
+    config: ModelConfig
+    threshold: float = 0.5
+    threshold_rule: str = "fixed"
+    temperature: float = 1.0
+    class_names: tuple[str, ...] = CLASS_NAMES
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_size(self) -> int:
+        return self.config.input_size
+
+    def info(self) -> dict[str, Any]:
+        """Everything but the weights, as JSON-friendly values (``pneumolens info``)."""
+        return {
+            "format": f"{FORMAT}/{FORMAT_VERSION}",
+            "architecture": "cnn_lstm",
+            "parameters": count_parameters(self.model),
+            "config": self.config.to_dict(),
+            "class_names": list(self.class_names),
+            "threshold": self.threshold,
+            "threshold_rule": self.threshold_rule,
+            "temperature": self.temperature,
+            "preprocessing": self.preprocessing,
+            "provenance": self.provenance,
+            "metrics": self.metrics,
+        }
+
+
+def default_preprocessing(size: int) -> dict[str, Any]:
+    return {"grayscale": "8-bit", "size": size, "resize": "bilinear, aspect ratio not kept", "scale": "1/255", "tag": preprocess_tag(size)}
+
+
+def git_commit() -> str | None:
+    """The commit of the working tree this code runs from, if it is a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def base_provenance(**extra: Any) -> dict[str, Any]:
+    return {
+        "git_commit": git_commit(),
+        "command": " ".join(sys.argv),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        **extra,
+    }
+
+
+def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
+    """Write the checkpoint atomically (a temp file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().clone() for k, v in ckpt.model.state_dict().items()}
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "state_dict": state,
+        "config": ckpt.config.to_dict(),
+        "threshold": float(ckpt.threshold),
+        "threshold_rule": ckpt.threshold_rule,
+        "temperature": float(ckpt.temperature),
+        "class_names": list(ckpt.class_names),
+        "preprocessing": ckpt.preprocessing or default_preprocessing(ckpt.config.input_size),
+        "provenance": ckpt.provenance,
+        "metrics": ckpt.metrics,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path | None = None, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint written by :func:`save_checkpoint`; ``None`` means the shipped model.
+
+    Raises:
+        CheckpointError: missing file, corrupt file, or a file that is not a PneumoLens checkpoint.
+    """
+    if path is None:
+        path = SHIPPED
+        if not path.exists():
+            raise CheckpointError(
+                f"{path}: no model is shipped in this install yet; train one with "
+                "`pneumolens train --out DIR` and pass --checkpoint DIR/model.pt"
+            )
+    path = Path(path)
+    if path.is_dir() and (path / "model.pt").exists():
+        path = path / "model.pt"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__
+        raise CheckpointError(f"{path}: not a readable PneumoLens checkpoint ({reason})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a PneumoLens checkpoint (no '{FORMAT}' marker; a Lightning .ckpt? use model.pt)")
+    if int(payload.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {payload['format_version']} is newer than this PneumoLens reads")
+    try:
+        config = ModelConfig.from_dict(payload["config"])
+        model = CnnLstm(config)
+        model.load_state_dict(payload["state_dict"])
+    except Exception as exc:
+        raise CheckpointError(f"{path}: weights do not match the architecture ({str(exc).splitlines()[0][:200]})") from exc
+    model.eval()
+    return Checkpoint(
+        model=model,
+        config=config,
+        threshold=float(payload.get("threshold", 0.5)),
+        threshold_rule=str(payload.get("threshold_rule", "fixed")),
+        temperature=float(payload.get("temperature", 1.0)),
+        class_names=tuple(payload.get("class_names", CLASS_NAMES)),
+        preprocessing=dict(payload.get("preprocessing", {})),
+        provenance=dict(payload.get("provenance", {})),
+        metrics=dict(payload.get("metrics", {})),
+    )

@@ -1,0 +1,63 @@
+"""``pneumolens`` command line: parses arguments and calls the library, nothing more.
+
+Each subcommand lives in ``pneumolens/commands/<name>.py`` and exposes
+``add_parser(subparsers)``; its handler returns an exit code. Every
+:class:`~pneumolens.errors.PneumoLensError` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .errors import PneumoLensError
+
+#: Subcommand modules, in the order ``--help`` lists them.
+COMMANDS = ("train", "evaluate", "predict", "explain", "explain_eval", "info", "serve")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pneumolens",
+        description=(
+            "Detect pneumonia in paediatric chest X-rays with a CNN-LSTM, and show why "
+            "(Grad-CAM, LIME, SHAP, Integrated Gradients, occlusion). Research and education "
+            "use only: not a medical device."
+        ),
+        epilog="Run `pneumolens COMMAND --help` for the options of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"pneumolens {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f".commands.{name}", __package__)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.endswith(f"commands.{name}"):
+                continue  # a command not built yet
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr
+    )
+    try:
+        return int(args.func(args) or 0)
+    except PneumoLensError as exc:
+        print(f"pneumolens {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pneumolens {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
