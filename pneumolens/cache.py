@@ -18,12 +18,17 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import InvalidImageError
-from .io import read_image, resize_square
+from .io import read_file_bytes, read_image, resize_square
 
 log = logging.getLogger(__name__)
 
 #: Bump when decoding or resizing changes, so old cache entries are never reused.
-PREPROCESS_VERSION = 1
+#: v2: DICOM windowing maps the window's range (not the image's) to 0..255, 8-bit DICOM kept
+#: as is, EXIF orientation applied (no JPEG or PNG of the Kaggle data changes).
+PREPROCESS_VERSION = 2
+
+#: Fewer files than this are decoded in this process: starting workers would cost more.
+POOL_MIN_FILES = 200
 
 
 def default_cache_dir() -> Path:
@@ -46,31 +51,51 @@ class LoadResult:
     bad: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line reason)
 
 
+def _read_entry(entry: Path, size: int) -> np.ndarray | None:
+    """A cached array, or ``None`` when the entry is missing, damaged or of another shape."""
+    try:
+        arr = np.load(entry, allow_pickle=False)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # truncated or overwritten entry: rebuilt by the caller
+        log.debug("damaged cache entry %s (%s): rebuilding it", entry, exc)
+        return None
+    return arr if arr.shape == (size, size) and arr.dtype == np.uint8 else None
+
+
+def _write_entry(entry: Path, arr: np.ndarray) -> None:
+    """Store an array atomically; a cache that cannot be written only costs speed, so errors are logged."""
+    tmp = entry.with_name(f"{entry.name}.{os.getpid()}.tmp")
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr)
+        os.replace(tmp, entry)  # atomic: a killed run never leaves a half-written entry
+    except OSError as exc:
+        log.debug("cannot write cache entry %s (%s)", entry, exc)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 def _load_one(args: tuple[str, int, str | None]) -> tuple[np.ndarray | None, str | None]:
+    """Decode one file (or fetch it from the cache): (array, None) or (None, one-line reason)."""
     path, size, cache_root = args
     try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        return None, f"{path}: cannot read file ({exc.strerror or exc})"
-    key = hashlib.sha256(data).hexdigest()
-    entry = Path(cache_root) / key[:2] / f"{key}.npy" if cache_root else None
-    if entry is not None and entry.exists():
-        try:
-            arr = np.load(entry)
-            if arr.shape == (size, size) and arr.dtype == np.uint8:
+        data = read_file_bytes(path)
+        entry = None
+        if cache_root:
+            key = hashlib.sha256(data).hexdigest()
+            entry = Path(cache_root) / key[:2] / f"{key}.npy"
+            arr = _read_entry(entry, size)
+            if arr is not None:
                 return arr, None
-        except (OSError, ValueError):
-            pass  # a damaged cache entry is rebuilt below
-    try:
         arr = resize_square(read_image(data, name=path), size)
     except InvalidImageError as exc:
         return None, str(exc)
     if entry is not None:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = entry.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            np.save(fh, arr)
-        os.replace(tmp, entry)  # atomic: a killed run never leaves a half-written entry
+        _write_entry(entry, arr)
     return arr, None
 
 
@@ -87,6 +112,16 @@ def load_images(
 
     Bad files do not stop the batch: they are returned in ``LoadResult.bad`` with the reason,
     and the caller decides whether that is fatal (the CLI's ``--skip-bad``).
+
+    Args:
+        paths: files to read, in the order the result keeps.
+        size: side of the square output.
+        cache_dir: cache root. Default: :func:`default_cache_dir`.
+        use_cache: read and write the on-disk cache. Default: ``True``.
+        workers: decoding processes, used from :data:`POOL_MIN_FILES` files on.
+            Default: ``min(4, cpu_count)``.
+        progress: show a progress bar from 50 files on. Default: ``True``.
+        desc: the progress bar's label.
     """
     cache_root = None
     if use_cache:
@@ -95,7 +130,7 @@ def load_images(
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     bar = tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress or len(jobs) < 50, leave=False)
     results: list[tuple[np.ndarray | None, str | None]] = []
-    if workers > 1 and len(jobs) >= 200:
+    if workers > 1 and len(jobs) >= POOL_MIN_FILES:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             for res in pool.map(_load_one, jobs, chunksize=32):
                 results.append(res)

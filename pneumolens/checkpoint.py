@@ -8,6 +8,7 @@ tensors and plain Python values, so it loads with ``torch.load(weights_only=True
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -98,6 +99,19 @@ def base_provenance(**extra: Any) -> dict[str, Any]:
     }
 
 
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
+        return obj.item()  # numpy / torch scalars
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)  # paths, enums, anything else: their text
+
+
+def plain(obj: Any) -> Any:
+    """Metadata as plain JSON types, so the file loads with ``weights_only=True``."""
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
 def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
     """Write the checkpoint atomically (a temp file renamed into place)."""
     path = Path(path)
@@ -112,9 +126,9 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
         "threshold_rule": ckpt.threshold_rule,
         "temperature": float(ckpt.temperature),
         "class_names": list(ckpt.class_names),
-        "preprocessing": ckpt.preprocessing or default_preprocessing(ckpt.config.input_size),
-        "provenance": ckpt.provenance,
-        "metrics": ckpt.metrics,
+        "preprocessing": plain(ckpt.preprocessing or default_preprocessing(ckpt.config.input_size)),
+        "provenance": plain(ckpt.provenance),
+        "metrics": plain(ckpt.metrics),
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)

@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr
     )
+    logging.getLogger("lightning.pytorch").propagate = False  # Lightning prints its own INFO lines
     try:
         return int(args.func(args) or 0)
     except PneumoLensError as exc:

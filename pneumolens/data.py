@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DatasetError
+from .io import IMAGE_SUFFIXES
 
 CLASS_NAMES: tuple[str, str] = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "val", "test")
@@ -93,7 +94,9 @@ def find_split(root: str | Path, split: str) -> list[Record]:
     root = Path(root)
     split_dir = root / split
     if not split_dir.is_dir():
-        raise DatasetError(f"{split_dir}: split folder '{split}' is missing (expected {root}/{split}/NORMAL and /PNEUMONIA)")
+        raise DatasetError(
+            f"{split_dir}: split folder '{split}' is missing (expected {root}/{split}/NORMAL and /PNEUMONIA)"
+        )
     records: list[Record] = []
     for label, cls in enumerate(CLASS_NAMES):
         cls_dir = split_dir / cls
@@ -113,24 +116,29 @@ def patient_split(records: list[Record], fraction: float = 0.1, seed: int = 0) -
 
     Patients of each class are shuffled with ``seed`` and moved to validation until it holds
     ``fraction`` of that class's images, so no patient has films on both sides and both classes
-    keep their proportion. The same records and seed always give the same split.
+    keep their proportion. A patient is grouped by id alone (even with films in both classes;
+    it then counts for its majority class), and each class keeps at least one patient in
+    train. The same records and seed always give the same split.
+
+    Raises:
+        ValueError: ``fraction`` is not strictly between 0 and 1.
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
-    by_patient: dict[tuple[int, str], list[int]] = defaultdict(list)
+    by_patient: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(records):
-        by_patient[(r.label, r.patient_id)].append(i)
+        by_patient[r.patient_id].append(i)
+    klass = {pid: int(2 * sum(records[i].label for i in idx) >= len(idx)) for pid, idx in by_patient.items()}
     rng = np.random.default_rng(seed)
     val_idx: set[int] = set()
     for label in (0, 1):
-        patients = sorted(k for k in by_patient if k[0] == label)
+        patients = sorted(pid for pid in by_patient if klass[pid] == label)
         if not patients:
             continue
-        n_images = sum(len(by_patient[k]) for k in patients)
-        target = fraction * n_images
+        target = fraction * sum(len(by_patient[pid]) for pid in patients)
         order = rng.permutation(len(patients))
         taken = 0
-        for j in order:
+        for j in order[: len(patients) - 1]:  # the last patient of a class always stays in train
             if taken >= target:
                 break
             idx = by_patient[patients[j]]
@@ -139,6 +147,43 @@ def patient_split(records: list[Record], fraction: float = 0.1, seed: int = 0) -
     train = [r for i, r in enumerate(records) if i not in val_idx]
     val = [r for i, r in enumerate(records) if i in val_idx]
     return train, val
+
+
+def find_images(inputs: list[str | Path]) -> tuple[list[Path], dict[Path, int]]:
+    """Expand files and folders into the files to predict, in the order given.
+
+    A file named on the command line is kept whatever its suffix (and whether or not it
+    exists), so that decoding reports it by name instead of dropping it silently. A folder is
+    walked recursively for ``.jpeg .jpg .png .dcm .dicom`` files (any case), hidden files and
+    folders skipped, sorted. A file reached twice is listed once.
+
+    Returns:
+        (files, images found per folder).
+    """
+    files: list[Path] = []
+    found: dict[Path, int] = {}
+    seen: set[Path] = set()
+
+    def add(path: Path) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            files.append(path)
+
+    for item in map(Path, inputs):
+        if not item.is_dir():
+            add(item)
+            continue
+        walked = []
+        for dirpath, dirnames, filenames in os.walk(item):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            walked += [
+                Path(dirpath) / f for f in filenames if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES)
+            ]
+        found[item] = len(walked)
+        for path in sorted(walked):
+            add(path)
+    return files, found
 
 
 def manifest_hash(records: list[Record]) -> str:

@@ -2,20 +2,29 @@
 
 The CLI's ``predict``, the evaluator, the explainers and the web service all go through this
 class, so preprocessing, temperature and threshold are applied the same way everywhere.
+
+Two copies of the network live here: ``predictor.model`` is the checkpoint's own
+:class:`~pneumolens.model.CnnLstm`, untouched (explanations need gradients through its
+modules); plain predictions on CPU go through ``predictor.fast_model``, a BatchNorm-folded
+copy computing the same logits faster (:mod:`pneumolens.fast`), built on first use.
 """
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from .cache import load_images
+from .cache import LoadResult, load_images
 from .checkpoint import Checkpoint, load_checkpoint
-from .errors import InvalidImageError
+from .errors import ConfigError, InvalidImageError
+from .fast import BACKENDS, FastModel, optimize
 from .io import load_image
 
 
@@ -52,11 +61,18 @@ class Predictor:
         threshold: override the checkpoint's decision threshold. Default: the checkpoint's.
         batch_size: images per forward pass. Default: 64.
         device: ``"cpu"`` or ``"cuda"``. Default: ``"cpu"``.
+        fast: on CPU, predict through the optimised copy of the model: ``True`` (the fastest
+            backend that works here, ``"auto"``), a backend name (``"eager"``, ``"compile"``,
+            ``"onnx"``), or ``False`` for the plain model. Ignored on other devices.
+            Default: True.
+
+    The fast copy is built from the weights at first use; a caller that changes
+    ``predictor.model``'s weights afterwards must call :meth:`reset_fast`.
 
     Example::
 
         >>> p = Predictor("runs/demo/model.pt")            # doctest: +SKIP
-        >>> p.predict_files(["x.jpeg"])[0].label           # doctest: +SKIP
+        >>> p.predict_files(["x.jpeg"])[0][0].label        # doctest: +SKIP
         'PNEUMONIA'
     """
 
@@ -66,7 +82,15 @@ class Predictor:
         threshold: float | None = None,
         batch_size: int = 64,
         device: str | torch.device = "cpu",
+        fast: bool | str = True,
     ) -> None:
+        if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+            raise ConfigError(f"threshold must be between 0 and 1, got {threshold}")
+        if int(batch_size) < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        backend = "auto" if fast is True else (fast or None)
+        if backend is not None and backend not in BACKENDS:
+            raise ConfigError(f"fast must be True, False or one of {', '.join(BACKENDS)}; got {fast!r}")
         self.checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         self.device = torch.device(device)
         self.model = self.checkpoint.model.to(self.device).eval()
@@ -74,25 +98,66 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.size = self.checkpoint.input_size
         self.class_names = self.checkpoint.class_names
+        self.backend = backend if self.device.type == "cpu" else None
+        self._fast: FastModel | None = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ the forward pass
+
+    @property
+    def fast_model(self) -> FastModel | None:
+        """The optimised CPU copy (built on first access), or None when predicting with the plain model."""
+        if self.backend is None:
+            return None
+        if self._fast is None:
+            with self._lock:  # the service calls from several threads; build once
+                if self._fast is None:
+                    self._fast = optimize(self.model, backend=self.backend)
+        return self._fast
+
+    def reset_fast(self) -> None:
+        """Forget the optimised copy, so the next prediction rebuilds it from ``self.model``."""
+        with self._lock:
+            self._fast = None
+
+    def _forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        fast = self.fast_model
+        return fast if fast is not None else self.model
 
     @torch.inference_mode()
     def logits(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Raw PNEUMONIA logits for uint8 arrays (N, S, S), batched."""
-        x = to_input(images)
-        out = [self.model(x[i : i + self.batch_size].to(self.device)).float().cpu() for i in range(0, len(x), self.batch_size)]
-        return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+        """Raw PNEUMONIA logits (float32, shape (N,)) for uint8 arrays (N, S, S) or (S, S), batched."""
+        images = torch.as_tensor(images)
+        if images.ndim == 2:
+            images = images[None]
+        if images.ndim != 3 or tuple(images.shape[1:]) != (self.size, self.size):
+            raise ValueError(f"expected images of shape (N, {self.size}, {self.size}), got {tuple(images.shape)}")
+        if len(images) == 0:
+            return np.zeros(0, dtype=np.float32)
+        forward = self._forward()
+        out = [
+            forward(to_input(images[i : i + self.batch_size]).to(self.device)).float().cpu()
+            for i in range(0, len(images), self.batch_size)
+        ]
+        return torch.cat(out).numpy()
 
     def probabilities(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Calibrated PNEUMONIA probabilities (the checkpoint's temperature applied)."""
-        z = self.logits(images) / self.checkpoint.temperature
-        return (1.0 / (1.0 + np.exp(-z))).astype(np.float64)
+        """Calibrated PNEUMONIA probabilities, float64 (N,): sigmoid(logit / checkpoint temperature)."""
+        z = torch.from_numpy(self.logits(images).astype(np.float64)) / self.checkpoint.temperature
+        return torch.sigmoid(z).numpy()
+
+    # ------------------------------------------------------------------ labels and predictions
 
     def label_of(self, probability: float) -> str:
+        """The class name at this predictor's threshold (PNEUMONIA when ``p >= threshold``)."""
         return self.class_names[1] if probability >= self.threshold else self.class_names[0]
 
     def predict_arrays(self, images: np.ndarray, names: Sequence[str] | None = None) -> list[Prediction]:
+        """Predictions for uint8 arrays (N, S, S), named ``names`` (default ``"0"``, ``"1"``, ...)."""
         probs = self.probabilities(images)
         names = list(names) if names is not None else [str(i) for i in range(len(probs))]
+        if len(names) != len(probs):
+            raise ValueError(f"got {len(names)} names for {len(probs)} images")
         return [Prediction(n, float(p), self.label_of(float(p)), self.threshold) for n, p in zip(names, probs)]
 
     def predict_bytes(self, data: bytes, name: str = "<upload>") -> Prediction:
@@ -102,13 +167,37 @@ class Predictor:
     def predict_files(
         self, paths: Iterable[str | Path], skip_bad: bool = False, progress: bool = True, use_cache: bool = False
     ) -> tuple[list[Prediction], list[tuple[str, str]]]:
-        """Predict files; returns (predictions, bad files with reasons).
+        """Predict files; returns (predictions in input order, bad files as (path, reason)).
+
+        Files are decoded one batch ahead in a background thread while the model runs on the
+        previous batch (Pillow and the model both release the GIL), so decoding and inference
+        overlap instead of adding up.
 
         Raises:
             InvalidImageError: on the first bad file unless ``skip_bad``.
         """
         paths = [str(p) for p in paths]
-        res = load_images(paths, self.size, use_cache=use_cache, progress=progress, desc="reading")
-        if res.bad and not skip_bad:
-            raise InvalidImageError(res.bad[0][1])
-        return self.predict_arrays(res.images, [paths[i] for i in res.kept]), res.bad
+        chunks = [paths[i : i + self.batch_size] for i in range(0, len(paths), self.batch_size)]
+        predictions: list[Prediction] = []
+        bad: list[tuple[str, str]] = []
+        bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress or len(paths) < 50, leave=False)
+
+        def decode(chunk: list[str]) -> LoadResult:
+            return load_images(chunk, self.size, use_cache=use_cache, workers=1, progress=False)
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(decode, chunks[0]) if chunks else None
+            for i, chunk in enumerate(chunks):
+                res = pending.result()
+                pending = pool.submit(decode, chunks[i + 1]) if i + 1 < len(chunks) else None
+                if res.bad and not skip_bad:
+                    if pending is not None:
+                        pending.cancel()
+                    bar.close()
+                    raise InvalidImageError(res.bad[0][1])
+                bad.extend(res.bad)
+                if res.kept:
+                    predictions.extend(self.predict_arrays(res.images, [chunk[k] for k in res.kept]))
+                bar.update(len(chunk))
+        bar.close()
+        return predictions, bad

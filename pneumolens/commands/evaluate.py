@@ -1,0 +1,102 @@
+"""``pneumolens evaluate``: metrics with 95 % CIs, report and figures for one split."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..evaluate import SPLITS, evaluate_split
+
+DESCRIPTION = """\
+Evaluate a checkpoint on one split of the dataset and write, under --out:
+metrics.json (accuracy, precision, recall, specificity, F1, ROC/PR AUC, Brier, ECE,
+confusion matrix, bootstrap 95 % CIs resampled by patient, recall per subtype),
+predictions.csv, report.md and figures (confusion.png, roc.png, pr.png, reliability.png).
+
+Splits: 'validation' is the patient-level part of train held out when the checkpoint was
+trained (recreated from its provenance); 'val' is the official 16-image folder (reported,
+never tuned on); 'test' is the official test folder when your copy has it.
+The decision threshold is the checkpoint's (chosen on validation) unless --threshold is given."""
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not a probability in [0, 1]")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "evaluate",
+        help="metrics with 95%% CIs, report and figures on a split",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = p.add_argument
+    add("--checkpoint", metavar="C",
+        help="model.pt (or its folder); default: the model shipped in the package")
+    add("--data", metavar="DIR",
+        help="dataset root holding train/ val/ [test/]; default: $PNEUMOLENS_DATA, "
+        "../shared/data/chest_xray, ./chest_xray")
+    add("--split", choices=SPLITS, default="validation", help="which images to evaluate (default: validation)")
+    add("--out", metavar="DIR", required=True, type=Path,
+        help="output folder for metrics.json, predictions.csv, report.md and figures")
+    add("--threshold", metavar="T", type=_probability,
+        help="decision threshold on P(PNEUMONIA); default: the checkpoint's")
+    add("--skip-bad", action="store_true",
+        help="warn about unreadable files and evaluate the rest (counted as 'skipped')")
+    add("--batch-size", metavar="N", type=_positive, default=64, help="images per forward pass (default: 64)")
+    add("--bootstrap", metavar="N", type=_non_negative, default=1000,
+        help="bootstrap resamples for the CIs, 0 for none (default: 1000)")
+    p.set_defaults(func=run)
+
+
+def _with_ci(m: dict[str, Any], key: str) -> str:
+    value = m.get(key)
+    if value is None:
+        return f"{key} n/a"
+    rng = (m.get("ci") or {}).get(key)
+    return f"{key} {value:.3f}" + (f" [{rng[0]:.3f}, {rng[1]:.3f}]" if rng else "")
+
+
+def run(args: argparse.Namespace) -> int:
+    m = evaluate_split(
+        checkpoint=args.checkpoint,
+        data=args.data,
+        split=args.split,
+        out=args.out,
+        threshold=args.threshold,
+        skip_bad=args.skip_bad,
+        batch_size=args.batch_size,
+        n_boot=args.bootstrap,
+    )
+    skipped = f", {m['skipped']} skipped" if m.get("skipped") else ""
+    counts = f"{m['n']} images ({m['n_pos']} PNEUMONIA, {m['n_neg']} NORMAL{skipped})"
+    print(f"{args.split}: {counts}, threshold {m['threshold']:.4f} ({m['threshold_source']})")
+    print("  " + "  ".join(_with_ci(m, k) for k in ("accuracy", "recall", "specificity", "roc_auc")))
+    if m.get("ci"):
+        print(f"  (95% bootstrap CIs, {m['bootstrap']['n_boot']} resamples by {m['bootstrap']['unit']})")
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0

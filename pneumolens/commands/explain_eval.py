@@ -1,0 +1,113 @@
+"""``pneumolens explain-eval``: measure how faithful each explanation method is, on N images of a split.
+
+Parses arguments and calls :func:`pneumolens.explain.metrics.evaluate_explanations` and
+:func:`pneumolens.explain.report.write_eval_report`; nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, DatasetError
+
+DEFAULT_METHODS = "gradcam,lime,kernelshap,shap,ig,occlusion"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from ..evaluate import SPLITS
+
+    p = subparsers.add_parser(
+        "explain-eval",
+        help="measure explanation faithfulness: deletion/insertion AUC, randomisation check, agreement, time",
+        description=(
+            "Explain N images of a split with each method and measure: deletion and insertion AUC (RISE) beside a "
+            "random map, the model-parameter randomisation check (Adebayo et al. 2018), agreement between methods, "
+            "and the median time per image. Writes metrics.json, report.md, faithfulness.png and examples.png."
+        ),
+        epilog="Example: pneumolens explain-eval --split validation --n 50 --out runs/xai-eval",
+    )
+    p.add_argument("--checkpoint", "-c", default=None, help="model.pt or a run folder (default: the shipped model)")
+    p.add_argument("--data", default=None, help="dataset root (default: $PNEUMOLENS_DATA or ../shared/data/chest_xray)")
+    p.add_argument("--split", choices=SPLITS, default="validation",
+                   help="validation = the patient-level held-out part of train (default); val, test = official folders")
+    p.add_argument("--n", type=int, default=50, help="images to evaluate, half per class where possible (default: 50)")
+    p.add_argument("--methods", "-m", default=DEFAULT_METHODS,
+                   help=f"comma-separated methods, NAME:KEY=VALUE for settings (default: {DEFAULT_METHODS})")
+    p.add_argument("--out", "-o", type=Path, required=True, help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="seed for image choice, methods and random maps (default: 0)")
+    p.add_argument("--steps", type=int, default=50, help="points per deletion / insertion curve (default: 50)")
+    p.add_argument("--sanity-n", type=int, default=8, help="images for the randomisation check; 0 skips it (default: 8)")
+    p.add_argument("--n-samples", type=int, default=None, help="samples for lime and kernelshap (default: 1000)")
+    p.add_argument("--background-n", type=int, default=32, help="SHAP background images from train (default: 32)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+    return p
+
+
+def pick_balanced(labels: list[int], n: int, seed: int) -> list[int]:
+    """Indices of ``n`` records, half from each class where possible, seeded, in original order."""
+    rng = np.random.default_rng(seed)
+    by_class = {c: [i for i, y in enumerate(labels) if y == c] for c in (0, 1)}
+    want = {0: n // 2, 1: n - n // 2}
+    short = {c: max(0, want[c] - len(by_class[c])) for c in (0, 1)}
+    want = {0: want[0] - short[0] + short[1], 1: want[1] - short[1] + short[0]}
+    picked = []
+    for c in (0, 1):
+        k = min(want[c], len(by_class[c]))
+        picked += list(rng.choice(by_class[c], size=k, replace=False)) if k else []
+    return sorted(int(i) for i in picked)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cache import load_images
+    from ..checkpoint import load_checkpoint
+    from ..data import resolve_data_root
+    from ..evaluate import split_records
+    from ..explain.metrics import evaluate_explanations
+    from ..explain.report import write_eval_report
+    from ..explain.runner import fast_forward
+    from ..explain.shap import build_background
+    from .explain import parse_methods
+
+    for name in ("n", "steps"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.sanity_n < 0:
+        raise ConfigError(f"--sanity-n must be 0 or more, got {args.sanity_n}")
+    specs = parse_methods(args.methods, args.n_samples)
+    ckpt = load_checkpoint(args.checkpoint)
+    root = resolve_data_root(args.data)
+    records = split_records(root, args.split, ckpt.provenance)
+    idx = pick_balanced([r.label for r in records], args.n, args.seed)
+    loaded = load_images([records[i].path for i in idx], ckpt.input_size, progress=not args.no_progress)
+    if loaded.images.shape[0] == 0:
+        raise DatasetError(f"{root}: no readable image in split '{args.split}'")
+    chosen = [records[idx[k]] for k in loaded.kept]
+    if any(s.name == "shap" for s in specs):
+        prov = ckpt.provenance
+        bg = build_background(root, n=args.background_n, size=ckpt.input_size, seed=args.seed,
+                              val_fraction=float(prov.get("val_fraction", 0.1)), split_seed=int(prov.get("split_seed", 0)))
+        specs = [s if s.name != "shap" else type(s)(s.label, s.name, {"background": bg, **s.params}) for s in specs]
+    maps: dict[str, np.ndarray] = {}
+    result = evaluate_explanations(
+        ckpt.model, loaded.images, specs,
+        labels=[r.label for r in chosen], names=[str(r.path) for r in chosen],
+        seed=args.seed, steps=args.steps, temperature=ckpt.temperature,
+        forward=fast_forward(ckpt.model), make_forward=fast_forward,
+        sanity_n=args.sanity_n, progress=not args.no_progress, maps_out=maps,
+    )
+    context = {
+        "checkpoint": str(args.checkpoint or "shipped model"),
+        "data": f"{root} (split {args.split}, {len(chosen)} images: "
+                f"{sum(r.label == 0 for r in chosen)} NORMAL, {sum(r.label == 1 for r in chosen)} PNEUMONIA)",
+        "command": "pneumolens explain-eval " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+            if k in ("split", "n", "methods", "seed", "steps", "sanity_n", "n_samples") and v is not None),
+    }
+    write_eval_report(result, args.out, context, images=loaded.images, maps=maps,
+                      labels=[r.label for r in chosen], class_names=ckpt.class_names)
+    print(f"wrote {args.out / 'report.md'}, metrics.json and figures")
+    return 0

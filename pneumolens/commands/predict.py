@@ -1,0 +1,126 @@
+"""``pneumolens predict FILES_OR_DIRS...``: probability and label for each image, as a table, CSV or JSON.
+
+A thin shell over :class:`~pneumolens.inference.Predictor`: folders are expanded by
+:func:`~pneumolens.data.find_images`, files are decoded and batched by ``predict_files``.
+Results go to stdout (or ``--out``); warnings and progress go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..data import find_images
+from ..errors import ConfigError, DatasetError, InvalidImageError
+from ..inference import Prediction, Predictor
+from ..io import IMAGE_SUFFIXES
+
+#: Above this many predictions, stdout gets a summary instead of one row per file.
+MAX_TABLE_ROWS = 50
+
+OUT_SUFFIXES = (".csv", ".json")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "predict",
+        help="predict PNEUMONIA / NORMAL for image files or folders",
+        description=(
+            "Predict the probability of pneumonia for each image (JPEG, PNG, DICOM). Folders are "
+            "searched recursively for " + " ".join(IMAGE_SUFFIXES) + " files."
+        ),
+        epilog="Example: pneumolens predict scans/ extra.dcm --skip-bad --out preds.csv",
+    )
+    p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="image files and/or folders")
+    p.add_argument("--checkpoint", "-c", default=None, help="model.pt or a run folder (default: the shipped model)")
+    p.add_argument("--skip-bad", action="store_true", help="warn about unreadable files and predict the others")
+    p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    p.add_argument("--out", type=Path, default=None, help="write all predictions to a .csv or .json file")
+    p.set_defaults(func=run)
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise ConfigError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.out is not None and args.out.suffix.lower() not in OUT_SUFFIXES:
+        raise ConfigError(f"--out {args.out}: the file name must end in .csv or .json")
+
+
+def _collect(inputs: list[str]) -> list[Path]:
+    files, found = find_images(inputs)
+    for folder, n in found.items():
+        print(f"pneumolens predict: found {n} image file{'s' * (n != 1)} in {folder}", file=sys.stderr)
+    if not files:
+        raise DatasetError(f"no image files ({' '.join(IMAGE_SUFFIXES)}) found in {', '.join(map(str, inputs))}")
+    return files
+
+
+def write_predictions(
+    path: Path, predictions: list[Prediction], skipped: list[tuple[str, str]], meta: dict[str, Any]
+) -> None:
+    """Write predictions as CSV (file, probability, label, threshold) or JSON (with skipped files and metadata)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".csv":
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["file", "probability", "label", "threshold"])
+            for p in predictions:
+                writer.writerow([p.file, f"{p.probability:.6f}", p.label, f"{p.threshold:.6f}"])
+    else:
+        doc = {
+            **meta,
+            "predictions": [p.to_dict() for p in predictions],
+            "skipped": [{"file": f, "reason": r} for f, r in skipped],
+        }
+        path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+
+
+def format_table(predictions: list[Prediction]) -> str:
+    """One aligned row per image: file, probability, label."""
+    width = max([len("file")] + [len(p.file) for p in predictions])
+    lines = [f"{'file':<{width}}  probability  label"]
+    lines += [f"{p.file:<{width}}  {p.probability:>11.4f}  {p.label}" for p in predictions]
+    return "\n".join(lines)
+
+
+def format_counts(predictions: list[Prediction], class_names: tuple[str, ...]) -> str:
+    counts = {name: 0 for name in class_names}
+    for p in predictions:
+        counts[p.label] = counts.get(p.label, 0) + 1
+    return ", ".join(f"{n} {name}" for name, n in counts.items())
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    files = _collect(args.inputs)
+    predictor = Predictor(args.checkpoint, threshold=args.threshold, batch_size=args.batch_size)
+    try:
+        predictions, skipped = predictor.predict_files(files, skip_bad=args.skip_bad)
+    except InvalidImageError as exc:
+        raise InvalidImageError(f"{exc}; pass --skip-bad to predict the other files") from exc
+    for _, reason in skipped:
+        print(f"pneumolens predict: warning: skipped {reason}", file=sys.stderr)
+    if not predictions:
+        raise InvalidImageError(f"none of the {len(files)} files could be read; nothing to predict")
+    source = "--threshold" if args.threshold is not None else f"checkpoint, {predictor.checkpoint.threshold_rule}"
+    summary = f"{len(predictions)} predicted, {len(skipped)} skipped"
+    if args.out is not None:
+        meta = {"checkpoint": str(args.checkpoint or "shipped"), "threshold": predictor.threshold}
+        write_predictions(args.out, predictions, skipped, meta)
+        print(f"{summary}; wrote {args.out}")
+        return 0
+    if len(predictions) <= MAX_TABLE_ROWS:
+        print(format_table(predictions))
+    else:
+        print(f"(more than {MAX_TABLE_ROWS} files: pass --out preds.csv to get one row per file)")
+    print(f"threshold {predictor.threshold:.4f} ({source}): {format_counts(predictions, predictor.class_names)}")
+    print(summary)
+    return 0

@@ -1,0 +1,97 @@
+"""``pneumolens serve``: the web page and REST API (FastAPI under uvicorn), on this machine by default.
+
+Options override ``PNEUMOLENS_*`` environment variables (see
+:class:`~pneumolens.service.settings.ServeSettings`). The checkpoint is loaded before the
+server starts, so a bad ``--checkpoint`` is one line and exit code 2, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..service.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "serve",
+        help="serve the web page and REST API (prediction and explanations)",
+        description=(
+            "Serve a page to upload a chest X-ray and see the prediction and its explanations, and the "
+            "REST API behind it (/v1/predict, /v1/explain, /v1/model, /healthz; OpenAPI at /docs). "
+            "Research use only: not a medical device. There is no authentication: keep the default "
+            "127.0.0.1 unless a proxy in front of it controls access."
+        ),
+        epilog="Example: pneumolens serve --checkpoint runs/demo/model.pt --port 8000",
+    )
+    p.add_argument("--host", default=None, help="interface to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="TCP port (default: 8000)")
+    p.add_argument("--checkpoint", "-c", type=Path, default=None, help="model.pt or a run folder (default: the shipped model)")
+    p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the checkpoint's)")
+    p.add_argument("--max-upload-mb", type=float, default=None, help="largest request body in MB (default: 20)")
+    p.add_argument("--explain-workers", type=int, default=None,
+                   help="explanations computed at once, one process each (default: 1)")
+    p.add_argument("--explain-time-limit", type=float, default=None, help="seconds per explanation request (default: 120)")
+    p.set_defaults(func=run)
+    return p
+
+
+def settings_from_args(args: argparse.Namespace) -> ServeSettings:
+    """Environment settings with the command-line options laid over them (imported lazily: the
+    CLI's other commands should not pay for importing FastAPI).
+
+    Raises:
+        ConfigError: an invalid value, named by its option.
+    """
+    from pydantic import ValidationError
+
+    from ..service.settings import ServeSettings
+
+    given = {
+        "host": args.host,
+        "port": args.port,
+        "checkpoint": args.checkpoint,
+        "threshold": args.threshold,
+        "max_upload_bytes": None if args.max_upload_mb is None else int(args.max_upload_mb * 1_000_000),
+        "max_concurrent_explanations": args.explain_workers,
+        "explain_time_limit_s": args.explain_time_limit,
+    }
+    try:
+        return ServeSettings(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(x) for x in err["loc"])
+        raise ConfigError(f"serve: invalid {field} ({err['msg']}); check the option or PNEUMOLENS_{field.upper()}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ..inference import Predictor
+    from ..service import create_app
+
+    settings = settings_from_args(args)
+    predictor = Predictor(settings.checkpoint, threshold=settings.threshold)  # CheckpointError → exit 2
+    if not _is_loopback(settings.host):
+        log.warning("listening on %s: the service has no authentication; anyone who can reach it can use it", settings.host)
+    log.info("PneumoLens at http://%s:%d/ (research use only: not a medical device)", settings.host, settings.port)
+    uvicorn.run(create_app(settings, predictor=predictor), host=settings.host, port=settings.port, log_level="info")
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,95 @@
+"""``pneumolens train``: train the CNN-LSTM and write ``OUT/model.pt``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..config import PRESETS, load_config
+from ..data import resolve_data_root
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the CNN-LSTM on ROOT/train (patient-level validation split)",
+        description=(
+            "Train the CNN-LSTM on the Kaggle layout's train split. A patient-level, class-stratified "
+            "validation split of train drives early stopping, the best checkpoint, temperature calibration "
+            "and the decision threshold; no other split is used for any choice. Writes OUT/model.pt (weights + "
+            "config + threshold + provenance), per-epoch metrics (OUT/logs/metrics.csv, TensorBoard in OUT/tb), "
+            "OUT/training_history.png and resumable checkpoints in OUT/checkpoints. Ctrl-C or SIGTERM saves a "
+            "checkpoint; rerun with --resume to continue."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", help="dataset root (default: $PNEUMOLENS_DATA, ../shared/data/chest_xray, ./chest_xray)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--preset", default="default", choices=sorted(PRESETS),
+        help="recipe: 'seed' = the original exactly (batch 8, ±72° rotation, flips, Adam, plateau LR, early "
+        "stopping); 'default' = the project's recipe; 'debug' = 2 short epochs",
+    )
+    p.add_argument("--config", help="YAML file of TrainConfig keys applied over the preset")
+    p.add_argument("--max-epochs", type=int, help="override the preset's epoch limit")
+    p.add_argument("--batch-size", type=int, help="override the preset's batch size")
+    p.add_argument("--lr", type=float, help="override the learning rate")
+    p.add_argument("--input-size", type=int, help="square input side (multiple of 8)")
+    p.add_argument("--seed", type=int, help="seed for weights, shuffling and augmentation (same seed, same numbers on CPU)")
+    p.add_argument("--split-seed", type=int, help="seed of the patient-level validation split")
+    p.add_argument("--val-fraction", type=float, help="fraction of train images (by patient) held out for validation")
+    p.add_argument("--threshold-rule", help="youden | f1 | sensitivity:0.95 | fixed:0.5 ...")
+    p.add_argument("--no-augment", action="store_true", help="switch augmentation off")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints (interrupted or last)")
+    p.add_argument("--devices", default="1", help="number of devices (processes on CPU) or 'auto'")
+    p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
+    p.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")
+    p.add_argument("--skip-bad", action="store_true", help="warn about unreadable images and train on the rest")
+    p.add_argument("--max-images", type=int, help="use whole patients up to about N images per class (quick runs)")
+    p.add_argument("--limit-train-batches", type=float, help="Lightning's limit_train_batches (quick runs)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is best when the CPU is shared)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..train import fit  # heavy imports only when training
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    overrides = {
+        "max_epochs": args.max_epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "split_seed": args.split_seed,
+        "val_fraction": args.val_fraction,
+        "threshold_rule": args.threshold_rule,
+    }
+    if args.input_size:
+        overrides["model"] = {"input_size": args.input_size}
+    if args.no_augment:
+        overrides["augment"] = {"enabled": False}
+    config = load_config(args.preset, args.config, overrides)
+    root = resolve_data_root(args.data)
+    devices = args.devices if args.devices == "auto" else int(args.devices)
+    limit = args.limit_train_batches
+    if limit is not None and limit >= 1:
+        limit = int(limit)
+    result = fit(
+        config, root, args.out, resume=args.resume, devices=devices, accelerator=args.accelerator,
+        strategy=args.strategy, skip_bad=args.skip_bad, max_images=args.max_images,
+        limit_train_batches=limit, progress=not args.no_progress, preset=args.preset,
+    )
+    m = result.metrics
+    if m:
+        print(
+            f"trained {result.epochs} epochs in {result.wall_s / 60:.1f} min -> {result.model_path}\n"
+            f"validation (patient-level, n={m['n']}): AUC {m['roc_auc']:.4f}  accuracy {m['accuracy']:.4f}  "
+            f"recall {m['recall']:.4f}  specificity {m['specificity']:.4f}  at threshold {m['threshold']:.3f}"
+        )
+        print(json.dumps({k: m[k] for k in ("accuracy", "roc_auc", "f1")}, default=str))
+    return 0

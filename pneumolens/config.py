@@ -1,0 +1,143 @@
+"""Training configuration: typed, validated, with named presets and YAML files.
+
+``seed`` is the original project's recipe exactly (batch 8, 128x128, its augmentation, focal
+loss, Adam 1e-3, ReduceLROnPlateau, early stopping at 10, ≤ 50 epochs). ``default`` is the
+project's own recipe, chosen on the patient-level validation split only (see the README).
+Unknown keys are errors, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .augment import AugmentConfig
+from .errors import ConfigError
+from .model import ModelConfig
+
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULERS = ("plateau", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run's result (saved in the checkpoint's provenance).
+
+    Attributes:
+        model: architecture. augment: training augmentation.
+        batch_size: images per step. max_epochs: upper bound on epochs.
+        lr, weight_decay, optimizer (adam | adamw), adam_eps: the optimiser.
+        scheduler: ``plateau`` (ReduceLROnPlateau on val loss) or ``cosine`` (with warm-up).
+        plateau_factor, plateau_patience, min_lr: ReduceLROnPlateau settings.
+        warmup_epochs: linear warm-up for the cosine schedule.
+        early_stopping_patience: epochs without val-loss improvement before stopping (0 = off).
+        focal_gamma, focal_alpha: focal loss. class_weighting: the original's class weights.
+        label_smoothing: 0 = off.
+        val_fraction, split_seed: the patient-level validation split of ``train``.
+        seed: seeds weights, shuffling and augmentation.
+        threshold_rule: how the decision threshold is chosen on validation (youden, f1, ...).
+        calibrate: fit a temperature on validation (changes probabilities, not the ranking).
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    batch_size: int = 8
+    max_epochs: int = 50
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    adam_eps: float = 1e-7
+    scheduler: str = "plateau"
+    plateau_factor: float = 0.2
+    plateau_patience: int = 3
+    min_lr: float = 1e-7
+    warmup_epochs: int = 0
+    early_stopping_patience: int = 10
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.5
+    class_weighting: bool = True
+    label_smoothing: float = 0.0
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    seed: int = 0
+    threshold_rule: str = "youden"
+    calibrate: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = ModelConfig.from_dict(self.model)
+        if isinstance(self.augment, dict):
+            self.augment = AugmentConfig.from_dict(self.augment)
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        if self.batch_size < 1 or self.max_epochs < 1:
+            raise ConfigError("batch_size and max_epochs must be positive")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown training config keys: {sorted(unknown)}")
+        return cls(**copy.deepcopy(d))
+
+
+#: Named recipes. ``seed`` = the original exactly; ``default`` = the project's recipe.
+PRESETS: dict[str, dict[str, Any]] = {
+    "seed": {},
+    "default": {
+        "batch_size": 32,
+        "optimizer": "adamw",
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+        "scheduler": "cosine",
+        "warmup_epochs": 1,
+        "max_epochs": 30,
+        "early_stopping_patience": 0,
+        "augment": {"hflip": 0.0, "degrees": 10.0, "zoom": 0.1, "translate": 0.08, "brightness": 0.1, "contrast": 0.15},
+    },
+    # A seconds-long run for tests and the demo's fallback: tiny epochs, same code path.
+    "debug": {"batch_size": 16, "max_epochs": 2, "early_stopping_patience": 0},
+}
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(preset: str = "default", yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Build a config: preset, then a YAML file, then explicit overrides (CLI flags), in that order."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    d = _merge(TrainConfig().to_dict(), PRESETS[preset])
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc})") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: config must be a mapping of keys to values")
+        d = _merge(d, loaded)
+    d = _merge(d, {k: v for k, v in (overrides or {}).items() if v is not None})
+    return TrainConfig.from_dict(d)

@@ -1,0 +1,186 @@
+"""Lightning DataModule: the patient-level split of ``train``, decoded once, served from memory.
+
+All arrays of the split fit in memory as uint8 (5,216 x 128 x 128 ≈ 85 MB), so batches are
+tensor slices, not per-image Python work. The training iterable is *resumable*: its state (epoch
+and batches done) is saved in Lightning checkpoints, so an interrupted epoch continues where it
+stopped instead of starting over.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from .cache import load_images
+from .data import Record, class_counts, find_split, manifest_hash, patient_split
+from .errors import InvalidImageError
+
+log = logging.getLogger(__name__)
+
+
+class ResumableBatches:
+    """Shuffled mini-batches of in-memory tensors, with a state Lightning can save and restore.
+
+    The order of epoch ``e`` is a permutation drawn from ``seed + e``, so it does not depend on
+    how many times the run was interrupted. Under DDP each rank takes every ``world_size``-th
+    index of the same permutation (padded by wrapping so all ranks take the same step count).
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size, self.seed = batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start = 0, 0  # where the next __iter__ begins
+        self._cur_epoch, self._consumed = 0, 0  # progress of the iteration under way
+
+    def _indices(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        perm = torch.randperm(len(self.images), generator=g)
+        per_rank = -(-len(perm) // self.world_size)
+        if per_rank * self.world_size > len(perm):
+            perm = torch.cat([perm, perm[: per_rank * self.world_size - len(perm)]])
+        return perm[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        per_rank = -(-len(self.images) // self.world_size)
+        return -(-per_rank // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch, start = self.epoch, self.start
+        self._cur_epoch, self._consumed = epoch, start
+        idx = self._indices(epoch)
+        for b in range(start, len(self)):
+            sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
+            yield self.images[sel], self.labels[sel]
+        self.epoch, self.start = epoch + 1, 0
+
+    def mark_consumed(self) -> None:
+        """Called after each finished training step (the fetcher reads one batch ahead)."""
+        self._consumed += 1
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, done = self._cur_epoch, self._consumed
+        if done >= len(self):
+            epoch, done = epoch + 1, 0
+        return {"epoch": epoch, "batches_done": done, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.start = int(state["epoch"]), int(state["batches_done"])
+        self._cur_epoch, self._consumed = self.epoch, self.start
+
+
+class PneumoniaDataModule(L.LightningDataModule):
+    """Train/validation data from ``ROOT/train``, split by patient.
+
+    Args:
+        root: dataset root (Kaggle layout).
+        input_size: side of the square input.
+        batch_size: training batch size (validation uses 128).
+        val_fraction, split_seed: the patient-level validation split.
+        seed: shuffling seed.
+        skip_bad: warn about unreadable files and go on; otherwise the first one is an error.
+        max_images: keep only the first patients up to this many images per class (tests, demos).
+        cache_dir: where decoded arrays are kept (default ``~/.cache/pneumolens``).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        input_size: int = 128,
+        batch_size: int = 8,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        seed: int = 0,
+        skip_bad: bool = False,
+        max_images: int | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.input_size, self.batch_size = input_size, batch_size
+        self.val_fraction, self.split_seed, self.seed = val_fraction, split_seed, seed
+        self.skip_bad, self.max_images, self.cache_dir = skip_bad, max_images, cache_dir
+        self.train_records: list[Record] = []
+        self.val_records: list[Record] = []
+        self.bad: list[tuple[str, str]] = []
+        self._train: ResumableBatches | None = None
+
+    # --- one-off work in one process: decode everything into the on-disk cache -----------------
+    def prepare_data(self) -> None:
+        records = self._records()
+        load_images([r.path for r in records], self.input_size, cache_dir=self.cache_dir, desc="decoding train")
+
+    def _records(self) -> list[Record]:
+        records = find_split(self.root, "train")
+        if self.max_images:
+            records = subset_by_patient(records, self.max_images)
+        return records
+
+    def _load(self, records: list[Record], desc: str) -> tuple[list[Record], torch.Tensor, torch.Tensor]:
+        res = load_images([r.path for r in records], self.input_size, cache_dir=self.cache_dir, desc=desc)
+        if res.bad:
+            if not self.skip_bad:
+                raise InvalidImageError(f"{res.bad[0][1]} (use --skip-bad to leave bad files out)")
+            for path, reason in res.bad:
+                log.warning("skipping %s", reason)
+            self.bad.extend(res.bad)
+        kept = [records[i] for i in res.kept]
+        labels = torch.tensor([r.label for r in kept], dtype=torch.float32)
+        return kept, torch.from_numpy(res.images), labels
+
+    # --- every process: the split and the tensors ---------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self._train is not None:
+            return
+        train, val = patient_split(self._records(), self.val_fraction, self.split_seed)
+        self.train_records, x_tr, y_tr = self._load(train, "loading train")
+        self.val_records, x_va, y_va = self._load(val, "loading validation")
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        world = self.trainer.world_size if self.trainer is not None else 1
+        self._train = ResumableBatches(x_tr, y_tr, self.batch_size, self.seed, rank, world)
+        self._val = TensorDataset(x_va, y_va)
+
+    def train_dataloader(self) -> ResumableBatches:
+        assert self._train is not None, "setup() must run first"
+        return self._train
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self._val, batch_size=128, shuffle=False)
+
+    @property
+    def counts(self) -> dict[str, tuple[int, int]]:
+        return {"train": class_counts(self.train_records), "validation": class_counts(self.val_records)}
+
+    @property
+    def manifest(self) -> str:
+        return manifest_hash(self.train_records + self.val_records)
+
+
+def subset_by_patient(records: list[Record], max_per_class: int) -> list[Record]:
+    """Whole patients, in sorted order, until each class has about ``max_per_class`` images."""
+    out: list[Record] = []
+    for label in (0, 1):
+        by_patient: dict[str, list[Record]] = {}
+        for r in records:
+            if r.label == label:
+                by_patient.setdefault(r.patient_id, []).append(r)
+        n = 0
+        for pid in sorted(by_patient):
+            if n >= max_per_class:
+                break
+            out.extend(by_patient[pid])
+            n += len(by_patient[pid])
+    return out

@@ -1,0 +1,81 @@
+"""Grad-CAM (Selvaraju et al. 2017, https://arxiv.org/abs/1610.02391) on a convolutional layer.
+
+Captum's ``LayerGradCam`` weights each channel of the layer's output by the spatial mean of the
+logit's gradient, sums over channels, and (here, by default) keeps the positive part, as the
+paper does; the coarse map is then upsampled bilinearly to the input size. The layer is named
+by its dotted path (``model.get_submodule``).
+
+Default layer: the ReLU of the last convolutional block (``features.block3.relu`` on the
+128x128 CnnLstm: 128 channels at 32x32, before max-pooling). Chosen by measurement with
+``pneumolens explain-eval`` (see ``docs/explanations.md``): it was compared with the block's
+conv output (pre-BatchNorm, signed), its pooled output (16x16, what the LSTM reads) and the
+second block's ReLU (64x64) on deletion / insertion AUC and the randomisation check.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from captum.attr import LayerAttribution, LayerGradCam
+from torch import nn
+
+from .base import LogitFn, column, gradient_scope, model_device, resolve_layer
+
+#: The last conv block's module that Grad-CAM hooks by default (see the module docstring).
+DEFAULT_BLOCK_PART = "relu"
+
+
+def default_layer(model: nn.Module) -> str:
+    """``features.block<last>.relu`` for a CnnLstm-shaped model.
+
+    Raises:
+        ValueError: the model has no ``features`` sequence of conv blocks; pass ``layer=``.
+    """
+    features = getattr(model, "features", None)
+    if isinstance(features, nn.Sequential) and len(features) > 0:
+        last = list(features.named_children())[-1][0]
+        name = f"features.{last}.{DEFAULT_BLOCK_PART}"
+        try:
+            model.get_submodule(name)
+            return name
+        except AttributeError:
+            pass
+    raise ValueError("gradcam: this model has no features.<block>.relu layer; pass layer='<dotted name>'")
+
+
+def gradcam(
+    model: nn.Module,
+    x: torch.Tensor,
+    layer: str | None = None,
+    relu: bool = True,
+    forward: LogitFn | None = None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Grad-CAM maps for a batch.
+
+    Args:
+        model: the network (its ``layer`` gets a temporary hook; Captum removes it in ``finally``).
+        x: float (N, 1, S, S) in [0, 1].
+        layer: dotted name of a layer with a (N, C, h, w) output. Default: :func:`default_layer`.
+        relu: keep only positive evidence (the paper's Grad-CAM). Default: True.
+        forward: ignored (Grad-CAM must run the hooked model itself); accepted for a uniform call.
+
+    Returns:
+        (maps (N, 1, S, S), params).
+
+    Raises:
+        ValueError: unknown layer, or a layer whose output is not a spatial feature map.
+    """
+    name = layer or default_layer(model)
+    module = resolve_layer(model, name)
+    cam = LayerGradCam(column(model), module)
+    with gradient_scope(model_device(model)):
+        try:
+            attr = cam.attribute(x, target=0, relu_attributions=relu)
+        except (AttributeError, TypeError) as exc:  # e.g. an LSTM's tuple output
+            raise ValueError(f"gradcam: layer {name!r} does not output a (N, C, H, W) feature map ({exc})") from exc
+    if attr.ndim != 4:
+        raise ValueError(f"gradcam: layer {name!r} outputs shape {tuple(attr.shape)}, not a (N, C, H, W) feature map")
+    coarse = tuple(attr.shape[-2:])
+    maps = LayerAttribution.interpolate(attr, tuple(x.shape[-2:]), interpolate_mode="bilinear")
+    return maps, {"layer": name, "relu": bool(relu), "layer_resolution": list(coarse), "upsampling": "bilinear"}

@@ -1,0 +1,228 @@
+"""Explain image files end to end: what ``pneumolens explain`` does, callable from Python.
+
+Per image it writes ``<stem>.png`` (the panel), ``<stem>.json`` (prediction, per-method
+parameters, ``timings_s``) and, if asked, ``<stem>.<method>.npy`` (float32 maps at the model's
+input size); then an ``index.html`` gallery for the run.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import InvalidImageError
+from .base import LogitFn
+from .core import PERTURBATION, explain
+from .render import prediction_title, render_panel
+from .shap import background_beside, build_background, load_background
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One requested method: its label in file names and figures, its name, and its settings."""
+
+    label: str
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def fast_forward(model: Any) -> LogitFn | None:
+    """A faster no-gradient logit function for perturbation methods (``pneumolens.fast``), if it applies.
+
+    Returns None (use the model itself) for models other than ``CnnLstm``.
+    """
+    from ..model import CnnLstm
+
+    if not isinstance(model, CnnLstm):
+        return None
+    try:
+        from ..fast import optimize
+    except ImportError:  # pragma: no cover - fast.py ships with the package
+        return None
+    return optimize(model, backend="auto")
+
+
+def resolve_background(
+    background_data: str | Path | None,
+    checkpoint: str | Path | None,
+    size: int,
+    n: int = 32,
+    seed: int = 0,
+    provenance: dict[str, Any] | None = None,
+) -> tuple[np.ndarray | str, str]:
+    """The SHAP background for the CLI, and where it came from.
+
+    Order: ``--background-data DIR`` (sampled from the training side of the checkpoint's
+    patient-level split of ``DIR/train``), else ``background.npy`` beside the checkpoint (or the
+    shipped model), else the ``blur`` fallback.
+    """
+    if background_data is not None:
+        prov = provenance or {}
+        arr = build_background(background_data, n=n, size=size, seed=seed,
+                               val_fraction=float(prov.get("val_fraction", 0.1)), split_seed=int(prov.get("split_seed", 0)))
+        return arr, f"{len(arr)} training images from {background_data}/train (patient-level training side)"
+    from ..checkpoint import SHIPPED
+
+    stored = background_beside(checkpoint if checkpoint is not None else SHIPPED)
+    if stored.is_file():
+        arr = load_background(stored)
+        if arr.shape[1:] == (size, size):
+            return arr, str(stored)
+        log.warning("%s holds %dx%d images, the model takes %d: not used", stored, arr.shape[1], arr.shape[2], size)
+    log.warning("shap: no training background (pass --background-data DIR); using a blurred copy of each image")
+    return "blur", "fallback: blurred image"
+
+
+def unique_stems(files: Sequence[str | Path]) -> list[str]:
+    """File stems made safe for file names and unique within the run (``a``, ``a-2``, ...)."""
+    out, seen = [], {}
+    for f in files:
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(f).stem) or "image"
+        n = seen.get(stem, 0) + 1
+        seen[stem] = n
+        out.append(stem if n == 1 else f"{stem}-{n}")
+    return out
+
+
+def safe_label(label: str) -> str:
+    """A method label usable in a file name (``gradcam:layer=a.b`` → ``gradcam_layer_a.b``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label)
+
+
+def explain_files(
+    files: Sequence[str | Path],
+    predictor: Any,
+    methods: Sequence[MethodSpec],
+    out: str | Path,
+    seed: int = 0,
+    save_maps: bool = False,
+    skip_bad: bool = False,
+    background: np.ndarray | str | None = None,
+    background_source: str = "",
+    forward: LogitFn | None = None,
+    progress: bool = True,
+    on_skip: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Explain every file with every method; returns the per-image records (as written to JSON).
+
+    Args:
+        files: image paths.
+        predictor: a :class:`~pneumolens.inference.Predictor` (model, threshold, temperature, input size).
+        methods: what to run, in panel order.
+        out: output folder (created).
+        seed: seeds every method. Default: 0.
+        save_maps: also write ``<stem>.<method>.npy``.
+        skip_bad: report unreadable files through ``on_skip`` instead of raising.
+        background: SHAP background (training images, or a fallback name).
+        background_source: where the background came from, for the JSON.
+        forward: the fast logit function for perturbation methods (see :func:`fast_forward`).
+
+    Raises:
+        InvalidImageError: the first unreadable file, unless ``skip_bad``; or no readable file at all.
+    """
+    from ..cache import load_images
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [str(f) for f in files]
+    loaded = load_images(files, predictor.size, use_cache=False, progress=False)
+    if loaded.bad and not skip_bad:
+        raise InvalidImageError(f"{loaded.bad[0][1]} (pass --skip-bad to explain the other files)")
+    for _, reason in loaded.bad:
+        if on_skip is not None:
+            on_skip(reason)
+    if not loaded.kept:
+        raise InvalidImageError(f"none of the {len(files)} files could be read; nothing to explain")
+    kept = [files[i] for i in loaded.kept]
+    predictions = predictor.predict_arrays(loaded.images, kept)
+    stems = unique_stems(kept)
+    records = []
+    bar = tqdm(total=len(kept), desc="explaining", unit="img", disable=not progress)
+    for image, pred, stem in zip(loaded.images, predictions, stems):
+        maps, record = {}, {
+            "file": pred.file,
+            "panel": f"{stem}.png",
+            "prediction": pred.to_dict(),
+            "input_size": int(predictor.size),
+            "seed": int(seed),
+            "methods": {},
+            "timings_s": {},
+        }
+        for spec in methods:
+            params = dict(spec.params)
+            if spec.name == "shap":
+                params.setdefault("background", background)
+            att = explain(predictor.model, image[None], spec.name, seed=seed,
+                          forward=forward if spec.name in PERTURBATION else None, **params)
+            amap = att.maps[0]
+            maps[spec.label] = amap
+            entry = {"params": _jsonable(att.params), "min": float(amap.min()), "max": float(amap.max())}
+            if spec.name == "shap" and background_source:
+                entry["params"]["background_source"] = background_source
+            if save_maps:
+                name = f"{stem}.{safe_label(spec.label)}.npy"
+                np.save(out / name, amap.astype(np.float32))
+                entry["map"] = name
+            record["methods"][spec.label] = entry
+            record["timings_s"][spec.label] = round(att.elapsed_s, 4)
+        title = prediction_title(Path(pred.file).name, pred.probability, pred.label, pred.threshold)
+        subtitles = {label: f"{t:.2f} s" for label, t in record["timings_s"].items()}
+        render_panel(image, maps, out / record["panel"], title=title, subtitles=subtitles)
+        (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        records.append(record)
+        bar.update()
+    bar.close()
+    write_index(out, records, [m.label for m in methods])
+    return records
+
+
+def _jsonable(value: Any) -> Any:
+    """Params as plain JSON values (tuples → lists, NumPy scalars → Python)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def write_index(out: Path, records: Sequence[dict[str, Any]], methods: Sequence[str]) -> Path:
+    """An ``index.html`` gallery: one card per image (panel, prediction, JSON link)."""
+    cards = []
+    for r in records:
+        p = r["prediction"]
+        name = html.escape(Path(r["file"]).name)
+        stem = html.escape(Path(r["panel"]).stem)
+        timings = ", ".join(f"{html.escape(k)} {v:.2f} s" for k, v in r["timings_s"].items())
+        cards.append(
+            f'<figure><a href="{html.escape(r["panel"])}"><img src="{html.escape(r["panel"])}" alt="{name}" loading="lazy"></a>'
+            f"<figcaption><b>{name}</b> — {html.escape(p['label'])}, p(pneumonia) = {p['probability']:.3f} "
+            f"(threshold {p['threshold']:.3f})<br><small>{timings} · <a href=\"{stem}.json\">JSON</a></small>"
+            "</figcaption></figure>"
+        )
+    doc = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>PneumoLens explanations</title>
+<style>body{{font-family:sans-serif;margin:1.5em}} figure{{margin:0 0 2em}} img{{max-width:100%;border:1px solid #ccc}}
+figcaption{{margin-top:.3em}}</style></head><body>
+<h1>PneumoLens explanations</h1>
+<p>{len(records)} image(s); methods: {html.escape(', '.join(methods))}. Red = evidence for pneumonia, blue = against
+(Grad-CAM: brighter = more evidence). Research and education use only: not a medical device.</p>
+{''.join(cards)}
+</body></html>
+"""
+    path = out / "index.html"
+    path.write_text(doc, encoding="utf-8")
+    return path

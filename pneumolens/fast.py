@@ -1,0 +1,316 @@
+"""An inference-only copy of a trained CnnLstm, rewritten for speed on CPU.
+
+Why: in eval mode every BatchNorm is a fixed affine map and every Dropout is the identity, so
+both can be folded into the neighbouring weights; the result computes the same logits with
+fewer passes over memory. On top of that: channels-last convolutions (oneDNN's fast layout),
+max-pool before ReLU (they commute, and the ReLU then touches a quarter of the values), and a
+choice of backend (plain PyTorch, ``torch.compile``, or ONNX Runtime).
+
+The original :class:`~pneumolens.model.CnnLstm` is never modified: explanations need
+gradients through its own modules (Grad-CAM hooks ``features.block3``), so the predictor
+keeps it as ``predictor.model`` and uses the folded copy only for plain predictions.
+
+Example::
+
+    >>> from pneumolens.model import CnnLstm
+    >>> fast = optimize(CnnLstm().eval(), backend="eager")
+    >>> fast(torch.rand(2, 1, 128, 128)).shape
+    torch.Size([2])
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .errors import ConfigError
+from .model import CnnLstm
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "eager", "compile", "onnx")
+
+#: What ``backend="auto"`` picks, from ``bench/bench_core.py`` on a 2-core AMD EPYC (AVX2):
+#: see ``bench/results/core.md``. ONNX Runtime is used only when it is installed.
+AUTO_ORDER = ("onnx", "eager")
+
+#: Largest max-abs difference in logits accepted between an exported backend and the eager one.
+AGREEMENT_TOL = 1e-4
+
+
+# --------------------------------------------------------------------------- BatchNorm folding
+
+
+def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BatchNorm as ``y = x * scale + shift`` (per feature), in float64."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ConfigError(f"cannot fold BatchNorm without running statistics ({bn})")
+    var = bn.running_var.detach().double()
+    scale = torch.rsqrt(var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.detach().double()
+    shift = -bn.running_mean.detach().double() * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.detach().double()
+    return scale, shift
+
+
+def fold_bn_after(layer: nn.Conv2d | nn.Linear, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    """In place: ``bn(layer(x)) == layer'(x)`` (BatchNorm on the layer's outputs)."""
+    scale, shift = _bn_affine(bn)
+    w = layer.weight.detach().double()
+    b = layer.bias.detach().double() if layer.bias is not None else torch.zeros_like(scale)
+    shape = (-1,) + (1,) * (w.ndim - 1)
+    new_w, new_b = w * scale.view(shape), b * scale + shift
+    layer.weight = nn.Parameter(new_w.to(layer.weight.dtype), requires_grad=False)
+    layer.bias = nn.Parameter(new_b.to(layer.weight.dtype), requires_grad=False)
+
+
+def fold_bn_before(bn: nn.modules.batchnorm._BatchNorm, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``W @ bn(x) + b == W' @ x + b'`` for a (out, in) weight: returns ``(W', b')``."""
+    scale, shift = _bn_affine(bn)
+    w = weight.detach().double()
+    return (w * scale[None, :]).to(weight.dtype), (bias.detach().double() + w @ shift).to(weight.dtype)
+
+
+def fold_bn_into_lstm(bn: nn.modules.batchnorm._BatchNorm, lstm: nn.LSTM) -> None:
+    """In place: ``lstm(bn(x)) == lstm'(x)`` by rewriting the first layer's input weights."""
+    if lstm.num_layers != 1 or lstm.bidirectional or lstm.proj_size:
+        raise ConfigError("BatchNorm folding supports single-layer, unidirectional LSTMs only")
+    if not lstm.bias:
+        raise ConfigError("BatchNorm folding into an LSTM needs its bias vectors")
+    w, b = fold_bn_before(bn, lstm.weight_ih_l0, lstm.bias_ih_l0)
+    with torch.no_grad():
+        lstm.weight_ih_l0.copy_(w)
+        lstm.bias_ih_l0.copy_(b)
+
+
+class FoldedCnnLstm(nn.Module):
+    """The CnnLstm with BatchNorm folded away and Dropout removed: same logits, eval only.
+
+    Args:
+        model: a trained :class:`CnnLstm` (its train/eval mode does not matter: the running
+            statistics are used, as in eval mode). It is copied, never changed.
+        channels_last: run the convolutions in NHWC memory layout. Default: True.
+        conv_chunk: run the conv stage on at most this many images at a time (0: all at once).
+            Keeps every activation well under glibc's 32 MB mmap threshold and in cache: at
+            batch 64 the first block's output alone is 134 MB, and allocating that afresh on
+            every call costs ~90,000 page faults. The LSTMs still see the whole batch.
+            Default: 8.
+        relu_first: ReLU before max-pool (the original order) instead of after. They commute;
+            pooling first makes the ReLU 4x cheaper in eager PyTorch, while ReLU first lets
+            ONNX Runtime fuse it into the convolution. Default: False.
+    """
+
+    def __init__(self, model: CnnLstm, channels_last: bool = True, conv_chunk: int = 8, relu_first: bool = False) -> None:
+        super().__init__()
+        src = copy.deepcopy(model).float().cpu().eval()
+        self.config = src.config
+        self.channels_last = channels_last
+        self.conv_chunk = int(conv_chunk)
+        self.relu_first = relu_first
+        convs = []
+        for block in src.features:
+            fold_bn_after(block.conv, block.bn)
+            convs.append(block.conv)
+        self.convs = nn.ModuleList(convs)
+        self.lstm1 = src.lstm1
+        self.lstm2 = src.lstm2
+        fold_bn_into_lstm(src.bn1, src.lstm2)  # BN over lstm1's features feeds every lstm2 step
+        linears = [block.fc for block in list(src.head)[:-1]] + [src.head.out]
+        first = linears[0]
+        w, b = fold_bn_before(src.bn2, first.weight, first.bias)  # BN on lstm2's last step
+        first.weight = nn.Parameter(w, requires_grad=False)
+        first.bias = nn.Parameter(b, requires_grad=False)
+        for block in list(src.head)[:-1]:
+            fold_bn_after(block.fc, block.bn)
+        self.linears = nn.ModuleList(linears)
+        for p in self.parameters():
+            p.requires_grad_(False)
+        if channels_last:
+            for conv in self.convs:
+                conv.to(memory_format=torch.channels_last)
+        self.lstm1.flatten_parameters()
+        self.lstm2.flatten_parameters()
+        self.eval()
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv stage: (B, 1, S, S) → (B, C, S/8, S/8)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for conv in self.convs:
+            x = F.max_pool2d(F.relu(conv(x)), 2) if self.relu_first else F.relu(F.max_pool2d(conv(x), 2))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if 0 < self.conv_chunk < x.shape[0]:
+            x = torch.cat([self.features(part) for part in x.split(self.conv_chunk)])
+        else:
+            x = self.features(x)
+        b, c, h, w = x.shape
+        seq = x.permute(0, 2, 3, 1).reshape(b, h, w * c)  # free in channels-last memory
+        seq, _ = self.lstm1(seq)
+        seq, _ = self.lstm2(seq)
+        z = seq[:, -1]
+        for lin in self.linears[:-1]:
+            z = F.relu(lin(z))
+        return self.linears[-1](z).squeeze(-1)
+
+
+# --------------------------------------------------------------------------- backends
+
+
+class FastModel:
+    """A callable ``float (B, 1, S, S) -> logits (B,)`` for inference on CPU, with its backend.
+
+    Attributes:
+        backend: the backend actually in use (``eager``, ``compile`` or ``onnx``).
+        requested: the backend asked for.
+        setup_seconds: time spent folding / exporting / building the session.
+        fallback: why a requested backend was not used (``None`` when it was).
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], backend: str, requested: str,
+                 eager: FoldedCnnLstm, setup_seconds: float, fallback: str | None = None) -> None:
+        self._fn = fn
+        self.backend = backend
+        self.requested = requested
+        self.eager = eager
+        self.setup_seconds = setup_seconds
+        self.fallback = fallback
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.eager.config.input_size
+        if x.ndim != 4 or tuple(x.shape[1:]) != (1, s, s):
+            raise ValueError(f"expected input of shape (B, 1, {s}, {s}), got {tuple(x.shape)}")
+        with torch.inference_mode():
+            x = x.float()
+            if self.backend == "eager" or x.shape[0] == 0:
+                return self.eager(x)
+            try:
+                return self._fn(x)
+            except Exception as exc:  # a backend failing late (e.g. compile on a new shape) → eager
+                self._to_eager(f"{self.backend} failed at run time ({exc.__class__.__name__}: {str(exc)[:200]})")
+                return self.eager(x)
+
+    def _to_eager(self, reason: str) -> None:
+        log.warning("fast inference: %s; using eager PyTorch", reason)
+        self.fallback, self.backend, self._fn = reason, "eager", self.eager
+
+    def __repr__(self) -> str:
+        return f"FastModel(backend={self.backend!r}, requested={self.requested!r}, fallback={self.fallback!r})"
+
+
+def _compiled(folded: FoldedCnnLstm) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``torch.compile`` (inductor, C++ codegen); compilation happens at the first call per shape."""
+    return torch.compile(folded, dynamic=False)
+
+
+def onnx_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def export_onnx(folded: FoldedCnnLstm) -> bytes:
+    """The folded model as an ONNX graph (opset 17) with a dynamic batch axis, in memory."""
+    s = folded.config.input_size
+    plain = copy.deepcopy(folded)
+    plain.channels_last = False  # layout is ORT's business (it picks its own blocked layout)
+    plain.conv_chunk = 0  # a Python loop would be traced into fixed splits
+    plain.relu_first = True  # lets ORT fuse Conv+Relu
+    for conv in plain.convs:
+        conv.weight.data = conv.weight.data.contiguous()
+    buf = io.BytesIO()
+    torch.onnx.export(
+        plain,
+        (torch.rand(2, 1, s, s),),
+        buf,
+        dynamo=False,  # the TorchScript exporter: no extra dependency (onnxscript), exports nn.LSTM as one op
+        input_names=["image"],
+        output_names=["logit"],
+        dynamic_axes={"image": {0: "batch"}, "logit": {0: "batch"}},
+        opset_version=17,
+    )
+    return buf.getvalue()
+
+
+def _onnx_session(folded: FoldedCnnLstm, threads: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An ONNX Runtime session on the folded model, checked against eager PyTorch."""
+    import warnings
+
+    import numpy as np
+    import onnxruntime as ort
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and LSTM batch-size notes
+        model_bytes = export_onnx(folded)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(session.run(None, {"image": arr})[0])
+
+    return run
+
+
+def check_agreement(fn: Callable[[torch.Tensor], torch.Tensor], folded: FoldedCnnLstm, batch: int = 3) -> float:
+    """Max abs difference in logits between ``fn`` and the eager folded model on random input."""
+    s = folded.config.input_size
+    x = torch.rand(batch, 1, s, s, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        return float((fn(x).float() - folded(x)).abs().max())
+
+
+def optimize(model: CnnLstm, backend: str = "auto", threads: int | None = None, channels_last: bool = True) -> FastModel:
+    """Build a fast inference callable for a trained CnnLstm on CPU.
+
+    Args:
+        model: the trained network (not modified).
+        backend: ``eager`` (folded PyTorch), ``compile`` (``torch.compile`` of the folded model;
+            the first call per batch size compiles, ~tens of seconds), ``onnx`` (ONNX Runtime,
+            exported and checked to agree within :data:`AGREEMENT_TOL`), or ``auto`` (the
+            fastest measured one that works here, see :data:`AUTO_ORDER`).
+        threads: intra-op threads for ONNX Runtime. Default: ``torch.get_num_threads()``.
+        channels_last: NHWC convolutions in the PyTorch backends. Default: True.
+
+    Any backend that cannot be built falls back to ``eager`` with the reason in
+    ``FastModel.fallback`` (and a log warning); an unknown backend name is a ConfigError.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    t0 = time.perf_counter()
+    folded = FoldedCnnLstm(model, channels_last=channels_last)
+    candidates = [b for b in AUTO_ORDER if b != "onnx" or onnx_available()] if backend == "auto" else [backend]
+    reasons = []
+    for name in candidates:
+        if name == "eager":
+            break
+        try:
+            fn = _compiled(folded) if name == "compile" else _onnx_session(folded, threads)
+            if name == "onnx":
+                diff = check_agreement(fn, folded)
+                if not diff <= AGREEMENT_TOL:
+                    raise RuntimeError(f"logits differ from PyTorch by {diff:.2e} > {AGREEMENT_TOL:.0e}")
+        except Exception as exc:
+            reasons.append(f"{name} unavailable ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})")
+            continue
+        return FastModel(fn, name, backend, folded, time.perf_counter() - t0)
+    fallback = "; ".join(reasons) or None
+    if fallback and backend != "auto":
+        log.warning("fast inference: %s; using eager PyTorch", fallback)
+    return FastModel(folded, "eager", backend, folded, time.perf_counter() - t0, fallback)

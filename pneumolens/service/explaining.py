@@ -1,0 +1,133 @@
+"""The service's only contact with the explanation library (:mod:`pneumolens.explain`).
+
+Two halves:
+
+* in the web process, :func:`available_methods` and :func:`parse_methods` check a request's
+  ``methods`` field (``"gradcam,lime:n_samples=200"``) before any work is queued;
+* in a worker process, :func:`run_job` computes each method's map with
+  :func:`pneumolens.explain.explain` and draws it with
+  :func:`pneumolens.explain.render.overlay_png`.
+
+If the library's interface changes, this file is the one to adapt.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import numpy as np
+
+from .workers import ExplainInputError
+
+#: What ``/v1/explain`` computes when the request names no method: the fastest one.
+DEFAULT_METHODS = ("gradcam",)
+
+#: Most methods in one request (each one is a full explanation).
+MAX_METHODS = 8
+
+
+def available_methods() -> list[str]:
+    """Method names this install can compute (empty if the explanation library is missing)."""
+    try:
+        from ..explain import METHODS
+    except ImportError:
+        return []
+    return list(METHODS)
+
+
+def parse_methods(text: str | None) -> list[tuple[str, dict[str, Any]]]:
+    """``"gradcam, lime:n_samples=200"`` → ``[("gradcam", {}), ("lime", {"n_samples": 200})]``.
+
+    An empty field means :data:`DEFAULT_METHODS`; a repeated method is computed once.
+
+    Raises:
+        ExplainInputError: an unknown method or parameter, a malformed ``key=value``, or more
+            than :data:`MAX_METHODS` methods; the message lists what is accepted.
+    """
+    from ..explain import parse_method_spec
+
+    specs = [s.strip() for s in (text or "").split(",") if s.strip()] or list(DEFAULT_METHODS)
+    out: list[tuple[str, dict[str, Any]]] = []
+    for spec in specs:
+        try:
+            head, sep, rest = spec.partition(":")
+            name, params = parse_method_spec(head.strip().lower() + sep + rest)
+        except ValueError as exc:
+            raise ExplainInputError(f"methods: {exc}") from None
+        if name not in [n for n, _ in out]:
+            out.append((name, params))
+    if len(out) > MAX_METHODS:
+        raise ExplainInputError(f"methods: at most {MAX_METHODS} methods per request, got {len(out)}")
+    return out
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+def warm_up(context: dict[str, Any]) -> None:
+    """Worker start: import the library and build the fast forward used by perturbation methods."""
+    from ..explain import render  # noqa: F401  (imports Captum, scikit-image, matplotlib)
+    from ..explain.runner import fast_forward
+
+    context["forward"] = fast_forward(context["model"])
+
+
+def run_job(context: dict[str, Any], payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """Explain one image with each requested method (runs in a worker process).
+
+    Args:
+        context: ``model`` (the served CnnLstm), ``forward`` (its fast copy, set by
+            :func:`warm_up`) and optionally ``background`` (uint8 (K, S, S) training images
+            for ``shap``).
+        payload: ``image`` uint8 (S, S) (the model's input), ``methods`` (from
+            :func:`parse_methods`), ``raw`` (bool: include the maps), ``seed`` (int).
+
+    Returns:
+        One dict per method: method, overlay_png (base64), elapsed_s (the explanation),
+        render_s (drawing the overlay), params, signed, scale, map.
+    """
+    from ..explain import explain
+    from ..explain.render import is_signed, overlay_png
+
+    image = np.asarray(payload["image"], dtype=np.uint8)
+    results = []
+    for method, params in payload["methods"]:
+        params = dict(params)
+        if method == "shap" and "background" not in params and context.get("background") is not None:
+            params["background"] = context["background"]
+        att = explain(context["model"], image[None], method, seed=int(payload.get("seed", 0)),
+                      forward=context.get("forward"), **params)
+        heat = att.maps[0]
+        t0 = time.perf_counter()
+        png = overlay_png(image, heat, method)
+        results.append({
+            "method": method,
+            "overlay_png": base64.b64encode(png).decode("ascii"),
+            "elapsed_s": float(att.elapsed_s),
+            "render_s": time.perf_counter() - t0,
+            "params": _jsonable(att.params),
+            "signed": is_signed(method, heat),
+            "scale": float(np.max(np.abs(heat))) if heat.size else 0.0,
+            "map": heat.tolist() if payload.get("raw") else None,
+        })
+    return results
+
+
+run_job.warm_up = warm_up  # type: ignore[attr-defined]
+
+
+def _jsonable(value: Any) -> Any:
+    """Params as plain JSON values (NumPy scalars and arrays become numbers and lists)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist() if value.size <= 64 else f"array{tuple(value.shape)}"
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

@@ -1,0 +1,1 @@
+"""One router per resource: health and model card, predictions, explanations."""

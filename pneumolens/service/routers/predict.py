@@ -1,0 +1,60 @@
+"""``POST /v1/predict``: one or more uploaded images → probability and label for each."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, File, UploadFile
+
+from ...errors import InvalidImageError
+from ...inference import Predictor
+from ..dependencies import get_predictor
+from ..schemas import PredictResponse, Prediction, error_responses
+from ..uploads import UploadRoute, read_upload, safe_name
+
+router = APIRouter(prefix="/v1", tags=["predict"], route_class=UploadRoute)
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    summary="Predict pneumonia for uploaded X-rays",
+    responses=error_responses(400, 413, 415, 422, 503),
+)
+def predict(
+    file: Annotated[list[UploadFile], File(description="one or more chest X-rays: JPEG, PNG or DICOM")],
+    predictor: Annotated[Predictor, Depends(get_predictor)],
+) -> PredictResponse:
+    """The calibrated probability of PNEUMONIA and the label at the model's threshold, per file.
+
+    One bad file in a single-file request is an error (415 or 422, naming the file). In a
+    multi-file request each bad file gets an entry with ``error`` and the others are predicted;
+    the request fails only if no file could be read.
+
+    A plain ``def``: FastAPI runs it in its thread pool, so decoding and the forward pass never
+    block the event loop.
+    """
+    names: list[str] = []
+    images: list[np.ndarray] = []
+    errors: dict[int, tuple[str, InvalidImageError]] = {}
+    for i, upload in enumerate(file):
+        try:
+            name, image = read_upload(upload, i, predictor.size)
+        except InvalidImageError as exc:
+            errors[i] = (safe_name(upload.filename, i), exc)
+            continue
+        names.append(name)
+        images.append(image)
+    if not images:
+        raise errors[min(errors)][1]
+    predicted = iter(predictor.predict_arrays(np.stack(images), names))
+    results = []
+    for i in range(len(file)):
+        if i in errors:
+            name, exc = errors[i]
+            results.append(Prediction(file=name, threshold=predictor.threshold, error=str(exc)))
+        else:
+            p = next(predicted)
+            results.append(Prediction(file=p.file, probability=p.probability, label=p.label, threshold=p.threshold))
+    return PredictResponse(results=results)

@@ -1,0 +1,54 @@
+"""Settings of the web service, read from ``PNEUMOLENS_*`` environment variables or given in code.
+
+One typed object decides every limit the service enforces, so an operator can see and change
+them in one place (``PNEUMOLENS_MAX_UPLOAD_BYTES=50000000 pneumolens serve``) and tests can
+build an app with tiny limits without touching the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServeSettings(BaseSettings):
+    """What ``pneumolens serve`` and :func:`~pneumolens.service.create_app` run with.
+
+    Every field can be set with an environment variable named ``PNEUMOLENS_`` + the field name
+    in capitals (``PNEUMOLENS_CHECKPOINT``, ``PNEUMOLENS_PORT``...); values given in code win.
+
+    Attributes:
+        checkpoint: the model file or run folder to serve. Default: ``None``, the shipped model.
+        threshold: override the checkpoint's decision threshold. Default: the checkpoint's.
+        host: interface to listen on. Default: ``127.0.0.1`` (this machine only; the service has
+            no authentication).
+        port: TCP port. Default: 8000.
+        max_upload_bytes: largest request body accepted (all files of a request together,
+            multipart framing included); larger requests get 413. Default: 20 MB.
+        max_files: most files in one ``/v1/predict`` request. Default: 64.
+        max_concurrent_explanations: explanations computed at the same time, each in its own
+            worker process; one more gets 503 with ``Retry-After``. Default: 1.
+        explain_time_limit_s: wall-clock limit of one explanation request; its worker process
+            is stopped at the limit and the request gets 504. Default: 120 s.
+        explain_threads: CPU threads of each explanation worker, so that an explanation leaves
+            cores to predictions. Default: 1.
+        explain_prestart: start the explanation workers when the service starts (else on the
+            first explanation request). Default: true.
+        retry_after_s: the ``Retry-After`` advice sent with a 503. Default: 10 s.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PNEUMOLENS_", extra="ignore")
+
+    checkpoint: Path | None = None
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_upload_bytes: int = Field(default=20_000_000, gt=0)
+    max_files: int = Field(default=64, ge=1)
+    max_concurrent_explanations: int = Field(default=1, ge=1, le=64)
+    explain_time_limit_s: float = Field(default=120.0, gt=0)
+    explain_threads: int = Field(default=1, ge=1)
+    explain_prestart: bool = True
+    retry_after_s: int = Field(default=10, ge=1)

@@ -1,0 +1,286 @@
+"""Training: the LightningModule (loss, metrics, optimiser) and ``fit`` (the Trainer's wiring).
+
+The science lives in :class:`PneumoniaClassifier`; devices, checkpoints, early stopping,
+progress bars and logs are the Trainer's. ``fit`` then picks the best epoch, calibrates a
+temperature and a decision threshold on the patient-level validation split, and writes one
+self-describing ``model.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torchmetrics import MetricCollection
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryPrecision, BinaryRecall
+
+from .augment import Augment
+from .checkpoint import Checkpoint, base_provenance, default_preprocessing, save_checkpoint
+from .config import TrainConfig
+from .datamodule import PneumoniaDataModule, ResumableBatches
+from .losses import class_weights, focal_loss
+from .model import CnnLstm
+
+log = logging.getLogger(__name__)
+
+
+def _metrics(prefix: str) -> MetricCollection:
+    return MetricCollection(
+        {"acc": BinaryAccuracy(), "precision": BinaryPrecision(), "recall": BinaryRecall(), "auc": BinaryAUROC()},
+        prefix=prefix,
+    )
+
+
+class PneumoniaClassifier(L.LightningModule):
+    """Focal-loss training of a :class:`CnnLstm`, with the original's class weights.
+
+    Args:
+        config: the training recipe (model, augmentation, optimiser, schedule, loss).
+        class_weight: (NORMAL, PNEUMONIA) loss weights; ``None`` = unweighted.
+    """
+
+    def __init__(self, config: TrainConfig, class_weight: tuple[float, float] | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters({"config": config.to_dict(), "class_weight": class_weight})
+        self.config = config
+        self.model = CnnLstm(config.model).to(memory_format=torch.channels_last)
+        self.augment = Augment(config.augment)
+        self.register_buffer("class_weight", torch.tensor(class_weight or (1.0, 1.0), dtype=torch.float32))
+        self.train_metrics = _metrics("train_")
+        self.val_metrics = _metrics("val_")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """PNEUMONIA logits for float images (B, 1, S, S) in [0, 1]."""
+        return self.model(x)
+
+    @staticmethod
+    def to_float(images: torch.Tensor) -> torch.Tensor:
+        return images.unsqueeze(1).float().div_(255.0) if images.dtype == torch.uint8 else images
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Augmentation and dropout draw from a stream keyed by (seed, step, rank), so a run resumed
+        # from any checkpoint continues with exactly the randomness it would have had.
+        torch.manual_seed(self.config.seed * 1_000_003 + self.global_step * 131 + self.global_rank)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, y = batch
+        # 1. augment in the training path only
+        x = self.augment(self.to_float(images)).contiguous(memory_format=torch.channels_last)
+        # 2. forward and the class-weighted focal loss
+        logits = self.model(x)
+        w = self.class_weight[y.long()]
+        c = self.config
+        loss = focal_loss(logits, y, c.focal_gamma, c.focal_alpha, sample_weight=w, label_smoothing=c.label_smoothing)
+        # 3. epoch metrics
+        self.train_metrics.update(torch.sigmoid(logits.detach()), y.long())
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict(self.train_metrics.compute(), sync_dist=True)
+        self.train_metrics.reset()
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, y = batch
+        logits = self.model(self.to_float(images).contiguous(memory_format=torch.channels_last))
+        c = self.config
+        loss = focal_loss(logits, y, c.focal_gamma, c.focal_alpha)  # unweighted, as Keras reports val loss
+        self.val_metrics.update(torch.sigmoid(logits), y.long())
+        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(y))
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        self.log_dict(values, sync_dist=True)
+        self.log("val_auc_pb", values["val_auc"], prog_bar=True, logger=False, sync_dist=True)
+        self.val_metrics.reset()
+
+    def configure_optimizers(self) -> Any:
+        c = self.config
+        opt_cls = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
+        opt = opt_cls(self.parameters(), lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay)
+        if c.scheduler == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode="min", factor=c.plateau_factor, patience=c.plateau_patience, min_lr=c.min_lr
+            )
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss", "interval": "epoch"}}
+        steps = max(1, self.trainer.estimated_stepping_batches)
+        per_epoch = max(1, steps // max(1, c.max_epochs))
+        warm = c.warmup_epochs * per_epoch
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            t = (step - warm) / max(1, steps - warm)
+            return max(c.min_lr / c.lr, 0.5 * (1.0 + math.cos(math.pi * min(1.0, t))))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class ResumeCallback(Callback):
+    """Counts finished steps for the resumable loader, and saves ``interrupted.ckpt`` on Ctrl-C / SIGTERM."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        loader = trainer.train_dataloader
+        if isinstance(loader, ResumableBatches):
+            loader.mark_consumed()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, (KeyboardInterrupt, SystemExit)) and trainer.world_size == 1:
+            path = self.out / "checkpoints" / "interrupted.ckpt"
+            trainer.save_checkpoint(path)
+            log.warning("interrupted: saved %s; continue with --resume", path)
+
+
+def resume_path(out: Path) -> Path | None:
+    """The newest of ``interrupted.ckpt`` and ``last.ckpt`` under ``out/checkpoints``."""
+    cands = [p for p in (out / "checkpoints" / "interrupted.ckpt", out / "checkpoints" / "last.ckpt") if p.exists()]
+    return max(cands, key=lambda p: p.stat().st_mtime) if cands else None
+
+
+@dataclass
+class FitResult:
+    model_path: Path
+    metrics: dict[str, Any]
+    epochs: int
+    wall_s: float
+
+
+@torch.inference_mode()
+def _val_logits(model: CnnLstm, dm: PneumoniaDataModule) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    out, ys = [], []
+    for images, y in dm.val_dataloader():
+        out.append(model(PneumoniaClassifier.to_float(images)))
+        ys.append(y)
+    return torch.cat(out).numpy().astype(np.float64), torch.cat(ys).numpy().astype(int)
+
+
+def fit(
+    config: TrainConfig,
+    data: str | Path,
+    out: str | Path,
+    resume: bool = False,
+    devices: int | str = 1,
+    accelerator: str = "auto",
+    strategy: str = "auto",
+    skip_bad: bool = False,
+    max_images: int | None = None,
+    limit_train_batches: int | float | None = None,
+    progress: bool = True,
+    preset: str | None = None,
+    extra_callbacks: list[Callback] | None = None,
+) -> FitResult:
+    """Train, pick the best epoch by val loss, calibrate on validation, write ``out/model.pt``."""
+    from . import metrics as M  # the evaluation module: threshold rules, temperature, CIs
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    dm = PneumoniaDataModule(
+        data, config.model.input_size, config.batch_size, config.val_fraction, config.split_seed, config.seed,
+        skip_bad=skip_bad, max_images=max_images,
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    n0, n1 = dm.counts["train"]
+    weights = class_weights(n0, n1) if config.class_weighting else None
+    module = PneumoniaClassifier(config, weights)
+    best_cb = ModelCheckpoint(
+        dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min", save_last=True, save_top_k=1
+    )
+    callbacks: list[Callback] = [best_cb, LearningRateMonitor("epoch"), ResumeCallback(out)]
+    callbacks.extend(extra_callbacks or [])
+    if progress:  # tqdm, not rich: readable in a log file too, with ETA
+        callbacks.append(TQDMProgressBar(refresh_rate=1 if sys.stderr.isatty() else 25))
+    if config.early_stopping_patience > 0:
+        callbacks.append(EarlyStopping("val_loss", patience=config.early_stopping_patience, mode="min"))
+    trainer = L.Trainer(
+        max_epochs=config.max_epochs,
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        callbacks=callbacks,
+        logger=[CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="tb", version="")],
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        deterministic=True,
+        log_every_n_steps=50,
+        num_sanity_val_steps=0,
+        limit_train_batches=limit_train_batches,
+    )
+    ckpt = resume_path(out) if resume else None
+    if resume and ckpt is None:
+        log.warning("--resume: no checkpoint under %s/checkpoints, starting from scratch", out)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
+    if not trainer.is_global_zero:
+        return FitResult(out / "model.pt", {}, trainer.current_epoch, time.time() - t0)
+
+    # Best weights (EarlyStopping's "restore best"), then calibrate on the validation split.
+    best = best_cb.best_model_path or best_cb.last_model_path
+    if best:
+        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+    model = module.model.cpu().eval()
+    logits, y = _val_logits(model, dm)
+    temperature = M.fit_temperature(logits, y) if config.calibrate and len(set(y)) == 2 else 1.0
+    prob = 1.0 / (1.0 + np.exp(-logits / temperature))
+    threshold = M.choose_threshold(y, prob, config.threshold_rule) if len(set(y)) == 2 else 0.5
+    groups = [r.patient_id for r in dm.val_records]
+    val_metrics = M.binary_metrics(y, prob, threshold)
+    val_metrics["ci"] = M.bootstrap_ci(y, prob, threshold, groups=groups, n_boot=1000, seed=0)
+    history = out / "logs" / "metrics.csv"
+    best_epoch = None
+    try:
+        best_epoch = int(torch.load(best, map_location="cpu", weights_only=False)["epoch"]) if best else None
+    except Exception:  # noqa: BLE001 - provenance only
+        pass
+    provenance = base_provenance(
+        recipe=preset or "custom",
+        train_config=config.to_dict(),
+        val_fraction=config.val_fraction,
+        split_seed=config.split_seed,
+        data_manifest=dm.manifest,
+        train_counts=list(dm.counts["train"]),
+        validation_counts=list(dm.counts["validation"]),
+        class_weight=list(weights) if weights else None,
+        epochs_run=trainer.current_epoch,
+        best_epoch=best_epoch,
+        skipped_files=len(dm.bad),
+        wall_s=round(time.time() - t0, 1),
+    )
+    result = Checkpoint(
+        model=model,
+        config=config.model,
+        threshold=float(threshold),
+        threshold_rule=config.threshold_rule,
+        temperature=float(temperature),
+        preprocessing=default_preprocessing(config.model.input_size),
+        provenance=provenance,
+        metrics={"validation": val_metrics},
+    )
+    path = save_checkpoint(result, out / "model.pt")
+    (out / "train_summary.json").write_text(json.dumps({"validation": val_metrics, "provenance": provenance}, indent=2, default=str))
+    if history.exists():
+        try:
+            from .report import plot_history
+
+            plot_history(history, out / "training_history.png")
+        except Exception as exc:  # noqa: BLE001 - a figure must never sink a finished run
+            log.warning("could not draw the training history: %s", exc)
+    return FitResult(path, val_metrics, trainer.current_epoch, time.time() - t0)

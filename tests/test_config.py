@@ -1,0 +1,49 @@
+"""Presets, YAML and overrides build the right TrainConfig; mistakes are errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pneumolens.config import PRESETS, TrainConfig, load_config
+from pneumolens.errors import ConfigError
+
+
+def test_seed_preset_is_the_original_recipe() -> None:
+    c = load_config("seed")
+    assert (c.batch_size, c.max_epochs, c.lr, c.adam_eps, c.optimizer) == (8, 50, 1e-3, 1e-7, "adam")
+    assert (c.scheduler, c.plateau_factor, c.plateau_patience, c.min_lr) == ("plateau", 0.2, 3, 1e-7)
+    assert (c.early_stopping_patience, c.focal_gamma, c.focal_alpha, c.class_weighting) == (10, 2.0, 0.5, True)
+    a = c.augment
+    assert (a.hflip, a.degrees, a.zoom, a.translate, a.padding_mode) == (0.5, 72.0, 0.1, 0.1, "reflection")
+    assert c.model.input_size == 128
+
+
+def test_yaml_then_overrides_apply_in_order(tmp_path: Path) -> None:
+    y = tmp_path / "c.yaml"
+    y.write_text("batch_size: 16\nmax_epochs: 7\naugment:\n  degrees: 5\n")
+    c = load_config("seed", y, {"max_epochs": 3, "seed": None})
+    assert (c.batch_size, c.max_epochs, c.augment.degrees, c.augment.hflip) == (16, 3, 5.0, 0.5)
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [("batchsize: 4\n", "unknown"), ("optimizer: sgd\n", "optimizer"), ("- 1\n", "mapping"), ("a: [\n", "cannot read")],
+)
+def test_bad_yaml_is_a_config_error(tmp_path: Path, text: str, match: str) -> None:
+    y = tmp_path / "c.yaml"
+    y.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config("seed", y)
+
+
+def test_unknown_preset() -> None:
+    with pytest.raises(ConfigError, match="preset"):
+        load_config("best")
+
+
+def test_every_preset_builds_and_round_trips() -> None:
+    for name in PRESETS:
+        c = load_config(name)
+        assert TrainConfig.from_dict(c.to_dict()) == c

@@ -1,0 +1,134 @@
+"""Figures are valid PNGs, the training log is read right, the Markdown report holds the numbers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumolens.errors import PneumoLensError
+from pneumolens.metrics import binary_metrics, bootstrap_ci, subtype_recall
+from pneumolens.report import (
+    plot_confusion,
+    plot_history,
+    plot_pr,
+    plot_reliability,
+    plot_roc,
+    read_history,
+    write_report,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# What Lightning's CSVLogger writes: sparse rows, the LR monitor's rows without an epoch.
+LIGHTNING_CSV = """\
+epoch,lr-Adam,step,train_acc,train_loss_epoch,train_loss_step,val_auc,val_loss,val_acc
+,0.001,0,,,,,,
+0,,1,,,0.70,,,
+0,,3,,,,0.60,0.65,0.55
+0,,3,0.52,0.69,,,,
+,0.0002,4,,,,,,
+1,,5,,,0.50,,,
+1,,7,,,,0.75,0.55,0.70
+1,,7,0.66,0.58,,,,
+"""
+
+
+def _assert_png(path, min_size=(100, 100)):
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.size[0] >= min_size[0] and im.size[1] >= min_size[1]
+
+
+@pytest.fixture
+def scores():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    p = np.clip(rng.normal(0.3 + 0.4 * y, 0.2), 0, 1)
+    return y, p
+
+
+def test_figures_are_valid_pngs(tmp_path, scores):
+    y, p = scores
+    c = binary_metrics(y, p, 0.5)["confusion"]
+    paths = [
+        plot_confusion(c, ("NORMAL", "PNEUMONIA"), tmp_path / "confusion.png"),
+        plot_roc(y, p, tmp_path / "roc.png", threshold=0.5),
+        plot_pr(y, p, tmp_path / "pr.png"),
+        plot_reliability(y, p, tmp_path / "sub" / "reliability.png", n_bins=10),
+    ]
+    for path in paths:
+        _assert_png(path)
+
+
+def test_curves_with_one_class_still_give_a_figure(tmp_path):
+    y, p = np.ones(5, dtype=int), np.linspace(0.1, 0.9, 5)
+    _assert_png(plot_roc(y, p, tmp_path / "roc.png", threshold=0.5))
+    _assert_png(plot_pr(y, p, tmp_path / "pr.png"))
+
+
+def test_read_history_assigns_lr_rows_to_the_next_epoch(tmp_path):
+    csv_path = tmp_path / "metrics.csv"
+    csv_path.write_text(LIGHTNING_CSV)
+    h = read_history(csv_path)
+    assert h["lr-Adam"] == {0: 0.001, 1: 0.0002}
+    assert h["train_loss_epoch"] == {0: 0.69, 1: 0.58}
+    assert h["train_loss_step"] == {0: 0.70, 1: 0.50}  # last step value of each epoch
+    assert h["val_auc"] == {0: 0.60, 1: 0.75}
+    _assert_png(plot_history(csv_path, tmp_path / "history.png"))
+
+
+def test_plot_history_tolerates_missing_columns(tmp_path):
+    csv_path = tmp_path / "metrics.csv"
+    csv_path.write_text("epoch,step,val_loss\n0,3,0.9\n1,7,0.7\n")
+    _assert_png(plot_history(csv_path, tmp_path / "history.png"))
+
+
+def test_plot_history_errors_name_the_file(tmp_path):
+    with pytest.raises(PneumoLensError, match="missing.csv"):
+        plot_history(tmp_path / "missing.csv", tmp_path / "h.png")
+    odd = tmp_path / "odd.csv"
+    odd.write_text("epoch,step,foo\n0,1,2\n")
+    with pytest.raises(PneumoLensError, match="odd.csv.*foo"):
+        plot_history(odd, tmp_path / "h.png")
+    no_epoch = tmp_path / "noepoch.csv"
+    no_epoch.write_text("a,b\n1,2\n")
+    with pytest.raises(PneumoLensError, match="epoch"):
+        plot_history(no_epoch, tmp_path / "h.png")
+
+
+def test_write_report_holds_metrics_cis_confusion_subtypes_and_figures(tmp_path, scores):
+    y, p = scores
+    m = binary_metrics(y, p, 0.5)
+    m["ci"] = bootstrap_ci(y, p, 0.5, n_boot=200)
+    m["subtype_recall"] = subtype_recall(y, p, np.where(y == 1, "virus", "normal"), 0.5)
+    m.update(split="validation", threshold_source="checkpoint", notes=["a note to read"])
+    path = write_report(m, tmp_path, {"ROC curve": "roc.png"}, title="Test report")
+    text = path.read_text()
+    assert path == tmp_path / "report.md"
+    assert text.startswith("# Test report")
+    lo, hi = m["ci"]["roc_auc"]
+    assert f"| ROC AUC | {m['roc_auc']:.3f} | {lo:.3f} – {hi:.3f} |" in text
+    c = m["confusion"]
+    assert f"| NORMAL | {c['tn']} (TN) | {c['fp']} (FP) |" in text
+    assert f"| PNEUMONIA | {c['fn']} (FN) | {c['tp']} (TP) |" in text
+    assert f"| virus | {int(y.sum())} | {m['subtype_recall']['virus']['recall']:.3f} | n/a |" in text
+    assert "![ROC curve](roc.png)" in text
+    assert "> a note to read" in text
+
+
+def test_report_never_touches_pyplot_or_the_global_backend(tmp_path):
+    # pyplot would pick (and lock) a global backend; Figure objects need none.
+    code = (
+        "import sys, numpy as np, pneumolens.report as r; "
+        f"r.plot_pr(np.array([0, 1, 1]), np.array([0.2, 0.7, 0.4]), {str(tmp_path / 'pr.png')!r}); "
+        "assert 'matplotlib.pyplot' not in sys.modules"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    _assert_png(tmp_path / "pr.png")

@@ -1,0 +1,162 @@
+"""Training: resumable batches, a full fit on synthetic data, determinism, resume, DDP, real data."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import tiny_model_config
+from lightning.pytorch.callbacks import Callback
+
+from pneumolens.checkpoint import load_checkpoint
+from pneumolens.config import TrainConfig
+from pneumolens.datamodule import ResumableBatches, subset_by_patient
+from pneumolens.data import find_split
+from pneumolens.train import fit
+
+
+def _tiny_config(**kw) -> TrainConfig:
+    base = dict(model=tiny_model_config(), batch_size=8, max_epochs=2, early_stopping_patience=0, seed=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- the resumable training iterable -------------------------------------------------------------
+def test_resumable_batches_cover_every_image_once_per_epoch() -> None:
+    x, y = torch.arange(10).view(10, 1, 1), torch.zeros(10)
+    it = ResumableBatches(x, y, batch_size=4, seed=0)
+    assert len(it) == 3
+    first = torch.cat([b[0].flatten() for b in it])
+    second = torch.cat([b[0].flatten() for b in it])
+    assert sorted(first.tolist()) == list(range(10)) == sorted(second.tolist())
+    assert first.tolist() != second.tolist()  # a new order each epoch
+
+
+def test_resumable_batches_continue_mid_epoch_exactly() -> None:
+    x, y = torch.arange(20).view(20, 1, 1), torch.zeros(20)
+    ref = ResumableBatches(x, y, batch_size=3, seed=5)
+    full = [b[0].flatten().tolist() for b in ref]
+    run = ResumableBatches(x, y, batch_size=3, seed=5)
+    it = iter(run)
+    done = []
+    for _ in range(4):
+        done.append(next(it)[0].flatten().tolist())
+        run.mark_consumed()
+    next(it)  # the fetcher read one batch ahead, but it was never trained on
+    state = run.state_dict()
+    assert state["batches_done"] == 4
+    resumed = ResumableBatches(x, y, batch_size=3, seed=5)
+    resumed.load_state_dict(state)
+    assert done + [b[0].flatten().tolist() for b in resumed] == full
+
+
+def test_resumable_batches_shard_across_ranks() -> None:
+    x, y = torch.arange(11).view(11, 1, 1), torch.zeros(11)
+    ranks = [ResumableBatches(x, y, batch_size=2, seed=0, rank=r, world_size=2) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 3
+    seen = [set(torch.cat([b[0].flatten() for b in r]).tolist()) for r in ranks]
+    assert seen[0] | seen[1] == set(range(11))
+
+
+def test_subset_by_patient_keeps_whole_patients(synthetic_dataset: Path) -> None:
+    recs = find_split(synthetic_dataset, "train")
+    sub = subset_by_patient(recs, 5)
+    kept = {r.patient_id for r in sub}
+    assert all(r in sub for r in recs if r.patient_id in kept)
+    assert 10 <= len(sub) < len(recs)
+
+
+# --- fitting on synthetic data ---------------------------------------------------------------------
+def test_fit_writes_a_complete_checkpoint(synthetic_dataset: Path, tmp_path: Path) -> None:
+    res = fit(_tiny_config(), synthetic_dataset, tmp_path / "run", progress=False, preset="test")
+    ck = load_checkpoint(res.model_path)
+    assert 0.0 < ck.threshold < 1.0 and ck.threshold_rule == "youden" and ck.temperature > 0
+    prov = ck.provenance
+    assert prov["recipe"] == "test" and prov["val_fraction"] == 0.1 and prov["epochs_run"] == 2
+    assert len(prov["data_manifest"]) == 16 and prov["train_config"]["seed"] == 1
+    val = ck.metrics["validation"]
+    assert {"roc_auc", "accuracy", "ci", "confusion"} <= set(val)
+    assert (tmp_path / "run" / "logs" / "metrics.csv").exists()
+    assert (tmp_path / "run" / "training_history.png").stat().st_size > 1000
+    assert (tmp_path / "run" / "checkpoints" / "best.ckpt").exists()
+
+
+def test_same_seed_gives_the_same_weights(synthetic_dataset: Path, tmp_path: Path) -> None:
+    a = fit(_tiny_config(max_epochs=1), synthetic_dataset, tmp_path / "a", progress=False)
+    b = fit(_tiny_config(max_epochs=1), synthetic_dataset, tmp_path / "b", progress=False)
+    c = fit(_tiny_config(max_epochs=1, seed=2), synthetic_dataset, tmp_path / "c", progress=False)
+    sa, sb, sc = (load_checkpoint(r.model_path).model.state_dict() for r in (a, b, c))
+    assert _states_equal(sa, sb)
+    assert not _states_equal(sa, sc)
+
+
+class _InterruptAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:  # noqa: ANN001
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_run_resumes_to_the_same_weights(synthetic_dataset: Path, tmp_path: Path) -> None:
+    """Ctrl-C mid-epoch leaves a checkpoint; --resume ends with exactly the uninterrupted result."""
+    cfg = _tiny_config(max_epochs=2)
+    ref = fit(cfg, synthetic_dataset, tmp_path / "ref", progress=False)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # Lightning's graceful shutdown exits after on_exception
+            fit(cfg, synthetic_dataset, tmp_path / "run", progress=False, extra_callbacks=[_InterruptAt(3)])
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert (tmp_path / "run" / "checkpoints" / "interrupted.ckpt").exists()
+    assert not (tmp_path / "run" / "model.pt").exists()
+    res = fit(cfg, synthetic_dataset, tmp_path / "run", resume=True, progress=False)
+    a = load_checkpoint(ref.model_path).model.state_dict()
+    b = load_checkpoint(res.model_path).model.state_dict()
+    assert _states_equal(a, b)
+
+
+def test_cli_train_with_yaml_and_ddp_on_two_cpu_processes(synthetic_dataset: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({"model": tiny_model_config().to_dict(), "batch_size": 8, "max_epochs": 1}))
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "pneumolens.cli", "train", "--data", str(synthetic_dataset), "--out", str(out),
+        "--preset", "debug", "--config", str(cfg), "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu",
+        "--no-progress", "--threads", "1",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ck = load_checkpoint(out / "model.pt")
+    assert ck.provenance["epochs_run"] == 1
+    assert "validation (patient-level" in proc.stdout
+
+
+def test_cli_train_without_data_says_where_to_get_it(tmp_path: Path) -> None:
+    from pneumolens.cli import main
+
+    assert main(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+
+
+@pytest.mark.integration
+def test_real_data_subset_trains_and_evaluates(real_data_root: Path, tmp_path: Path) -> None:
+    """Two epochs of the full-size network on a small patient-level subset of the real train split."""
+    from pneumolens.evaluate import evaluate_split
+
+    cfg = TrainConfig(batch_size=16, max_epochs=2, early_stopping_patience=0)
+    res = fit(cfg, real_data_root, tmp_path / "real", max_images=40, progress=False)
+    ck = load_checkpoint(res.model_path)
+    assert ck.provenance["train_counts"][0] > 0 and ck.provenance["validation_counts"][1] > 0
+    m = evaluate_split(res.model_path, real_data_root, "val", tmp_path / "eval", n_boot=100, progress=False)
+    assert m["n"] == 16 and 0.0 <= m["accuracy"] <= 1.0
+    assert (tmp_path / "eval" / "metrics.json").exists() and (tmp_path / "eval" / "report.md").exists()
