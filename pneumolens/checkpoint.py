@@ -161,8 +161,18 @@ def load_checkpoint(path: str | Path | None = None, map_location: str | torch.de
         raise CheckpointError(f"{path}: not a readable PneumoLens checkpoint ({reason})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a PneumoLens checkpoint (no '{FORMAT}' marker; a Lightning .ckpt? use model.pt)")
-    if int(payload.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {payload['format_version']} is newer than this PneumoLens reads")
+    try:
+        version = int(payload.get("format_version", 0))
+        threshold = float(payload.get("threshold", 0.5))
+        temperature = float(payload.get("temperature", 1.0))
+        class_names = tuple(str(c) for c in payload.get("class_names", CLASS_NAMES))
+        meta = {k: dict(payload.get(k) or {}) for k in ("preprocessing", "provenance", "metrics")}
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: checkpoint metadata is malformed ({exc})") from exc
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {version} is newer than this PneumoLens reads")
+    if not 0.0 <= threshold <= 1.0 or not temperature > 0.0 or len(class_names) != 2:
+        raise CheckpointError(f"{path}: checkpoint metadata is invalid (threshold {threshold}, temperature {temperature})")
     try:
         config = ModelConfig.from_dict(payload["config"])
         model = CnnLstm(config)
@@ -173,11 +183,9 @@ def load_checkpoint(path: str | Path | None = None, map_location: str | torch.de
     return Checkpoint(
         model=model,
         config=config,
-        threshold=float(payload.get("threshold", 0.5)),
+        threshold=threshold,
         threshold_rule=str(payload.get("threshold_rule", "fixed")),
-        temperature=float(payload.get("temperature", 1.0)),
-        class_names=tuple(payload.get("class_names", CLASS_NAMES)),
-        preprocessing=dict(payload.get("preprocessing", {})),
-        provenance=dict(payload.get("provenance", {})),
-        metrics=dict(payload.get("metrics", {})),
+        temperature=temperature,
+        class_names=class_names,
+        **meta,
     )

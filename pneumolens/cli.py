@@ -16,7 +16,7 @@ from . import __version__
 from .errors import PneumoLensError
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = ("train", "evaluate", "predict", "explain", "explain_eval", "info", "serve")
+COMMANDS = ("demo", "train", "evaluate", "predict", "explain", "explain_eval", "info", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

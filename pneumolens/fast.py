@@ -26,6 +26,7 @@ import logging
 import time
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -104,18 +105,14 @@ class FoldedCnnLstm(nn.Module):
             batch 64 the first block's output alone is 134 MB, and allocating that afresh on
             every call costs ~90,000 page faults. The LSTMs still see the whole batch.
             Default: 8.
-        relu_first: ReLU before max-pool (the original order) instead of after. They commute;
-            pooling first makes the ReLU 4x cheaper in eager PyTorch, while ReLU first lets
-            ONNX Runtime fuse it into the convolution. Default: False.
     """
 
-    def __init__(self, model: CnnLstm, channels_last: bool = True, conv_chunk: int = 8, relu_first: bool = False) -> None:
+    def __init__(self, model: CnnLstm, channels_last: bool = True, conv_chunk: int = 8) -> None:
         super().__init__()
         src = copy.deepcopy(model).float().cpu().eval()
         self.config = src.config
         self.channels_last = channels_last
         self.conv_chunk = int(conv_chunk)
-        self.relu_first = relu_first
         convs = []
         for block in src.features:
             fold_bn_after(block.conv, block.bn)
@@ -146,7 +143,7 @@ class FoldedCnnLstm(nn.Module):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         for conv in self.convs:
-            x = F.max_pool2d(F.relu(conv(x)), 2) if self.relu_first else F.relu(F.max_pool2d(conv(x), 2))
+            x = F.relu(F.max_pool2d(conv(x), 2))  # they commute; pooling first makes the ReLU 4x cheaper
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -192,7 +189,9 @@ class FastModel:
             raise ValueError(f"expected input of shape (B, 1, {s}, {s}), got {tuple(x.shape)}")
         with torch.inference_mode():
             x = x.float()
-            if self.backend == "eager" or x.shape[0] == 0:
+            if x.shape[0] == 0:
+                return x.new_zeros(0)
+            if self.backend == "eager":
                 return self.eager(x)
             try:
                 return self._fn(x)
@@ -214,46 +213,88 @@ def _compiled(folded: FoldedCnnLstm) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def onnx_available() -> bool:
+    """Whether the ``onnx`` backend can be built here (``pip install pneumolens[fast]``)."""
     try:
+        import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
     except ImportError:
         return False
     return True
 
 
+def _lstm_onnx_weights(lstm: nn.LSTM) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PyTorch LSTM weights → ONNX ``W, R, B``: gates reordered from (i, f, g, o) to (i, o, f, c)."""
+    order = [0, 3, 1, 2]
+
+    def gates(t: torch.Tensor) -> np.ndarray:
+        return torch.cat([t.detach().float().chunk(4)[k] for k in order]).numpy()
+
+    w, r = gates(lstm.weight_ih_l0)[None], gates(lstm.weight_hh_l0)[None]
+    b = np.concatenate([gates(lstm.bias_ih_l0), gates(lstm.bias_hh_l0)])[None]
+    return w, r, b
+
+
 def export_onnx(folded: FoldedCnnLstm) -> bytes:
-    """The folded model as an ONNX graph (opset 17) with a dynamic batch axis, in memory."""
-    s = folded.config.input_size
-    plain = copy.deepcopy(folded)
-    plain.channels_last = False  # layout is ORT's business (it picks its own blocked layout)
-    plain.conv_chunk = 0  # a Python loop would be traced into fixed splits
-    plain.relu_first = True  # lets ORT fuse Conv+Relu
-    for conv in plain.convs:
-        conv.weight.data = conv.weight.data.contiguous()
-    buf = io.BytesIO()
-    torch.onnx.export(
-        plain,
-        (torch.rand(2, 1, s, s),),
-        buf,
-        dynamo=False,  # the TorchScript exporter: no extra dependency (onnxscript), exports nn.LSTM as one op
-        input_names=["image"],
-        output_names=["logit"],
-        dynamic_axes={"image": {0: "batch"}, "logit": {0: "batch"}},
-        opset_version=17,
+    """The folded model as an ONNX graph (opset 17, dynamic batch), written node by node.
+
+    Building the graph directly from the folded weights takes milliseconds, where tracing with
+    ``torch.onnx.export`` takes about a second, and does not depend on an exporter that PyTorch
+    is retiring. Conv → ReLU → MaxPool (ReLU first here, so ORT fuses it into the convolution);
+    the feature map goes to the LSTMs sequence-first, as ONNX's LSTM wants it.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    cfg = folded.config
+    inits, nodes = [], []
+
+    def const(name: str, value: np.ndarray | torch.Tensor) -> str:
+        arr = value.detach().float().numpy() if isinstance(value, torch.Tensor) else value
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        return name
+
+    def node(op: str, inputs: list[str], out: str, **attrs) -> str:
+        nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    x = "image"
+    for i, conv in enumerate(folded.convs, start=1):
+        w, b = const(f"conv{i}.w", conv.weight.contiguous()), const(f"conv{i}.b", conv.bias)
+        x = node("Conv", [x, w, b], f"conv{i}", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+        x = node("Relu", [x], f"relu{i}")
+        x = node("MaxPool", [x], f"pool{i}", kernel_shape=[2, 2], strides=[2, 2])
+    h, feats = cfg.seq_len, cfg.seq_features
+    x = node("Transpose", [x], "rows", perm=[2, 0, 3, 1])  # (B, C, H, W) → (H, B, W, C)
+    x = node("Reshape", [x, const("seq_shape", np.array([h, -1, feats], dtype=np.int64))], "seq")
+    for i, lstm in enumerate((folded.lstm1, folded.lstm2), start=1):
+        w, r, b = (const(f"lstm{i}.{k}", v) for k, v in zip("WRB", _lstm_onnx_weights(lstm)))
+        outs = [f"lstm{i}.y", f"lstm{i}.h"]
+        nodes.append(helper.make_node("LSTM", [x, w, r, b], outs, name=f"lstm{i}", hidden_size=lstm.hidden_size))
+        axis = const(f"axis{i}", np.array([1 if i == 1 else 0], dtype=np.int64))
+        # lstm1: all steps (T, 1, B, H) → (T, B, H); lstm2: last hidden state (1, B, H) → (B, H)
+        x = node("Squeeze", [outs[0] if i == 1 else outs[1], axis], f"lstm{i}.out")
+    for i, lin in enumerate(folded.linears, start=1):
+        x = node("Gemm", [x, const(f"fc{i}.w", lin.weight), const(f"fc{i}.b", lin.bias)], f"fc{i}", transB=1)
+        if i < len(folded.linears):
+            x = node("Relu", [x], f"fc{i}.relu")
+    node("Reshape", [x, const("flat", np.array([-1], dtype=np.int64))], "logit")
+    s = cfg.input_size
+    graph = helper.make_graph(
+        nodes,
+        "pneumolens_cnn_lstm_folded",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, s, s])],
+        [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["batch"])],
+        initializer=inits,
     )
-    return buf.getvalue()
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="pneumolens")
+    model.ir_version = 8  # readable by every onnxruntime >= 1.14
+    return model.SerializeToString()
 
 
 def _onnx_session(folded: FoldedCnnLstm, threads: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
     """An ONNX Runtime session on the folded model, checked against eager PyTorch."""
-    import warnings
-
-    import numpy as np
     import onnxruntime as ort
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's deprecation and LSTM batch-size notes
-        model_bytes = export_onnx(folded)
+    model_bytes = export_onnx(folded)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = int(threads or torch.get_num_threads())

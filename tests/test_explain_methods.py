@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from explain_helpers import QuadrantNet, hook_count, quadrant_images, region_mask, textured_images, tiny_cnnlstm
+from test_explain_support import QuadrantNet, hook_count, quadrant_images, region_mask, textured_images, tiny_cnnlstm
 from pneumolens.explain import METHODS, Attribution, explain, parse_method_spec
 from pneumolens.explain.superpixel import superpixels
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from explain_helpers import QuadrantNet, quadrant_images, region_mask, tiny_cnnlstm, textured_images
+from test_explain_support import QuadrantNet, quadrant_images, region_mask, tiny_cnnlstm, textured_images
 from pneumolens.explain.base import as_batch
 from pneumolens.explain.metrics import (
     auc,

@@ -72,6 +72,18 @@ def parse_methods(text: str, n_samples: int | None = None) -> list:
     return specs
 
 
+def check_layers(model, specs: list) -> None:
+    """Fail early, as a ConfigError, on a Grad-CAM layer the model does not have."""
+    from ..explain.base import resolve_layer
+
+    for spec in specs:
+        if spec.name == "gradcam" and "layer" in spec.params:
+            try:
+                resolve_layer(model, str(spec.params["layer"]))
+            except ValueError as exc:
+                raise ConfigError(f"--methods {spec.label}: {exc}") from exc
+
+
 def run(args: argparse.Namespace) -> int:
     from ..data import find_images
     from ..explain.runner import explain_files, fast_forward, resolve_background
@@ -86,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         raise DatasetError(f"no image files ({' '.join(IMAGE_SUFFIXES)}) found in {', '.join(args.inputs)}")
     predictor = Predictor(args.checkpoint)
+    check_layers(predictor.model, specs)
     background, source = None, ""
     if any(s.name == "shap" for s in specs):
         background, source = resolve_background(args.background_data, args.checkpoint, predictor.size,
@@ -96,9 +109,12 @@ def run(args: argparse.Namespace) -> int:
     def warn(reason: str) -> None:
         print(f"pneumolens explain: warning: skipped {reason}", file=sys.stderr)
 
-    records = explain_files(files, predictor, specs, args.out, seed=args.seed, save_maps=args.save_maps,
-                            skip_bad=args.skip_bad, background=background, background_source=source,
-                            forward=forward, progress=not args.no_progress, on_skip=warn)
+    try:
+        records = explain_files(files, predictor, specs, args.out, seed=args.seed, save_maps=args.save_maps,
+                                skip_bad=args.skip_bad, background=background, background_source=source,
+                                forward=forward, progress=not args.no_progress, on_skip=warn)
+    except ValueError as exc:  # a setting the method refuses (e.g. baseline=white, window larger than the image)
+        raise ConfigError(f"--methods: {exc}") from exc
     print(f"explained {len(records)} image(s) with {', '.join(s.label for s in specs)}; "
           f"open {args.out / 'index.html'}")
     return 0

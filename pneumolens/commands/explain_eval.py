@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from ..explain.report import write_eval_report
     from ..explain.runner import fast_forward
     from ..explain.shap import build_background
-    from .explain import parse_methods
+    from .explain import check_layers, parse_methods
 
     for name in ("n", "steps"):
         if getattr(args, name) < 1:
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--sanity-n must be 0 or more, got {args.sanity_n}")
     specs = parse_methods(args.methods, args.n_samples)
     ckpt = load_checkpoint(args.checkpoint)
+    check_layers(ckpt.model, specs)
     root = resolve_data_root(args.data)
     records = split_records(root, args.split, ckpt.provenance)
     idx = pick_balanced([r.label for r in records], args.n, args.seed)
@@ -92,13 +93,16 @@ def run(args: argparse.Namespace) -> int:
                               val_fraction=float(prov.get("val_fraction", 0.1)), split_seed=int(prov.get("split_seed", 0)))
         specs = [s if s.name != "shap" else type(s)(s.label, s.name, {"background": bg, **s.params}) for s in specs]
     maps: dict[str, np.ndarray] = {}
-    result = evaluate_explanations(
-        ckpt.model, loaded.images, specs,
-        labels=[r.label for r in chosen], names=[str(r.path) for r in chosen],
-        seed=args.seed, steps=args.steps, temperature=ckpt.temperature,
-        forward=fast_forward(ckpt.model), make_forward=fast_forward,
-        sanity_n=args.sanity_n, progress=not args.no_progress, maps_out=maps,
-    )
+    try:
+        result = evaluate_explanations(
+            ckpt.model, loaded.images, specs,
+            labels=[r.label for r in chosen], names=[str(r.path) for r in chosen],
+            seed=args.seed, steps=args.steps, temperature=ckpt.temperature,
+            forward=fast_forward(ckpt.model), make_forward=fast_forward,
+            sanity_n=args.sanity_n, progress=not args.no_progress, maps_out=maps,
+        )
+    except ValueError as exc:  # a setting a method refuses
+        raise ConfigError(f"--methods: {exc}") from exc
     context = {
         "checkpoint": str(args.checkpoint or "shipped model"),
         "data": f"{root} (split {args.split}, {len(chosen)} images: "

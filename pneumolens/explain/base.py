@@ -63,7 +63,7 @@ def as_batch(images: np.ndarray | torch.Tensor, size: int | None = None) -> torc
         ValueError: wrong rank, more than one channel, non-square, a size other than ``size``,
             an empty batch, or float values outside [0, 1].
     """
-    t = torch.as_tensor(np.ascontiguousarray(images) if isinstance(images, np.ndarray) else images)
+    t = torch.as_tensor(np.array(images)) if isinstance(images, np.ndarray) else torch.as_tensor(images)  # a copy: inputs may be read-only
     if t.ndim == 2:
         t = t[None]
     if t.ndim == 3:

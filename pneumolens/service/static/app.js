@@ -91,9 +91,10 @@ function showExplanations(data) {
     node.dataset.method = e.method;
     node.querySelector(".method").textContent = name;
     node.querySelector(".timing").textContent = e.elapsed_s < 1 ? `${Math.round(1000 * e.elapsed_s)} ms` : `${e.elapsed_s.toFixed(1)} s`;
-    node.querySelector(".legend").classList.add(e.signed ? "signed" : "heat");
-    node.querySelector(".lo").textContent = e.signed ? "against" : "none";
-    node.querySelector(".hi").textContent = "for pneumonia";
+    const legend = node.querySelector(".legend");
+    legend.classList.add(e.signed ? "signed" : "heat");
+    legend.textContent = e.signed ? "red: for pneumonia · blue: against" : "brighter: more evidence for pneumonia";
+    node.querySelector(".timing").title = `computing ${e.elapsed_s.toFixed(2)} s, drawing ${e.render_s.toFixed(2)} s`;
     grid.append(node);
   }
   const input = new Image();

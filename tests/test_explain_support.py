@@ -1,4 +1,4 @@
-"""Small models and images for the explanation tests: answers known by construction."""
+"""Support for the explanation tests (no tests here): small models and images whose answers are known by construction."""
 
 from __future__ import annotations
 

@@ -1,0 +1,134 @@
+"""``pneumolens explain`` and ``explain-eval`` end to end on synthetic images and a tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pneumolens.cli import main
+from pneumolens.explain import explain
+from pneumolens.inference import Predictor
+from pneumolens.io import load_image
+
+METHODS = "gradcam,lime,kernelshap,shap,ig,occlusion:window=8:stride=4"
+
+
+def _write_images(folder: Path, n: int = 3) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    yy, xx = np.mgrid[0:40, 0:48]
+    for i in range(n):
+        img = 60 + 80 * yy / 40 + rng.normal(0, 10, (40, 48))
+        if i % 2:
+            img += 90 * np.exp(-((yy - 20) ** 2 + (xx - 24) ** 2) / 60)
+        p = folder / f"film{i}.png"
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_explain_writes_panels_json_maps_and_gallery(tmp_path: Path, trained_tiny_checkpoint_path: Path) -> None:
+    files = _write_images(tmp_path / "in")
+    out = tmp_path / "out"
+    rc = main(["explain", str(tmp_path / "in"), "-c", str(trained_tiny_checkpoint_path), "--methods", METHODS,
+               "--n-samples", "30", "--save-maps", "--seed", "7", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    predictor = Predictor(trained_tiny_checkpoint_path)
+    labels = ["gradcam", "lime", "kernelshap", "shap", "ig", "occlusion:window=8:stride=4"]
+    for f in files:
+        panel = out / f"{f.stem}.png"
+        with Image.open(panel) as im:
+            im.verify()
+        doc = json.loads((out / f"{f.stem}.json").read_text())
+        expected = predictor.predict_files([f], progress=False)[0][0]
+        assert doc["prediction"]["probability"] == pytest.approx(expected.probability, abs=1e-5)
+        assert doc["prediction"]["label"] == expected.label and doc["prediction"]["threshold"] == 0.5
+        assert list(doc["timings_s"]) == labels and all(t > 0 for t in doc["timings_s"].values())
+        assert doc["methods"]["lime"]["params"]["n_samples"] == 30
+        assert doc["methods"]["shap"]["params"]["background"].startswith("fallback")
+        assert doc["methods"]["gradcam"]["params"]["layer"] == "features.block3.relu"
+        for label in labels:
+            amap = np.load(out / doc["methods"][label]["map"])
+            assert amap.shape == (32, 32) and amap.dtype == np.float32
+        # the saved map is the library's answer for the same image and seed
+        again = explain(predictor.model, load_image(f, 32)[None], "lime", seed=7, n_samples=30).maps[0]
+        np.testing.assert_allclose(np.load(out / f"{f.stem}.lime.npy"), again, rtol=1e-4, atol=1e-6)
+    index = (out / "index.html").read_text()
+    assert all(f'src="{f.stem}.png"' in index for f in files)
+
+
+def test_explain_uses_training_background_when_given(tmp_path: Path, trained_tiny_checkpoint_path: Path,
+                                                     synthetic_dataset: Path) -> None:
+    files = _write_images(tmp_path / "in", 1)
+    rc = main(["explain", str(files[0]), "-c", str(trained_tiny_checkpoint_path), "--methods", "shap",
+               "--background-data", str(synthetic_dataset), "--background-n", "8", "--out", str(tmp_path / "o"),
+               "--no-progress"])
+    assert rc == 0
+    params = json.loads((tmp_path / "o" / "film0.json").read_text())["methods"]["shap"]["params"]
+    assert params["background"] == "8 training images"
+    assert "patient-level training side" in params["background_source"]
+
+
+def test_bad_file_stops_the_run_unless_skipped(tmp_path: Path, tiny_checkpoint_path: Path, capsys) -> None:
+    _write_images(tmp_path / "in", 2)
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    args = ["explain", str(tmp_path / "in"), "-c", str(tiny_checkpoint_path), "--methods", "gradcam", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "broken.png" in err[0] and "--skip-bad" in err[0]
+    assert not (tmp_path / "a" / "index.html").exists()
+    assert main(args + ["--out", str(tmp_path / "b"), "--skip-bad"]) == 0
+    assert "warning: skipped" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "b").glob("*.json")) == ["film0.json", "film1.json"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--methods", "gradcam,magic"], "unknown method 'magic'"),
+        (["--methods", "gradcam:layer=features.nope"], "unknown layer 'features.nope'"),
+        (["--methods", "ig:steps=3"], "unknown parameter 'steps'"),
+        (["--n-samples", "1"], "--n-samples"),
+    ],
+)
+def test_bad_options_are_one_line_errors(tmp_path: Path, tiny_checkpoint_path: Path, capsys, extra, message) -> None:
+    files = _write_images(tmp_path / "in", 1)
+    rc = main(["explain", str(files[0]), "-c", str(tiny_checkpoint_path), "--out", str(tmp_path / "o"),
+               "--no-progress", *extra])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_missing_input_and_empty_folder(tmp_path: Path, tiny_checkpoint_path: Path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    base = ["-c", str(tiny_checkpoint_path), "--out", str(tmp_path / "o"), "--methods", "gradcam", "--no-progress"]
+    assert main(["explain", str(tmp_path / "empty"), *base]) == 2
+    assert "no image files" in capsys.readouterr().err
+    assert main(["explain", str(tmp_path / "nope.png"), *base]) == 2
+    assert "nope.png" in capsys.readouterr().err
+
+
+def test_explain_eval_writes_metrics_report_and_figures(tmp_path: Path, trained_tiny_checkpoint_path: Path,
+                                                        synthetic_dataset: Path) -> None:
+    out = tmp_path / "eval"
+    rc = main(["explain-eval", "-c", str(trained_tiny_checkpoint_path), "--data", str(synthetic_dataset),
+               "--split", "val", "--n", "4", "--methods", "gradcam,shap:n_samples=8,occlusion:window=8:stride=4",
+               "--steps", "8", "--sanity-n", "1", "--background-n", "6", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_images"] == 4
+    assert [r["label"] for r in metrics["per_image"]].count(1) == 2  # balanced classes
+    assert set(metrics["methods"]) == {"gradcam", "shap:n_samples=8", "occlusion:window=8:stride=4"}
+    assert metrics["methods"]["shap:n_samples=8"]["params"]["background"] == "6 training images"
+    assert metrics["randomisation"]["stages"][0] == "head.out"
+    report = (out / "report.md").read_text()
+    assert "| Grad-CAM |" in report and "random map" in report and "Cascading randomisation" in report
+    for fig in ("faithfulness.png", "examples.png"):
+        with Image.open(out / fig) as im:
+            im.verify()
