@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?=
 DEMO_OUT ?= runs/demo
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast browser bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,7 +22,15 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/pneumolens demo --out $(DEMO_OUT) $(if $(DATA),--data $(DATA),)
 
-test: setup
+# Headless Chromium + ChromeDriver for the service's browser test (Debian packages; needs root).
+# Without them the browser test is skipped with its reason, everything else still runs.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    (apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) ; } || \
+	  echo "note: chromium/chromedriver not installed; the browser test will be skipped"
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

@@ -42,7 +42,7 @@ def free_port() -> int:
 
 
 def synthetic_jpeg(h: int = 1000, w: int = 1200, seed: int = 0) -> bytes:
-    """A film-sized grayscale JPEG (the Kaggle images are about this size), so decoding is realistic."""
+    """A 1200x1000 grayscale JPEG, about the size of an original Kaggle film, so decoding costs what it would."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -65,8 +65,18 @@ def random_checkpoint(folder: Path) -> Path:
 
 
 def start_server(checkpoint: Path, port: int, workers: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "pneumolens.cli", "serve", "--checkpoint", str(checkpoint), "--port", str(port),
-           "--explain-workers", str(workers)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pneumolens.cli",
+        "serve",
+        "--checkpoint",
+        str(checkpoint),
+        "--port",
+        str(port),
+        "--explain-workers",
+        str(workers),
+    ]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -84,12 +94,25 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 180) -> None:
     raise SystemExit(f"server not ready after {timeout:.0f} s")
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux ``/proc``; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def run_clients(base: str, image: bytes, clients: int, duration: float) -> dict:
-    """``clients`` threads posting to /v1/predict until ``duration`` has passed."""
+def run_clients(base: str, image: bytes, clients: int, duration: float, server_pid: int | None = None) -> dict:
+    """``clients`` threads posting to /v1/predict until ``duration`` has passed.
+
+    With ``server_pid``, also the server's CPU time per request: unlike latency, it hardly
+    depends on what else the machine is doing, so it compares runs on a busy machine.
+    """
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -109,6 +132,7 @@ def run_clients(base: str, image: bytes, clients: int, duration: float) -> dict:
                 with lock:
                     (errors.append(err) if err else latencies.append(dt))
 
+    cpu0 = cpu_seconds(server_pid) if server_pid else None
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for t in threads:
@@ -116,6 +140,8 @@ def run_clients(base: str, image: bytes, clients: int, duration: float) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    cpu1 = cpu_seconds(server_pid) if server_pid else None
+    cpu_ms = 1000 * (cpu1 - cpu0) / len(latencies) if cpu0 is not None and cpu1 is not None and latencies else None
     return {
         "clients": clients,
         "seconds": round(wall, 2),
@@ -126,6 +152,7 @@ def run_clients(base: str, image: bytes, clients: int, duration: float) -> dict:
         "max_ms": round(1000 * max(latencies), 1) if latencies else None,
         "errors": len(errors),
         "error_kinds": sorted(set(errors)),
+        "server_cpu_ms_per_request": None if cpu_ms is None else round(cpu_ms, 1),
     }
 
 
@@ -145,8 +172,11 @@ class Background(threading.Thread):
         with httpx.Client(base_url=self.base, timeout=600) as c:
             while not self.stop.is_set():
                 t0 = time.perf_counter()
-                r = c.post("/v1/explain", files={"file": ("film.jpeg", self.image, "image/jpeg")},
-                           data={"methods": self.methods})
+                r = c.post(
+                    "/v1/explain",
+                    files={"file": ("film.jpeg", self.image, "image/jpeg")},
+                    data={"methods": self.methods},
+                )
                 self.explain.append((r.status_code, time.perf_counter() - t0))
         prober.join()
 
@@ -183,14 +213,15 @@ def main(argv: list[str] | None = None) -> int:
             # warm up: the first requests pay for lazy initialisation; the explain warms its worker
             run_clients(base, image, min(args.clients, 2), 1.0)
             if not args.skip_explain:
-                httpx.post(base + "/v1/explain", files={"file": ("w.jpeg", image)}, data={"methods": "gradcam"},
-                           timeout=600).raise_for_status()
-            results = {"predict": run_clients(base, image, args.clients, duration)}
+                httpx.post(
+                    base + "/v1/explain", files={"file": ("w.jpeg", image)}, data={"methods": "gradcam"}, timeout=600
+                ).raise_for_status()
+            results = {"predict": run_clients(base, image, args.clients, duration, proc.pid)}
             if not args.skip_explain:
                 bg = Background(base, image, args.explain_methods)
                 bg.start()
                 time.sleep(0.5)  # let the first explanation start
-                phase = run_clients(base, image, args.clients, duration)
+                phase = run_clients(base, image, args.clients, duration, proc.pid)
                 bg.stop.set()
                 bg.join()
                 phase["explanations"] = [{"status": s, "seconds": round(t, 2)} for s, t in bg.explain]
@@ -204,16 +235,25 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
-            "load_avg_at_end": os.getloadavg(), "image_bytes": len(image), "duration_s": duration,
-            "explain_methods": None if args.skip_explain else args.explain_methods}
-    print(f"{'phase':<16} {'clients':>7} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  notes")
+    meta = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
+        "load_avg_at_end": os.getloadavg(),
+        "image_bytes": len(image),
+        "duration_s": duration,
+        "explain_methods": None if args.skip_explain else args.explain_methods,
+    }
+    print(
+        f"{'phase':<16} {'clients':>7} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'cpu ms/req':>10}  notes"
+    )
     for name, r in results.items():
         notes = ""
         if "explanations" in r:
-            notes = (f"{len(r['explanations'])} explanation(s) {[e['seconds'] for e in r['explanations']]} s, "
-                     f"healthz p99 {r['healthz_p99_ms']} ms")
-        print(f"{name:<16} {r['clients']:>7} {r['requests_per_s']:>7} {r['p50_ms']:>8} {r['p99_ms']:>8} {r['errors']:>6}  {notes}")
+            notes = (
+                f"{len(r['explanations'])} explanation(s) {[e['seconds'] for e in r['explanations']]} s, "
+                f"healthz p99 {r['healthz_p99_ms']} ms"
+            )
+        row = f"{name:<16} {r['clients']:>7} {r['requests_per_s']:>7} {r['p50_ms']:>8} {r['p99_ms']:>8}"
+        print(f"{row} {r['errors']:>6} {r['server_cpu_ms_per_request'] or '-':>10}  {notes}")
     print(f"machine: {meta['machine']}; load average at end: {meta['load_avg_at_end']}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,17 +9,30 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
-from .errors import (  # noqa: E402
-    CheckpointError,
-    DatasetError,
-    ImageTooLargeError,
-    InvalidImageError,
-    PneumoLensError,
-    UnsupportedDicomError,
-)
-from .inference import Prediction, Predictor  # noqa: E402
-from .model import CnnLstm, ModelConfig  # noqa: E402
+_EXPORTS = {
+    "Checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "CheckpointError": "errors",
+    "DatasetError": "errors",
+    "ImageTooLargeError": "errors",
+    "InvalidImageError": "errors",
+    "PneumoLensError": "errors",
+    "UnsupportedDicomError": "errors",
+    "Prediction": "inference",
+    "Predictor": "inference",
+    "CnnLstm": "model",
+    "ModelConfig": "model",
+}
+
+
+def __getattr__(name: str):  # PEP 562: import torch only when a torch-backed name is used
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'pneumolens' has no attribute {name!r}")
+
 
 __all__ = [
     "Checkpoint",

@@ -43,7 +43,8 @@ class ResumableBatches:
         self.images, self.labels = images, labels
         self.batch_size, self.seed = batch_size, seed
         self.rank, self.world_size = rank, world_size
-        self.epoch, self.start = 0, 0  # where the next __iter__ begins
+        self._next_epoch = 0  # the epoch the next __iter__ serves
+        self._pending: tuple[int, int] | None = None  # (epoch, batches done) restored from a checkpoint
         self._cur_epoch, self._consumed = 0, 0  # progress of the iteration under way
 
     def _indices(self, epoch: int) -> torch.Tensor:
@@ -59,13 +60,18 @@ class ResumableBatches:
         return -(-per_rank // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch, start = self.epoch, self.start
+        # The epoch advances when an iteration *starts*: Lightning stops fetching once it has the
+        # epoch's len() batches, so the generator's end is not a reliable signal.
+        if self._pending is not None:
+            (epoch, start), self._pending = self._pending, None
+        else:
+            epoch, start = self._next_epoch, 0
+        self._next_epoch = epoch + 1
         self._cur_epoch, self._consumed = epoch, start
         idx = self._indices(epoch)
         for b in range(start, len(self)):
             sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
             yield self.images[sel], self.labels[sel]
-        self.epoch, self.start = epoch + 1, 0
 
     def mark_consumed(self) -> None:
         """Called after each finished training step (the fetcher reads one batch ahead)."""
@@ -78,8 +84,14 @@ class ResumableBatches:
         return {"epoch": epoch, "batches_done": done, "seed": self.seed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.start = int(state["epoch"]), int(state["batches_done"])
-        self._cur_epoch, self._consumed = self.epoch, self.start
+        epoch, done = int(state["epoch"]), int(state["batches_done"])
+        if epoch < self._next_epoch:
+            return  # a state we are already past
+        if done >= len(self):
+            epoch, done = epoch + 1, 0
+        self._pending = (epoch, done)
+        self._next_epoch = epoch
+        self._cur_epoch, self._consumed = epoch, done
 
 
 class PneumoniaDataModule(L.LightningDataModule):

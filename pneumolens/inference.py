@@ -127,6 +127,8 @@ class Predictor:
     @torch.inference_mode()
     def logits(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
         """Raw PNEUMONIA logits (float32, shape (N,)) for uint8 arrays (N, S, S) or (S, S), batched."""
+        if isinstance(images, np.ndarray) and not images.flags.writeable:
+            images = images.copy()  # e.g. a view of a decoded PIL image; torch wants writable memory
         images = torch.as_tensor(images)
         if images.ndim == 2:
             images = images[None]

@@ -160,6 +160,32 @@ class FitResult:
     wall_s: float
 
 
+def merge_history(logs: Path) -> Path:
+    """Join ``logs/part*/metrics.csv`` (one per run segment) into ``logs/metrics.csv``.
+
+    A resumed segment restarts its epoch's rows, so for each (epoch, step) the latest segment wins.
+    """
+    import csv
+
+    parts = sorted(logs.glob("part*/metrics.csv"), key=lambda p: int(p.parent.name[4:] or 0))
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    columns: list[str] = []
+    for part in parts:
+        with part.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            columns += [c for c in reader.fieldnames or [] if c not in columns]
+            for row in reader:
+                key = (row.get("epoch") or "", row.get("step") or "")
+                rows[key] = {**rows.get(key, {}), **{k: v for k, v in row.items() if v not in ("", None)}}
+    merged = logs / "metrics.csv"
+    with merged.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for key in sorted(rows, key=lambda k: (int(k[1] or 0), k[0] == "", k[0])):
+            writer.writerow(rows[key])
+    return merged
+
+
 @torch.inference_mode()
 def _val_logits(model: CnnLstm, dm: PneumoniaDataModule) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
@@ -201,22 +227,27 @@ def fit(
     n0, n1 = dm.counts["train"]
     weights = class_weights(n0, n1) if config.class_weighting else None
     module = PneumoniaClassifier(config, weights)
-    best_cb = ModelCheckpoint(
-        dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min", save_last=True, save_top_k=1
+    best_cb = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min", save_top_k=1)
+    # Every epoch's end, whatever the val loss did: what --resume continues from.
+    last_cb = ModelCheckpoint(
+        dirpath=out / "checkpoints", filename="last", monitor=None, save_top_k=1, enable_version_counter=False
     )
-    callbacks: list[Callback] = [best_cb, LearningRateMonitor("epoch"), ResumeCallback(out)]
+    callbacks: list[Callback] = [best_cb, last_cb, LearningRateMonitor("epoch"), ResumeCallback(out)]
     callbacks.extend(extra_callbacks or [])
     if progress:  # tqdm, not rich: readable in a log file too, with ETA
         callbacks.append(TQDMProgressBar(refresh_rate=1 if sys.stderr.isatty() else 25))
     if config.early_stopping_patience > 0:
         callbacks.append(EarlyStopping("val_loss", patience=config.early_stopping_patience, mode="min"))
+    # Each resumed segment logs to its own part; merge_history joins them (Lightning's CSV logger
+    # would otherwise delete the earlier epochs' rows on resume).
+    part = len(list((out / "logs").glob("part*"))) if resume else 0
     trainer = L.Trainer(
         max_epochs=config.max_epochs,
         accelerator=accelerator,
         devices=devices,
         strategy=strategy,
         callbacks=callbacks,
-        logger=[CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="tb", version="")],
+        logger=[CSVLogger(out / "logs", name="", version=f"part{part}"), TensorBoardLogger(out, name="tb", version="")],
         enable_progress_bar=progress,
         enable_model_summary=False,
         deterministic=True,
@@ -225,6 +256,9 @@ def fit(
         limit_train_batches=limit_train_batches,
     )
     ckpt = resume_path(out) if resume else None
+    if not ckpt:  # a fresh run: forget the logs of any earlier run in this folder
+        for old_part in (out / "logs").glob("part*/metrics.csv"):
+            old_part.unlink()
     if resume and ckpt is None:
         log.warning("--resume: no checkpoint under %s/checkpoints, starting from scratch", out)
     trainer.fit(module, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
@@ -232,7 +266,7 @@ def fit(
         return FitResult(out / "model.pt", {}, trainer.current_epoch, time.time() - t0)
 
     # Best weights (EarlyStopping's "restore best"), then calibrate on the validation split.
-    best = best_cb.best_model_path or best_cb.last_model_path
+    best = best_cb.best_model_path or last_cb.best_model_path
     if best:
         state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
         module.load_state_dict(state)
@@ -244,7 +278,7 @@ def fit(
     groups = [r.patient_id for r in dm.val_records]
     val_metrics = M.binary_metrics(y, prob, threshold)
     val_metrics["ci"] = M.bootstrap_ci(y, prob, threshold, groups=groups, n_boot=1000, seed=0)
-    history = out / "logs" / "metrics.csv"
+    history = merge_history(out / "logs")
     best_epoch = None
     try:
         best_epoch = int(torch.load(best, map_location="cpu", weights_only=False)["epoch"]) if best else None

@@ -132,3 +132,13 @@ def test_explain_eval_writes_metrics_report_and_figures(tmp_path: Path, trained_
     for fig in ("faithfulness.png", "examples.png"):
         with Image.open(out / fig) as im:
             im.verify()
+
+
+def test_same_file_names_in_two_folders_do_not_overwrite_each_other(tmp_path: Path, tiny_checkpoint_path: Path) -> None:
+    a = _write_images(tmp_path / "a", 1)[0]
+    b = _write_images(tmp_path / "b", 1)[0]
+    assert a.name == b.name
+    assert main(["explain", str(a), str(b), "-c", str(tiny_checkpoint_path), "--methods", "gradcam",
+                 "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    files = [json.loads(p.read_text())["file"] for p in sorted((tmp_path / "o").glob("*.json"))]
+    assert sorted(files) == sorted([str(a), str(b)])

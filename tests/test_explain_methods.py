@@ -212,3 +212,63 @@ def test_method_specs_parse_values_and_reject_unknown_keys() -> None:
         parse_method_spec("ig:steps=3")
     with pytest.raises(ValueError, match="key=value"):
         parse_method_spec("ig:blur")
+
+
+@pytest.mark.parametrize("method", ["lime", "kernelshap"])
+def test_switch_space_equals_captums_pixel_space_attribution(method: str) -> None:
+    """Perturbing K superpixel switches is Captum's pixel-space method with feature_mask=segments."""
+    import math
+
+    from captum._utils.models.linear_model import SkLearnRidge
+    from captum.attr import KernelShap, Lime
+
+    from pneumolens.explain.base import as_batch, column, seeded
+
+    model = tiny_cnnlstm()
+    images = textured_images(1, SIZE)
+    p = dict(FAST[method], n_samples=60)
+    ours = explain(model, images, method, seed=2, **p).maps[0]
+    x = as_batch(images)
+    seg = torch.as_tensor(superpixels(x[0], p["n_segments"], p["compactness"]))[None, None]
+
+    def lime_kernel(original, perturbed, interpretable, **kwargs):  # lime_image's kernel, on the on/off vector
+        z = interpretable.float().flatten()
+        d = 1 - float(z.sum()) / (float(z.norm()) * math.sqrt(z.numel())) if z.any() else 1.0
+        return math.exp(-(d * d) / (2 * 0.25**2))
+
+    fwd = column(model)
+    if method == "lime":
+        ref_explainer = Lime(fwd, interpretable_model=SkLearnRidge(alpha=1.0), similarity_func=lime_kernel)
+    else:
+        ref_explainer = KernelShap(fwd)
+    with torch.no_grad(), seeded(2):
+        ref = ref_explainer.attribute(x, baselines=0.0, target=0, feature_mask=seg, n_samples=60,
+                                      perturbations_per_eval=32)
+    np.testing.assert_allclose(ours, ref[0, 0].numpy(), rtol=1e-3, atol=1e-6)
+
+
+def test_cudnn_is_disabled_only_inside_a_cuda_gradient_call() -> None:
+    from pneumolens.explain.base import gradient_scope
+
+    before = torch.backends.cudnn.enabled
+    with gradient_scope(torch.device("cuda")):
+        assert torch.backends.cudnn.enabled is False
+    assert torch.backends.cudnn.enabled == before
+    with gradient_scope(torch.device("cpu")):
+        assert torch.backends.cudnn.enabled == before
+
+
+@pytest.mark.parametrize("method", ["ig", "shap", "lime", "occlusion"])
+def test_fast_copies_give_the_models_maps(method: str) -> None:
+    """The BatchNorm-folded / ONNX copies used for speed compute the same function, hence the same maps."""
+    from pneumolens.explain.runner import fast_forwards
+
+    model = tiny_cnnlstm()
+    images = textured_images(1, SIZE)
+    p = params_for(method) if method != "shap" else {"n_samples": 8, "background": textured_images(4, SIZE, seed=9)}
+    forward, grad_forward = fast_forwards(model, [method])
+    assert (forward if method in ("lime", "occlusion") else grad_forward) is not None
+    plain = explain(model, images, method, seed=1, **p)
+    fast = explain(model, images, method, seed=1, forward=forward, grad_forward=grad_forward, **p)
+    scale = float(np.abs(plain.maps).max())
+    np.testing.assert_allclose(fast.maps, plain.maps, rtol=0, atol=2e-3 * scale)

@@ -72,3 +72,10 @@ def test_panel_has_one_column_per_method(tmp_path) -> None:
 def test_prediction_title_carries_probability_label_threshold() -> None:
     t = prediction_title("f.jpeg", 0.8766, "PNEUMONIA", 0.42)
     assert "f.jpeg" in t and "PNEUMONIA" in t and "0.877" in t and "0.420" in t
+
+
+def test_display_names_show_settings() -> None:
+    from pneumolens.explain.render import display_name
+
+    assert display_name("occlusion:window=8:stride=4") == "Occlusion (window=8, stride=4)"
+    assert display_name("shap") == "GradientSHAP"

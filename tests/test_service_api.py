@@ -105,7 +105,9 @@ class InlinePool:
 
 @pytest.fixture(scope="module")
 def app(tiny_checkpoint_path: Path):
-    settings = ServeSettings(checkpoint=tiny_checkpoint_path, max_upload_bytes=LIMIT, explain_prestart=False, max_files=5)
+    settings = ServeSettings(
+        checkpoint=tiny_checkpoint_path, max_upload_bytes=LIMIT, explain_prestart=False, max_files=5
+    )
     return create_app(settings)
 
 
@@ -170,7 +172,8 @@ def test_page_and_its_assets_are_served_by_the_app(client):
     assert "http://" not in page.text.replace("http://www.w3.org", "") and "https://" not in page.text
     for asset in ("/static/app.js", "/static/style.css", "/static/favicon.svg"):
         assert client.get(asset).status_code == 200, asset
-    assert client.get("/static/../settings.py").status_code == 404
+    for escape in ("/static/%2e%2e/settings.py", "/static/..%2fapp.py", "/static/%2e%2e%2f__init__.py"):
+        assert client.get(escape).status_code == 404, escape  # StaticFiles stays inside its folder
 
 
 def test_openapi_lists_every_endpoint(client):
@@ -201,8 +204,12 @@ def test_predict_several_files_keeps_order_and_reports_bad_ones(client, referenc
     files = [encode(film(seed=s)) for s in range(3)]
     r = client.post(
         "/v1/predict",
-        files=[upload("a.png", files[0]), upload("notes.txt", b"not an image at all"), upload("b.png", files[1]),
-               upload("c.png", files[2])],
+        files=[
+            upload("a.png", files[0]),
+            upload("notes.txt", b"not an image at all"),
+            upload("b.png", files[1]),
+            upload("c.png", files[2]),
+        ],
     )
     assert r.status_code == 200
     results = r.json()["results"]
@@ -296,7 +303,9 @@ def test_body_over_the_limit_is_413_when_counted_while_reading(client):
             yield b"\1" * 100_000
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    r = client.post("/v1/predict", content=chunks(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    r = client.post(
+        "/v1/predict", content=chunks(), headers={"content-type": f"multipart/form-data; boundary={boundary}"}
+    )
     assert r.status_code == 413
     assert "upload limit" in r.json()["detail"]
 
@@ -314,7 +323,9 @@ def test_uploads_never_touch_disk(client, reference, monkeypatch):
     assert 2_000_000 < len(data) < LIMIT
     r = client.post("/v1/predict", files=[upload("large.png", data)])
     assert r.status_code == 200, r.text
-    assert r.json()["results"][0]["probability"] == pytest.approx(reference.predict_bytes(data, "x").probability, abs=1e-6)
+    assert r.json()["results"][0]["probability"] == pytest.approx(
+        reference.predict_bytes(data, "x").probability, abs=1e-6
+    )
 
 
 # ----------------------------------------------------------------------------- explain
@@ -350,8 +361,11 @@ def test_explain_defaults_to_gradcam_without_raw_maps(client, inline_pool):
 
 @pytest.mark.parametrize(
     "methods, words",
-    [("gradcam,telepathy", "unknown method 'telepathy'"), ("lime:bogus=1", "unknown parameter 'bogus'"),
-     ("lime:n_samples", "key=value")],
+    [
+        ("gradcam,telepathy", "unknown method 'telepathy'"),
+        ("lime:bogus=1", "unknown parameter 'bogus'"),
+        ("lime:n_samples", "key=value"),
+    ],
 )
 def test_explain_rejects_bad_methods_before_any_work(client, inline_pool, methods, words):
     r = client.post("/v1/explain", files=[upload("e.png", encode(film()))], data={"methods": methods})

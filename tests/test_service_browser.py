@@ -26,8 +26,14 @@ from pneumolens.service import ServeSettings, create_app  # noqa: E402
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 CHROME_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
 )
 
 pytestmark = [
@@ -113,7 +119,9 @@ def test_upload_shows_label_probability_and_overlays(browser, server_url, xray):
     assert [f.get_attribute("data-method") for f in figures] == ["gradcam", "occlusion"]
     for figure in figures:
         img = figure.find_element(By.TAG_NAME, "img")
-        wait.until(lambda d, img=img: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img))
+        wait.until(
+            lambda d, img=img: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img)
+        )
         assert img.is_displayed()
         assert figure.find_element(By.CLASS_NAME, "timing").text.endswith(("ms", "s"))
         assert figure.find_element(By.CLASS_NAME, "legend").is_displayed()

@@ -43,7 +43,17 @@ def test_serve_defaults_to_loopback_and_loads_the_checkpoint(served, tiny_checkp
 def test_options_override_the_environment(served, tiny_checkpoint_path: Path, monkeypatch):
     monkeypatch.setenv("PNEUMOLENS_PORT", "9001")
     monkeypatch.setenv("PNEUMOLENS_MAX_UPLOAD_BYTES", "1234567")
-    argv = ["serve", "-c", str(tiny_checkpoint_path), "--max-upload-mb", "5", "--explain-workers", "2", "--threshold", "0.3"]
+    argv = [
+        "serve",
+        "-c",
+        str(tiny_checkpoint_path),
+        "--max-upload-mb",
+        "5",
+        "--explain-workers",
+        "2",
+        "--threshold",
+        "0.3",
+    ]
     assert main(argv) == 0
     settings = served["app"].state.settings
     assert served["port"] == 9001  # from the environment
@@ -71,3 +81,15 @@ def test_listening_beyond_loopback_warns(served, tiny_checkpoint_path: Path, cap
     assert main(["serve", "-c", str(tiny_checkpoint_path), "--host", "0.0.0.0"]) == 0
     assert served["host"] == "0.0.0.0"
     assert any("no authentication" in r.getMessage() for r in caplog.records)
+
+
+def test_help_names_every_environment_variable(capsys):
+    from pneumolens.service.settings import ServeSettings
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    missing = [
+        f for f in ServeSettings.model_fields if f != "explain_prestart" and f"PNEUMOLENS_{f.upper()}" not in text
+    ]
+    assert missing == []

@@ -157,8 +157,9 @@ def test_healthz_stays_fast_and_a_second_explain_gets_503_while_one_runs(tiny_ch
             assert client.post("/v1/explain", files={"file": ("a.png", png())}).status_code == 200  # warm worker
             first: dict = {}
             t = threading.Thread(
-                target=lambda: first.setdefault("r", client.post("/v1/explain", files={"file": ("a.png", png())},
-                                                                  data={"seed": "30"}))  # sleeps 3 s
+                target=lambda: first.setdefault(
+                    "r", client.post("/v1/explain", files={"file": ("a.png", png())}, data={"seed": "30"})
+                )  # sleeps 3 s
             )
             t.start()
             deadline = time.monotonic() + 5

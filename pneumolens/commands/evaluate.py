@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..evaluate import SPLITS, evaluate_split
+SPLITS = ("validation", "val", "test")  # = pneumolens.evaluate.SPLITS, kept here so --help needs no torch
 
 DESCRIPTION = """\
 Evaluate a checkpoint on one split of the dataset and write, under --out:
@@ -82,6 +82,8 @@ def _with_ci(m: dict[str, Any], key: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..evaluate import evaluate_split  # torch and scikit-learn only when running
+
     m = evaluate_split(
         checkpoint=args.checkpoint,
         data=args.data,

@@ -86,7 +86,7 @@ def check_layers(model, specs: list) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import find_images
-    from ..explain.runner import explain_files, fast_forward, resolve_background
+    from ..explain.runner import explain_files, fast_forwards, resolve_background
     from ..inference import Predictor
 
     if args.n_samples is not None and args.n_samples < 2:
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         background, source = resolve_background(args.background_data, args.checkpoint, predictor.size,
                                                 n=args.background_n, seed=args.seed,
                                                 provenance=predictor.checkpoint.provenance)
-    forward = fast_forward(predictor.model) if any(s.name in ("lime", "kernelshap", "occlusion") for s in specs) else None
+    forward, grad_forward = fast_forwards(predictor.model, [s.name for s in specs])
 
     def warn(reason: str) -> None:
         print(f"pneumolens explain: warning: skipped {reason}", file=sys.stderr)
@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         records = explain_files(files, predictor, specs, args.out, seed=args.seed, save_maps=args.save_maps,
                                 skip_bad=args.skip_bad, background=background, background_source=source,
-                                forward=forward, progress=not args.no_progress, on_skip=warn)
+                                forward=forward, grad_forward=grad_forward, progress=not args.no_progress,
+                                on_skip=warn)
     except ValueError as exc:  # a setting the method refuses (e.g. baseline=white, window larger than the image)
         raise ConfigError(f"--methods: {exc}") from exc
     print(f"explained {len(records)} image(s) with {', '.join(s.label for s in specs)}; "

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate import split_records
     from ..explain.metrics import evaluate_explanations
     from ..explain.report import write_eval_report
-    from ..explain.runner import fast_forward
+    from ..explain.runner import fast_forwards
     from ..explain.shap import build_background
     from .explain import check_layers, parse_methods
 
@@ -93,12 +93,18 @@ def run(args: argparse.Namespace) -> int:
                               val_fraction=float(prov.get("val_fraction", 0.1)), split_seed=int(prov.get("split_seed", 0)))
         specs = [s if s.name != "shap" else type(s)(s.label, s.name, {"background": bg, **s.params}) for s in specs]
     maps: dict[str, np.ndarray] = {}
+    names = [s.name for s in specs]
+    forward, grad_forward = fast_forwards(ckpt.model, ["lime", *names])  # "lime": the curves always need it
+
+    def make_forward(model):
+        return fast_forwards(model, names)
+
     try:
         result = evaluate_explanations(
             ckpt.model, loaded.images, specs,
             labels=[r.label for r in chosen], names=[str(r.path) for r in chosen],
             seed=args.seed, steps=args.steps, temperature=ckpt.temperature,
-            forward=fast_forward(ckpt.model), make_forward=fast_forward,
+            forward=forward, grad_forward=grad_forward, make_forward=make_forward,
             sanity_n=args.sanity_n, progress=not args.no_progress, maps_out=maps,
         )
     except ValueError as exc:  # a setting a method refuses

@@ -11,7 +11,6 @@ import argparse
 import json
 from typing import Any
 
-from ..checkpoint import SHIPPED, load_checkpoint
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -53,6 +52,8 @@ def format_info(info: dict[str, Any], indent: int = 0) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import SHIPPED, load_checkpoint  # torch only when running
+
     ckpt = load_checkpoint(args.checkpoint)
     info = {"checkpoint": str(args.checkpoint) if args.checkpoint else f"{SHIPPED} (shipped)", **ckpt.info()}
     if args.json:

@@ -12,12 +12,14 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..data import find_images
 from ..errors import ConfigError, DatasetError, InvalidImageError
-from ..inference import Prediction, Predictor
 from ..io import IMAGE_SUFFIXES
+
+if TYPE_CHECKING:
+    from ..inference import Prediction
 
 #: Above this many predictions, stdout gets a summary instead of one row per file.
 MAX_TABLE_ROWS = 50
@@ -101,6 +103,8 @@ def format_counts(predictions: list[Prediction], class_names: tuple[str, ...]) -
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     files = _collect(args.inputs)
+    from ..inference import Predictor  # torch only when running
+
     predictor = Predictor(args.checkpoint, threshold=args.threshold, batch_size=args.batch_size)
     try:
         predictions, skipped = predictor.predict_files(files, skip_bad=args.skip_bad)

@@ -31,16 +31,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "Research use only: not a medical device. There is no authentication: keep the default "
             "127.0.0.1 unless a proxy in front of it controls access."
         ),
-        epilog="Example: pneumolens serve --checkpoint runs/demo/model.pt --port 8000",
+        epilog=(
+            "Every setting can also come from the environment: PNEUMOLENS_HOST, PNEUMOLENS_PORT, "
+            "PNEUMOLENS_CHECKPOINT, PNEUMOLENS_THRESHOLD, PNEUMOLENS_MAX_UPLOAD_BYTES, PNEUMOLENS_MAX_FILES, "
+            "PNEUMOLENS_PREDICT_THREADS, PNEUMOLENS_MAX_CONCURRENT_EXPLANATIONS, PNEUMOLENS_EXPLAIN_TIME_LIMIT_S, "
+            "PNEUMOLENS_EXPLAIN_THREADS, PNEUMOLENS_RETRY_AFTER_S; options win. "
+            "Example: pneumolens serve --checkpoint runs/demo/model.pt --port 8000"
+        ),
     )
     p.add_argument("--host", default=None, help="interface to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="TCP port (default: 8000)")
-    p.add_argument("--checkpoint", "-c", type=Path, default=None, help="model.pt or a run folder (default: the shipped model)")
+    p.add_argument(
+        "--checkpoint", "-c", type=Path, default=None, help="model.pt or a run folder (default: the shipped model)"
+    )
     p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the checkpoint's)")
     p.add_argument("--max-upload-mb", type=float, default=None, help="largest request body in MB (default: 20)")
-    p.add_argument("--explain-workers", type=int, default=None,
-                   help="explanations computed at once, one process each (default: 1)")
-    p.add_argument("--explain-time-limit", type=float, default=None, help="seconds per explanation request (default: 120)")
+    p.add_argument(
+        "--explain-workers", type=int, default=None, help="explanations computed at once, one process each (default: 1)"
+    )
+    p.add_argument(
+        "--explain-time-limit", type=float, default=None, help="seconds per explanation request (default: 120)"
+    )
     p.set_defaults(func=run)
     return p
 
@@ -70,7 +81,9 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(x) for x in err["loc"])
-        raise ConfigError(f"serve: invalid {field} ({err['msg']}); check the option or PNEUMOLENS_{field.upper()}") from None
+        raise ConfigError(
+            f"serve: invalid {field} ({err['msg']}); check the option or PNEUMOLENS_{field.upper()}"
+        ) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     predictor = Predictor(settings.checkpoint, threshold=settings.threshold)  # CheckpointError → exit 2
     if not _is_loopback(settings.host):
-        log.warning("listening on %s: the service has no authentication; anyone who can reach it can use it", settings.host)
+        log.warning(
+            "listening on %s: the service has no authentication; anyone who can reach it can use it", settings.host
+        )
     log.info("PneumoLens at http://%s:%d/ (research use only: not a medical device)", settings.host, settings.port)
     uvicorn.run(create_app(settings, predictor=predictor), host=settings.host, port=settings.port, log_level="info")
     return 0

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..config import PRESETS, load_config
 from ..data import resolve_data_root
+
+#: = sorted(pneumolens.config.PRESETS); listed here so that --help does not import torch.
+PRESET_NAMES = ("debug", "default", "seed")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="dataset root (default: $PNEUMOLENS_DATA, ../shared/data/chest_xray, ./chest_xray)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
-        "--preset", default="default", choices=sorted(PRESETS),
+        "--preset", default="default", choices=PRESET_NAMES,
         help="recipe: 'seed' = the original exactly (batch 8, ±72° rotation, flips, Adam, plateau LR, early "
         "stopping); 'default' = the project's recipe; 'debug' = 2 short epochs",
     )
@@ -73,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["model"] = {"input_size": args.input_size}
     if args.no_augment:
         overrides["augment"] = {"enabled": False}
+    from ..config import load_config
+
     config = load_config(args.preset, args.config, overrides)
     root = resolve_data_root(args.data)
     devices = args.devices if args.devices == "auto" else int(args.devices)

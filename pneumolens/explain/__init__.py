@@ -13,12 +13,13 @@ Rendering lives in :mod:`pneumolens.explain.render`, faithfulness measures in
 from __future__ import annotations
 
 from .base import BASELINES, Attribution, layer_names
-from .core import METHODS, PERTURBATION, SIGNED, explain, method_params, parse_method_spec
+from .core import INPUT_GRADIENT, METHODS, PERTURBATION, SIGNED, explain, method_params, parse_method_spec
 from .shap import build_background, load_background, save_background
 
 __all__ = [
     "Attribution",
     "BASELINES",
+    "INPUT_GRADIENT",
     "METHODS",
     "PERTURBATION",
     "SIGNED",

@@ -42,6 +42,10 @@ SIGNED = frozenset({"lime", "kernelshap", "shap", "ig", "occlusion"})
 #: Methods that only run the model forward (the fast inference copy may stand in for it).
 PERTURBATION = frozenset({"lime", "kernelshap", "occlusion"})
 
+#: Methods that differentiate the logit w.r.t. the input only (a differentiable copy computing
+#: the same function, e.g. BatchNorm-folded, may stand in). Grad-CAM hooks the model's own layer.
+INPUT_GRADIENT = frozenset({"ig", "shap"})
+
 
 def method_params(method: str) -> list[str]:
     """The keyword arguments a method accepts (besides model, x, forward)."""
@@ -62,6 +66,7 @@ def explain(
     method: str,
     seed: int = 0,
     forward: LogitFn | None = None,
+    grad_forward: LogitFn | None = None,
     **params: Any,
 ) -> Attribution:
     """Attribute the PNEUMONIA logit of ``model`` to the pixels of ``images``.
@@ -73,7 +78,11 @@ def explain(
         seed: seeds every random draw (LIME / KernelSHAP samples, SHAP draws). Default: 0.
         forward: for ``lime``, ``kernelshap`` and ``occlusion`` only: a faster no-gradient
             function computing the same logits (e.g. :func:`pneumolens.fast.optimize`).
-            Gradient methods always differentiate ``model`` itself. Default: ``model``.
+            Default: ``model``.
+        grad_forward: for ``ig`` and ``shap`` only: a faster *differentiable* function computing
+            the same logits (e.g. ``pneumolens.fast.FoldedCnnLstm(model)``; see
+            :func:`pneumolens.explain.runner.fast_forwards`). Grad-CAM always runs ``model``,
+            whose layer it hooks. Default: ``model``.
         **params: the method's settings (``layer=`` for gradcam, ``n_samples=``, ``baseline=``,
             ``background=`` for shap, ...); an unknown name is a ValueError.
 
@@ -94,7 +103,7 @@ def explain(
     if unknown:
         raise ValueError(f"{method}: unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(allowed)}")
     x = as_batch(images, size=input_size(model)).to(model_device(model))
-    fwd = forward if method in PERTURBATION else None
+    fwd = forward if method in PERTURBATION else grad_forward if method in INPUT_GRADIENT else None
     t0 = time.perf_counter()
     with model_scope(model), seeded(seed):
         attr, used = fn(model, x, forward=fwd, **params)

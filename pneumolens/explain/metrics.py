@@ -32,8 +32,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .base import LogitFn, as_batch, blur, model_device, model_scope, seeded
-from .core import PERTURBATION, explain
+from .core import explain
 from .runner import MethodSpec
+
+#: Builds ``(forward, grad_forward)`` for a model (see :func:`pneumolens.explain.runner.fast_forwards`).
+ForwardFactory = Callable[[nn.Module], tuple[LogitFn | None, LogitFn | None]]
 
 #: Cascading randomisation, top layer first (Adebayo et al.). Each stage adds its modules to
 #: the re-initialised set; names missing from a model are skipped.
@@ -180,14 +183,14 @@ def randomisation_check(
     methods: Sequence[MethodSpec],
     reference: dict[str, np.ndarray],
     seed: int = 0,
-    make_forward: Callable[[nn.Module], LogitFn | None] | None = None,
+    make_forward: ForwardFactory | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Cascading randomisation: Spearman(trained map, randomised-model map) per method and stage.
 
     Args:
         reference: label → maps (N, S, S) of the trained model for ``images``.
-        make_forward: builds the fast forward for a randomised copy (perturbation methods).
+        make_forward: builds the fast ``(forward, grad_forward)`` for a randomised copy.
 
     Returns:
         ``{"stages": [...], "methods": {label: {"spearman": [median per stage], "spearman_abs": [...]}}}``.
@@ -200,11 +203,10 @@ def randomisation_check(
     for k, stage in enumerate(stages):
         done += list(stage)
         rnd = randomised_copy(model, done, seed + 1 + k)
-        fwd = make_forward(rnd) if make_forward is not None else None
+        fwd, gfwd = make_forward(rnd) if make_forward is not None else (None, None)
         for spec in methods:
-            fw = fwd if spec.name in PERTURBATION else None
-            maps = np.concatenate([explain(rnd, images[i : i + 1], spec.name, seed=seed, forward=fw, **spec.params).maps
-                                   for i in range(images.shape[0])])
+            maps = np.concatenate([explain(rnd, images[i : i + 1], spec.name, seed=seed, forward=fwd, grad_forward=gfwd,
+                                           **spec.params).maps for i in range(images.shape[0])])
             ref = reference[spec.label][: images.shape[0]]
             rhos[spec.label][0].append(_nanmedian([spearman(a, b) for a, b in zip(ref, maps)]))
             rhos[spec.label][1].append(_nanmedian([spearman(np.abs(a), np.abs(b)) for a, b in zip(ref, maps)]))
@@ -228,7 +230,8 @@ def evaluate_explanations(
     steps: int = 50,
     temperature: float = 1.0,
     forward: LogitFn | None = None,
-    make_forward: Callable[[nn.Module], LogitFn | None] | None = None,
+    grad_forward: LogitFn | None = None,
+    make_forward: ForwardFactory | None = None,
     sanity_n: int = 8,
     progress: bool = True,
     maps_out: dict[str, np.ndarray] | None = None,
@@ -243,8 +246,9 @@ def evaluate_explanations(
         seed: seeds the methods, the tie-breaking and the random maps.
         steps: points per deletion / insertion curve minus one. Default: 50.
         temperature: the checkpoint's logit temperature.
-        forward: fast logits for the curves and the perturbation methods. Default: the model.
-        make_forward: builds such a function for a randomised copy (None: the copy itself).
+        forward: fast no-gradient logits for the curves and the perturbation methods. Default: the model.
+        grad_forward: fast differentiable logits for ``ig`` and ``shap``. Default: the model.
+        make_forward: builds ``(forward, grad_forward)`` for a randomised copy (None: the copy itself).
         sanity_n: images used for the randomisation check (it costs stages x methods maps). 0 skips it.
         maps_out: if given, filled with label → maps (N, S, S) (e.g. to draw example panels).
 
@@ -266,7 +270,7 @@ def evaluate_explanations(
         for i in range(n):
             xi = x[i : i + 1]
             for spec in methods:
-                att = explain(model, xi, spec.name, seed=seed, forward=forward if spec.name in PERTURBATION else None,
+                att = explain(model, xi, spec.name, seed=seed, forward=forward, grad_forward=grad_forward,
                               **spec.params)
                 maps[spec.label].append(att.maps[0])
                 times[spec.label].append(att.elapsed_s)

@@ -41,6 +41,23 @@ def base_method(label: str) -> str:
     return label.split(":", 1)[0]
 
 
+def display_name(label: str) -> str:
+    """``"occlusion:window=8:stride=4"`` → ``"Occlusion (window=8, stride=4)"``."""
+    name, _, rest = label.partition(":")
+    title = TITLES.get(name, name)
+    return f"{title} ({rest.replace(':', ', ')})" if rest else title
+
+
+def _method_title(label: str, amap: np.ndarray, extra: str | None = None) -> str:
+    """Display name, an optional line (e.g. the time), and a note when Grad-CAM found no positive evidence."""
+    lines = [display_name(label)]
+    if extra:
+        lines.append(extra)
+    if base_method(label) == "gradcam" and not np.any(np.asarray(amap) > 0):
+        lines.append("(no positive evidence)")
+    return "\n".join(lines)
+
+
 def is_signed(method: str, amap: np.ndarray | None = None) -> bool:
     """Signed (diverging colormap) unless it is Grad-CAM with no negative values."""
     if base_method(method) == "gradcam":
@@ -111,9 +128,7 @@ def render_panel(
     axes[0].set_title("input", fontsize=9)
     axes[0].set_axis_off()
     for ax, (label, amap) in zip(axes[1:], maps.items()):
-        name = TITLES.get(base_method(label), label)
-        extra = (subtitles or {}).get(label)
-        mappable = draw_overlay(ax, image, amap, label, f"{name}\n{extra}" if extra else name)
+        mappable = draw_overlay(ax, image, amap, label, _method_title(label, amap, (subtitles or {}).get(label)))
         _colorbar(fig, ax, mappable, is_signed(label, amap))
     if title:
         fig.suptitle(title, fontsize=10)
@@ -139,7 +154,7 @@ def overlay_png(image_uint8: np.ndarray, attribution_map: np.ndarray, method: st
         raise ValueError(f"overlay_png: image {image.shape} and map {amap.shape} must be the same 2-D shape")
     fig = Figure(figsize=(4.2, 3.6), dpi=dpi, layout="constrained")
     ax = fig.subplots()
-    mappable = draw_overlay(ax, image, amap, method, title or TITLES.get(base_method(method), method))
+    mappable = draw_overlay(ax, image, amap, method, title or _method_title(method, amap))
     _colorbar(fig, ax, mappable, is_signed(method, amap))
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -158,7 +173,7 @@ def render_grid(images: Sequence[np.ndarray], rows: Sequence[Mapping[str, np.nda
         axes[r, 0].set_axis_off()
         axes[r, 0].set_title(row_titles[r] if r < len(row_titles) else "input", fontsize=8)
         for c, label in enumerate(methods, start=1):
-            mappable = draw_overlay(axes[r, c], image, maps[label], label, TITLES.get(base_method(label), label))
+            mappable = draw_overlay(axes[r, c], image, maps[label], label, _method_title(label, maps[label]))
             _colorbar(fig, axes[r, c], mappable, is_signed(label, maps[label]))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,12 +14,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from .render import TITLES, base_method, render_grid
-
-
-def _title(label: str) -> str:
-    name = TITLES.get(base_method(label), label)
-    return name + (f" ({label.split(':', 1)[1]})" if ":" in label else "")
+from .render import display_name as _title
+from .render import render_grid
 
 
 def _fmt(v: Any, digits: int = 3) -> str:

@@ -37,19 +37,42 @@ class MethodSpec:
 
 
 def fast_forward(model: Any) -> LogitFn | None:
-    """A faster no-gradient logit function for perturbation methods (``pneumolens.fast``), if it applies.
+    """A faster no-gradient logit function for perturbation methods (:func:`pneumolens.fast.optimize`).
 
-    Returns None (use the model itself) for models other than ``CnnLstm``.
+    Returns None (use the model itself) for models other than a ``CnnLstm`` on the CPU.
     """
     from ..model import CnnLstm
 
-    if not isinstance(model, CnnLstm):
+    if not isinstance(model, CnnLstm) or next(model.parameters()).device.type != "cpu":
         return None
-    try:
-        from ..fast import optimize
-    except ImportError:  # pragma: no cover - fast.py ships with the package
-        return None
+    from ..fast import optimize
+
     return optimize(model, backend="auto")
+
+
+def fast_grad_forward(model: Any) -> LogitFn | None:
+    """A faster differentiable copy for ``ig`` and ``shap``: the BatchNorm-folded, channels-last CnnLstm.
+
+    Same function (BatchNorm folded into the weights, Dropout removed: eval mode), so the same
+    input gradients up to float rounding, at ~2.4x less cost per forward + backward on the CPU.
+    Returns None (use the model itself) for other models or devices.
+    """
+    from ..model import CnnLstm
+
+    if not isinstance(model, CnnLstm) or next(model.parameters()).device.type != "cpu":
+        return None
+    from ..fast import FoldedCnnLstm
+
+    return FoldedCnnLstm(model)
+
+
+def fast_forwards(model: Any, names: Sequence[str] = ()) -> tuple[LogitFn | None, LogitFn | None]:
+    """``(forward, grad_forward)`` for :func:`~pneumolens.explain.explain`, built only if a method in ``names`` uses it."""
+    from .core import INPUT_GRADIENT
+
+    forward = fast_forward(model) if any(n in PERTURBATION for n in names) else None
+    grad = fast_grad_forward(model) if any(n in INPUT_GRADIENT for n in names) else None
+    return forward, grad
 
 
 def resolve_background(
@@ -110,6 +133,7 @@ def explain_files(
     background: np.ndarray | str | None = None,
     background_source: str = "",
     forward: LogitFn | None = None,
+    grad_forward: LogitFn | None = None,
     progress: bool = True,
     on_skip: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -125,7 +149,8 @@ def explain_files(
         skip_bad: report unreadable files through ``on_skip`` instead of raising.
         background: SHAP background (training images, or a fallback name).
         background_source: where the background came from, for the JSON.
-        forward: the fast logit function for perturbation methods (see :func:`fast_forward`).
+        forward, grad_forward: fast logit functions for perturbation and input-gradient methods
+            (see :func:`fast_forwards`). Default: the model itself.
 
     Raises:
         InvalidImageError: the first unreadable file, unless ``skip_bad``; or no readable file at all.
@@ -162,8 +187,8 @@ def explain_files(
             params = dict(spec.params)
             if spec.name == "shap":
                 params.setdefault("background", background)
-            att = explain(predictor.model, image[None], spec.name, seed=seed,
-                          forward=forward if spec.name in PERTURBATION else None, **params)
+            att = explain(predictor.model, image[None], spec.name, seed=seed, forward=forward,
+                          grad_forward=grad_forward, **params)
             amap = att.maps[0]
             maps[spec.label] = amap
             entry = {"params": _jsonable(att.params), "min": float(amap.min()), "max": float(amap.max())}

@@ -6,25 +6,32 @@ baseline, run the model on every such perturbed image, and fit a weighted linear
 onto each superpixel's pixels.
 
 * ``lime`` (Ribeiro et al. 2016, https://arxiv.org/abs/1602.04938): superpixels on/off with
-  probability 1/2, samples weighted by the ``lime_image`` kernel (exponential of the cosine
-  distance to the unperturbed image, width 0.25), ridge regression (alpha 1) as ``lime_image``.
+  probability 1/2, samples weighted by ``lime_image``'s kernel (exponential of the cosine
+  distance between the on/off vector and all-on, width 0.25), ridge regression (alpha 1), as
+  ``lime_image`` does.
 * ``kernelshap`` (Lundberg & Lee 2017, https://arxiv.org/abs/1705.07874): coalitions drawn
-  by the Shapley kernel, plain least squares: the coefficients estimate Shapley values.
+  by the Shapley kernel, least squares: the coefficients estimate Shapley values.
 
-Unlike the original, this explains the pneumonia logit itself (not an ``argmax`` over one
-sigmoid column) and evaluates ``perturbations_per_eval`` samples per forward pass without
-gradients, so 1000 samples cost ~8 forward passes.
+How it is fast: Captum's ``Lime`` / ``KernelShap`` are given the K superpixel *switches* as
+their input (a vector of ones, baseline zeros, one feature each), so their per-sample Python
+work touches K numbers instead of S*S pixels; the forward function turns a whole batch of
+switch vectors into images with one gather (``base + (x - base) * z[:, segments]``) and runs
+the model once per ``perturbations_per_eval`` samples, without gradients. This is exactly
+Captum's pixel-space LIME with ``feature_mask=segments`` (same samples, same weights), minus
+~4 ms of per-sample overhead. Unlike the original, the pneumonia logit itself is explained
+(not an ``argmax`` over one sigmoid column).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from captum._utils.models.linear_model import SkLearnRidge
 from captum.attr import KernelShap, Lime
+from captum.attr._core.lime import get_exp_kernel_similarity_function
 from skimage.segmentation import slic
 from torch import nn
 
@@ -58,13 +65,17 @@ def grid_segments(size: int, n_segments: int) -> np.ndarray:
     return (idx[:, None] * cells + idx[None, :]).astype(np.int64)
 
 
-def _lime_similarity(original: Any, perturbed: Any, interpretable: torch.Tensor, **kwargs: Any) -> float:
-    """``lime_image``'s sample weight: sqrt(exp(-d^2 / w^2)), d = cosine distance of the on/off vector to all-on."""
-    z = interpretable.float().flatten()
-    norm = float(z.norm())
-    cos = float(z.sum()) / (norm * math.sqrt(z.numel())) if norm > 0 else 0.0
-    d = 1.0 - cos
-    return math.sqrt(math.exp(-(d * d) / LIME_KERNEL_WIDTH**2))
+def switch_forward(fn: LogitFn, x: torch.Tensor, base: torch.Tensor, segments: np.ndarray) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Logits (B, 1) of the images whose superpixels are switched on by ``z`` (B, K), off = baseline."""
+    seg = torch.as_tensor(segments, device=x.device)
+    fwd = no_grad_column(fn)
+    diff = x - base  # (1, 1, S, S)
+
+    def forward(z: torch.Tensor) -> torch.Tensor:
+        on = z.to(x.dtype)[:, seg]  # (B, S, S): each pixel takes its superpixel's switch
+        return fwd(base + diff * on[:, None])
+
+    return forward
 
 
 def _surrogate(
@@ -81,33 +92,34 @@ def _surrogate(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     if n_samples < 2:
         raise ValueError(f"{method}: n_samples must be >= 2, got {n_samples}")
-    fn = no_grad_column(forward or model)
-    if method == "lime":
-        explainer: Lime | KernelShap = Lime(fn, interpretable_model=SkLearnRidge(alpha=LIME_RIDGE_ALPHA),
-                                            similarity_func=_lime_similarity)
-    else:
-        explainer = KernelShap(fn)
     out, n_regions = [], []
     for i in range(x.shape[0]):
         xi = x[i : i + 1]
         seg = superpixels(xi, n_segments, compactness)
-        n_regions.append(int(seg.max()) + 1)
-        mask = torch.as_tensor(seg, device=x.device).view(1, 1, *seg.shape)
-        out.append(
-            explainer.attribute(
-                xi,
-                baselines=make_baseline(xi, baseline, sigma),
-                target=0,
-                feature_mask=mask,
-                n_samples=int(n_samples),
-                perturbations_per_eval=int(perturbations_per_eval),
-                return_input_shape=True,
+        k = int(seg.max()) + 1
+        n_regions.append(k)
+        fn = switch_forward(forward or model, xi, make_baseline(xi, baseline, sigma), seg)
+        if method == "lime":
+            explainer: Lime | KernelShap = Lime(
+                fn,
+                interpretable_model=SkLearnRidge(alpha=LIME_RIDGE_ALPHA),
+                similarity_func=get_exp_kernel_similarity_function("cosine", kernel_width=LIME_KERNEL_WIDTH),
             )
-        )
+        else:
+            explainer = KernelShap(fn)
+        coef = explainer.attribute(
+            torch.ones(1, k, device=x.device),
+            baselines=0.0,
+            target=0,
+            n_samples=int(n_samples),
+            perturbations_per_eval=int(perturbations_per_eval),
+            return_input_shape=True,
+        )  # (1, K): one coefficient per superpixel
+        out.append(coef.reshape(-1)[torch.as_tensor(seg, device=x.device)][None, None])
     params: dict[str, Any] = {
         **baseline_params(baseline, x, sigma),
         "n_samples": int(n_samples),
-        "superpixels": "slic",
+        "superpixels": "slic (a square grid when SLIC finds < n_segments/10 regions)",
         "n_segments": int(n_segments),
         "compactness": float(compactness),
         "n_superpixels": n_regions,
@@ -118,7 +130,7 @@ def _surrogate(
                       sampling="bernoulli(0.5)")
     else:
         params.update(surrogate="least squares, Shapley kernel weights", sampling="shapley kernel")
-    return torch.cat(out), params
+    return torch.cat(out).float(), params
 
 
 def lime(

@@ -8,10 +8,12 @@ importing this module is cheap and every test builds its own app with its own se
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
@@ -71,6 +73,9 @@ def _worker_extras(settings: ServeSettings, size: int) -> dict[str, Any]:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load the model (unless one was given to :func:`create_app`), start workers; stop them after."""
     settings: ServeSettings = app.state.settings
+    threads_before = torch.get_num_threads()
+    if settings.predict_threads is not None:
+        torch.set_num_threads(settings.predict_threads)  # before the predictor builds its fast copy
     predictor = app.state.preloaded or await run_in_threadpool(_load_predictor, settings)
     pool = None
     if app.state.methods:
@@ -91,6 +96,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.predictor = app.state.explain_pool = None
         if pool is not None:
             await run_in_threadpool(pool.close)
+        torch.set_num_threads(threads_before)
 
 
 class SecurityHeaders:
@@ -185,6 +191,10 @@ def create_app(settings: ServeSettings | None = None, predictor: Predictor | Non
         predictor: an already loaded model to serve (the CLI loads it first to report a bad
             checkpoint in one line). Default: load ``settings.checkpoint`` at startup.
 
+    Explanation workers are started with ``multiprocessing``'s *spawn* method, which re-imports
+    the main module: a script that calls this must guard its entry point with
+    ``if __name__ == "__main__":`` (``pneumolens serve`` and ``uvicorn`` already do).
+
     Example::
 
         >>> app = create_app(ServeSettings(checkpoint="runs/demo/model.pt"))   # doctest: +SKIP
@@ -219,4 +229,3 @@ def create_app(settings: ServeSettings | None = None, predictor: Predictor | Non
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     return app
-

@@ -97,21 +97,29 @@ def run_job(context: dict[str, Any], payload: dict[str, Any]) -> list[dict[str, 
         params = dict(params)
         if method == "shap" and "background" not in params and context.get("background") is not None:
             params["background"] = context["background"]
-        att = explain(context["model"], image[None], method, seed=int(payload.get("seed", 0)),
-                      forward=context.get("forward"), **params)
+        att = explain(
+            context["model"],
+            image[None],
+            method,
+            seed=int(payload.get("seed", 0)),
+            forward=context.get("forward"),
+            **params,
+        )
         heat = att.maps[0]
         t0 = time.perf_counter()
         png = overlay_png(image, heat, method)
-        results.append({
-            "method": method,
-            "overlay_png": base64.b64encode(png).decode("ascii"),
-            "elapsed_s": float(att.elapsed_s),
-            "render_s": time.perf_counter() - t0,
-            "params": _jsonable(att.params),
-            "signed": is_signed(method, heat),
-            "scale": float(np.max(np.abs(heat))) if heat.size else 0.0,
-            "map": heat.tolist() if payload.get("raw") else None,
-        })
+        results.append(
+            {
+                "method": method,
+                "overlay_png": base64.b64encode(png).decode("ascii"),
+                "elapsed_s": float(att.elapsed_s),
+                "render_s": time.perf_counter() - t0,
+                "params": _jsonable(att.params),
+                "signed": is_signed(method, heat),
+                "scale": float(np.max(np.abs(heat))) if heat.size else 0.0,
+                "map": heat.tolist() if payload.get("raw") else None,
+            }
+        )
     return results
 
 

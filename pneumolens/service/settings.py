@@ -28,6 +28,10 @@ class ServeSettings(BaseSettings):
         max_upload_bytes: largest request body accepted (all files of a request together,
             multipart framing included); larger requests get 413. Default: 20 MB.
         max_files: most files in one ``/v1/predict`` request. Default: 64.
+        predict_threads: CPU threads of each prediction in the web process (torch and ONNX
+            Runtime intra-op threads). Requests run concurrently, so one thread each avoids
+            oversubscribing the cores (see ``bench/bench_service.py``). ``None``: torch's default.
+            Default: 1.
         max_concurrent_explanations: explanations computed at the same time, each in its own
             worker process; one more gets 503 with ``Retry-After``. Default: 1.
         explain_time_limit_s: wall-clock limit of one explanation request; its worker process
@@ -47,6 +51,7 @@ class ServeSettings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     max_upload_bytes: int = Field(default=20_000_000, gt=0)
     max_files: int = Field(default=64, ge=1)
+    predict_threads: int | None = Field(default=1, ge=1)
     max_concurrent_explanations: int = Field(default=1, ge=1, le=64)
     explain_time_limit_s: float = Field(default=120.0, gt=0)
     explain_threads: int = Field(default=1, ge=1)

@@ -14,7 +14,8 @@ Three guarantees live here:
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Coroutine
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import numpy as np
 from fastapi import HTTPException, Request, Response, UploadFile

@@ -21,8 +21,9 @@ import multiprocessing as mp
 import queue
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -114,7 +115,10 @@ class _Worker:
             raise ExplainFailed("the explanation service is shutting down")
         parent, child = self._ctx.Pipe()
         self.proc = self._ctx.Process(
-            target=_worker_main, args=(child, self._spec, self._job, self._threads), daemon=True, name="pneumolens-explain"
+            target=_worker_main,
+            args=(child, self._spec, self._job, self._threads),
+            daemon=True,
+            name="pneumolens-explain",
         )
         self.proc.start()
         child.close()
@@ -174,8 +178,12 @@ class _Worker:
             self.start()
         self._wait_ready()
         assert self.conn is not None
-        self.conn.send(payload)
-        if not self.conn.poll(time_limit_s):
+        try:
+            self.conn.send(payload)
+            answered = self.conn.poll(time_limit_s)
+        except (OSError, ValueError) as exc:  # the pool closed this worker meanwhile (shutdown)
+            raise ExplainFailed("the explanation service is shutting down") from exc
+        if not answered:
             self.restart()  # the only way to stop a computation for sure
             raise ExplainTimeout(f"explanation exceeded the time limit of {time_limit_s:g} s and was stopped")
         kind, value = self._recv()
@@ -191,13 +199,13 @@ class ExplainPool:
 
     Args:
         checkpoint: the served :class:`~pneumolens.checkpoint.Checkpoint` (each worker gets a copy).
-        extras: more values for each worker's context (e.g. ``background`` images for SHAP).
         size: workers, i.e. explanations computed at once. Default: 1.
         time_limit_s: wall-clock limit of one job, not counting a worker's start. Default: 120.
         threads: torch threads per worker. Default: 1.
         job: the function a worker runs, ``job(context, payload) -> result``; must be importable
             by name. Default: :func:`pneumolens.service.explaining.run_job`.
         start_timeout_s: how long to wait for a worker to start. Default: 120.
+        extras: more values for each worker's context (e.g. ``background`` images for SHAP).
     """
 
     def __init__(

@@ -32,4 +32,3 @@ def model_card(predictor: Annotated[Predictor, Depends(get_predictor)]) -> Model
     info = predictor.checkpoint.info()
     info["threshold"] = predictor.threshold  # the one in use (a --threshold override wins)
     return ModelCard(**{k: v for k, v in info.items() if k in ModelCard.model_fields})
-

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, File, UploadFile
 from ...errors import InvalidImageError
 from ...inference import Predictor
 from ..dependencies import get_predictor
-from ..schemas import PredictResponse, Prediction, error_responses
+from ..schemas import Prediction, PredictResponse, error_responses
 from ..uploads import UploadRoute, read_upload, safe_name
 
 router = APIRouter(prefix="/v1", tags=["predict"], route_class=UploadRoute)
