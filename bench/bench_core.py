@@ -173,9 +173,17 @@ def bench_training(images: torch.Tensor, batch_size: int, steps: int, warmup: in
     for r in range(repeats):
         timer = Timer()
         trainer = L.Trainer(
-            max_steps=warmup + steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, deterministic=True, num_sanity_val_steps=0,
-            limit_val_batches=0, callbacks=[timer],
+            max_steps=warmup + steps,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            deterministic=True,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            callbacks=[timer],
         )
         module = Module(config, class_weight=(1.486, 0.514))
         batches = ResumableBatches(images, labels, batch_size, seed=r)
@@ -207,14 +215,19 @@ def levers(model: CnnLstm, compile_: bool) -> list[tuple[str, str, Builder]]:
     out = [
         ("eager", "plain CnnLstm in eval mode", plain),
         ("channels-last", "+ NHWC memory layout", channels_last),
-        ("BN-folded", "+ BatchNorm folded into weights, Dropout dropped, pool before ReLU",
-         lambda threads: FoldedCnnLstm(model, conv_chunk=0)),
+        (
+            "BN-folded",
+            "+ BatchNorm folded into weights, Dropout dropped, pool before ReLU",
+            lambda threads: FoldedCnnLstm(model, conv_chunk=0),
+        ),
         ("chunked", "+ conv stage 8 images at a time (the `eager` backend)", lambda threads: optimize(model, "eager")),
     ]
     if compile_:
         out.append(("compile", "torch.compile of the folded model", lambda threads: optimize(model, "compile")))
     if onnx_available():
-        out.append(("onnx", "ONNX Runtime on the folded graph", lambda threads: optimize(model, "onnx", threads=threads)))
+        out.append(
+            ("onnx", "ONNX Runtime on the folded graph", lambda threads: optimize(model, "onnx", threads=threads))
+        )
     return out
 
 
@@ -236,8 +249,9 @@ def cpu_rate(build: Builder, decoded: torch.Tensor, repeats: int) -> float:
     return len(decoded) / statistics.median(times)
 
 
-def bench_lever(build: Builder, files: list[Path], decoded: torch.Tensor, repeats: int, latency_runs: int,
-                cpu_check: bool) -> dict:
+def bench_lever(
+    build: Builder, files: list[Path], decoded: torch.Tensor, repeats: int, latency_runs: int, cpu_check: bool
+) -> dict:
     t0 = time.perf_counter()
     fn = build(torch.get_num_threads())
     setup = time.perf_counter() - t0
@@ -299,7 +313,9 @@ def bench_decoding(files: list[Path], size: int = 128) -> dict:
     b = np.stack([draft_decode(d, size) for d in datas]).astype(int)
     b1 = np.stack([draft_decode(d, size, factor=1) for d in datas]).astype(int)
     rng = np.random.default_rng(0)
-    film = Image.fromarray(rng.normal(128, 40, (2000, 2400)).clip(0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(3))
+    film = Image.fromarray(rng.normal(128, 40, (2000, 2400)).clip(0, 255).astype(np.uint8)).filter(
+        ImageFilter.GaussianBlur(3)
+    )
     buf = io.BytesIO()
     film.save(buf, "JPEG", quality=90)
     big = buf.getvalue()
@@ -317,7 +333,9 @@ def bench_decoding(files: list[Path], size: int = 128) -> dict:
         "large_2400x2000_draft_ms": 1000 * big_draft,
         "large_draft_max_abs_diff": int(np.abs(load_image(big, size).astype(int) - draft_decode(big, size)).max()),
         "large_2400x2000_draft_1x_ms": 1000 * median_time(lambda: draft_decode(big, size, factor=1), 5),
-        "large_draft_1x_max_abs_diff": int(np.abs(load_image(big, size).astype(int) - draft_decode(big, size, factor=1)).max()),
+        "large_draft_1x_max_abs_diff": int(
+            np.abs(load_image(big, size).astype(int) - draft_decode(big, size, factor=1)).max()
+        ),
     }
 
 
@@ -366,7 +384,11 @@ def report(r: dict) -> str:
         "",
         f"Load average (1/5/15 min) at start {'/'.join(f'{x:.2f}' for x in load['start'])}, "
         f"at end {'/'.join(f'{x:.2f}' for x in load['end'])}: "
-        + ("**the machine was busy with other work: these numbers are depressed and noisy.**" if busy else "idle machine."),
+        + (
+            "**the machine was busy with other work: these numbers are depressed and noisy.**"
+            if busy
+            else "idle machine."
+        ),
         "",
         "| figure | original, as shipped | original, float32 | PneumoLens | goal |",
         "|---|---:|---:|---:|---:|",
@@ -378,13 +400,16 @@ def report(r: dict) -> str:
             f"| training, batch 8 (seed recipe), images/s | {o['train_b8']['shipped']} | {o['train_b8']['float32']} | "
             f"{fmt(tr['b8']['images_per_s'], 1)} | |"
         )
-        lines.append(f"| training, batch 32, images/s | — | — | {fmt(tr['b32']['images_per_s'], 1)} | ≥ {GOALS['train']:.0f} |")
+        lines.append(
+            f"| training, batch 32, images/s | — | — | {fmt(tr['b32']['images_per_s'], 1)} | ≥ {GOALS['train']:.0f} |"
+        )
     lines += [
         f"| inference, batch 64, decoded, images/s | {o['infer_b64_decoded']['shipped']:.0f} | "
         f"{o['infer_b64_decoded']['float32']:.0f} | {fmt(best['decoded_images_per_s'])} ({best['name']}) | |",
         f"| inference, batch 64, incl. JPEG decoding, images/s | {o['infer_b64_with_decoding']['shipped']:.0f} | "
         f"{o['infer_b64_with_decoding']['float32']:.0f} | "
-        f"{fmt(pf.get('images_per_s'))} (`predict_files`, {pf.get('backend', '—')}) | ≥ {GOALS['infer_with_decoding']:.0f} |",
+        f"{fmt(pf.get('images_per_s'))} (`predict_files`, {pf.get('backend', '—')}) | "
+        f"≥ {GOALS['infer_with_decoding']:.0f} |",
         f"| one image, model only, ms | {o['one_image_ms']['shipped']:.0f} | {o['one_image_ms']['float32']:.0f} | "
         f"{fmt(fastest['one_image_ms'], 1)} ({fastest['name']}) | ≤ {GOALS['one_image_ms']:.0f} |",
         f"| one file, `predict_bytes` incl. decoding, ms | — | — | {fmt(pf.get('one_file_ms'), 1)} | |",
@@ -402,9 +427,10 @@ def report(r: dict) -> str:
     ]
     base = lev["eager"]["decoded_images_per_s"]
     for x in r["inference"]["levers"]:
+        rate = x["decoded_images_per_s"]
         lines.append(
-            f"| {x['name']} | {x['what']} | {fmt(x['decoded_images_per_s'])} (×{x['decoded_images_per_s'] / base:.1f}) | "
-            f"{fmt(x['with_decoding_images_per_s'])} | {fmt(x['one_image_ms'], 1)} | {x['setup_s'] + x['first_call_s']:.1f} "
+            f"| {x['name']} | {x['what']} | {fmt(rate)} (×{rate / base:.1f}) | {fmt(x['with_decoding_images_per_s'])} "
+            f"| {fmt(x['one_image_ms'], 1)} | {x['setup_s'] + x['first_call_s']:.1f} "
             f"| {fmt(x['one_thread_images_per_cpu_s'])} |"
         )
     lines += [
@@ -418,9 +444,11 @@ def report(r: dict) -> str:
             "",
             "## JPEG decoding + resize to 128x128, per image",
             "",
-            "| source | full decode (io.load_image), ms | Pillow draft at 2x the input size, ms | draft vs full, pixel difference |",
+            "| source | full decode (io.load_image), ms | Pillow draft at 2x the input size, ms "
+            "| draft vs full, pixel difference |",
             "|---|---:|---:|---|",
-            f"| dataset files (mostly 224x224 or ~256 high) | {d['dataset_full_ms']:.2f} | {d['dataset_draft_ms']:.2f} | "
+            f"| dataset files (mostly 224x224 or ~256 high) | {d['dataset_full_ms']:.2f} "
+            f"| {d['dataset_draft_ms']:.2f} | "
             f"mean {d['dataset_draft_mean_abs_diff']:.2f}, max {d['dataset_draft_max_abs_diff']}, "
             f"{100 * d['dataset_draft_images_changed']:.0f} % of images changed |",
             f"| a 2400x2000 JPEG | {d['large_2400x2000_full_ms']:.1f} | {d['large_2400x2000_draft_ms']:.1f} | "
@@ -452,7 +480,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="where core.md and core.json go")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     ap.add_argument("--no-train", action="store_true", help="skip the training measurements")
-    ap.add_argument("--compile", dest="compile_", action="store_true", default=None, help="measure torch.compile (default: full runs only)")
+    ap.add_argument(
+        "--compile",
+        dest="compile_",
+        action="store_true",
+        default=None,
+        help="measure torch.compile (default: full runs only)",
+    )
     ap.add_argument("--no-compile", dest="compile_", action="store_false")
     args = ap.parse_args(argv)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no GPU/TPU banners and tips
@@ -486,9 +520,12 @@ def main(argv: list[str] | None = None) -> int:
         res = bench_lever(build, files, decoded, repeats, latency_runs, cpu_check=name != "compile")
         res.update(name=name, what=what)
         lever_results.append(res)
-        print(f"{name:14s} {res['decoded_images_per_s']:7.1f} img/s decoded, "
-              f"{fmt(res['with_decoding_images_per_s'], 1):>7s} incl. decoding, {res['one_image_ms']:6.1f} ms one image",
-              file=sys.stderr, flush=True)
+        print(
+            f"{name:14s} {res['decoded_images_per_s']:7.1f} img/s decoded, "
+            f"{fmt(res['with_decoding_images_per_s'], 1):>7s} incl. decoding, {res['one_image_ms']:6.1f} ms one image",
+            file=sys.stderr,
+            flush=True,
+        )
     result["inference"] = {"batch_size": BATCH, "levers": lever_results}
 
     memory: dict = {}
@@ -501,20 +538,29 @@ def main(argv: list[str] | None = None) -> int:
             ckpt = save_checkpoint(Checkpoint(model=model, config=model.config), Path(tmp) / "model.pt")
             section("Predictor.predict_files")
             result["inference"]["predict_files"] = pf = bench_predictor(ckpt, files, max(2, repeats // 2))
-            print(f"predict_files {pf['images_per_s']:.1f} img/s ({pf['backend']}), one file {pf['one_file_ms']:.1f} ms",
-                  file=sys.stderr, flush=True)
+            print(
+                f"predict_files {pf['images_per_s']:.1f} img/s ({pf['backend']}), one file {pf['one_file_ms']:.1f} ms",
+                file=sys.stderr,
+                flush=True,
+            )
             section("peak memory")
             memory = {"files": len(files), "predict_peak_rss_gb": peak_rss_predict(ckpt, files)}
         section("decoding")
         result["decoding"] = bench_decoding(files[: 2 * BATCH])
 
     if not args.no_train:
-        images = torch.from_numpy(decode(files[: 4 * BATCH])) if files else torch.randint(0, 256, (256, 128, 128), dtype=torch.uint8)
+        images = (
+            torch.from_numpy(decode(files[: 4 * BATCH]))
+            if files
+            else torch.randint(0, 256, (256, 128, 128), dtype=torch.uint8)
+        )
         steps, warmup, runs = (8, 2, 1) if quick else (40, 5, 3)
         result["training"] = {}
         for key, bs in (("b8", 8), ("b32", 32)):
             section(f"training, batch {bs}")
-            result["training"][key] = res = bench_training(images, bs, steps if bs == 8 else max(4, steps // 2), warmup, runs)
+            result["training"][key] = res = bench_training(
+                images, bs, steps if bs == 8 else max(4, steps // 2), warmup, runs
+            )
             print(f"training batch {bs}: {res['images_per_s']:.1f} img/s", file=sys.stderr, flush=True)
 
     memory["bench_peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6

@@ -21,7 +21,6 @@ Example::
 from __future__ import annotations
 
 import copy
-import io
 import logging
 import time
 from typing import Callable
@@ -38,8 +37,10 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "eager", "compile", "onnx")
 
-#: What ``backend="auto"`` picks, from ``bench/bench_core.py`` on a 2-core AMD EPYC (AVX2):
-#: see ``bench/results/core.md``. ONNX Runtime is used only when it is installed.
+#: What ``backend="auto"`` tries, in order (``bench/bench_core.py``, 2-core AMD EPYC, AVX2): ONNX
+#: Runtime did about the same work per image as the chunked eager model on one thread, and ran
+#: 2-3x faster on two busy cores, with 3-4x lower one-image latency. ``compile`` is never
+#: automatic: it costs ~1 min of compilation per batch size and was slower than ONNX Runtime.
 AUTO_ORDER = ("onnx", "eager")
 
 #: Largest max-abs difference in logits accepted between an exported backend and the eager one.
@@ -74,7 +75,9 @@ def fold_bn_after(layer: nn.Conv2d | nn.Linear, bn: nn.modules.batchnorm._BatchN
     layer.bias = nn.Parameter(new_b.to(layer.weight.dtype), requires_grad=False)
 
 
-def fold_bn_before(bn: nn.modules.batchnorm._BatchNorm, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fold_bn_before(
+    bn: nn.modules.batchnorm._BatchNorm, weight: torch.Tensor, bias: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``W @ bn(x) + b == W' @ x + b'`` for a (out, in) weight: returns ``(W', b')``."""
     scale, shift = _bn_affine(bn)
     w = weight.detach().double()
@@ -174,8 +177,15 @@ class FastModel:
         fallback: why a requested backend was not used (``None`` when it was).
     """
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], backend: str, requested: str,
-                 eager: FoldedCnnLstm, setup_seconds: float, fallback: str | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        backend: str,
+        requested: str,
+        eager: FoldedCnnLstm,
+        setup_seconds: float,
+        fallback: str | None = None,
+    ) -> None:
         self._fn = fn
         self.backend = backend
         self.requested = requested
@@ -317,7 +327,9 @@ def check_agreement(fn: Callable[[torch.Tensor], torch.Tensor], folded: FoldedCn
         return float((fn(x).float() - folded(x)).abs().max())
 
 
-def optimize(model: CnnLstm, backend: str = "auto", threads: int | None = None, channels_last: bool = True) -> FastModel:
+def optimize(
+    model: CnnLstm, backend: str = "auto", threads: int | None = None, channels_last: bool = True
+) -> FastModel:
     """Build a fast inference callable for a trained CnnLstm on CPU.
 
     Args:
@@ -348,7 +360,9 @@ def optimize(model: CnnLstm, backend: str = "auto", threads: int | None = None, 
                 if not diff <= AGREEMENT_TOL:
                     raise RuntimeError(f"logits differ from PyTorch by {diff:.2e} > {AGREEMENT_TOL:.0e}")
         except Exception as exc:
-            reasons.append(f"{name} unavailable ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})")
+            reasons.append(
+                f"{name} unavailable ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+            )
             continue
         return FastModel(fn, name, backend, folded, time.perf_counter() - t0)
     fallback = "; ".join(reasons) or None

@@ -182,7 +182,9 @@ class Predictor:
         chunks = [paths[i : i + self.batch_size] for i in range(0, len(paths), self.batch_size)]
         predictions: list[Prediction] = []
         bad: list[tuple[str, str]] = []
-        bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress or len(paths) < 50, leave=False)
+        bar = tqdm(
+            total=len(paths), desc="predicting", unit="img", disable=not progress or len(paths) < 50, leave=False
+        )
 
         def decode(chunk: list[str]) -> LoadResult:
             return load_images(chunk, self.size, use_cache=use_cache, workers=1, progress=False)

@@ -212,7 +212,6 @@ def fit(
     extra_callbacks: list[Callback] | None = None,
 ) -> FitResult:
     """Train, pick the best epoch by val loss, calibrate on validation, write ``out/model.pt``."""
-    from . import metrics as M  # the evaluation module: threshold rules, temperature, CIs
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -265,25 +264,41 @@ def fit(
     if not trainer.is_global_zero:
         return FitResult(out / "model.pt", {}, trainer.current_epoch, time.time() - t0)
 
-    # Best weights (EarlyStopping's "restore best"), then calibrate on the validation split.
     best = best_cb.best_model_path or last_cb.best_model_path
+    return finalize(config, dm, out, best, epochs_run=trainer.current_epoch, t0=t0, preset=preset)
+
+
+def finalize(
+    config: TrainConfig,
+    dm: PneumoniaDataModule,
+    out: Path,
+    best: str | Path | None,
+    epochs_run: int,
+    t0: float,
+    preset: str | None = None,
+    interim: bool = False,
+) -> FitResult:
+    """Load the best epoch's weights (EarlyStopping's "restore best"), fit the temperature and the
+    threshold on the validation split, and write ``out/model.pt`` with its provenance."""
+    from . import metrics as M  # the evaluation module: threshold rules, temperature, CIs
+
+    n0, n1 = dm.counts["train"]
+    weights = class_weights(n0, n1) if config.class_weighting else None
+    module = PneumoniaClassifier(config, weights)
+    best_epoch = None
     if best:
-        state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(state)
-    model = module.model.cpu().eval()
+        saved = torch.load(best, map_location="cpu", weights_only=False)
+        module.load_state_dict(saved["state_dict"])
+        best_epoch = int(saved.get("epoch", -1))
+    model = module.model.cpu().eval().to(memory_format=torch.contiguous_format)
     logits, y = _val_logits(model, dm)
-    temperature = M.fit_temperature(logits, y) if config.calibrate and len(set(y)) == 2 else 1.0
+    two_classes = len(set(y.tolist())) == 2
+    temperature = M.fit_temperature(logits, y) if config.calibrate and two_classes else 1.0
     prob = 1.0 / (1.0 + np.exp(-logits / temperature))
-    threshold = M.choose_threshold(y, prob, config.threshold_rule) if len(set(y)) == 2 else 0.5
+    threshold = M.choose_threshold(y, prob, config.threshold_rule) if two_classes else 0.5
     groups = [r.patient_id for r in dm.val_records]
     val_metrics = M.binary_metrics(y, prob, threshold)
     val_metrics["ci"] = M.bootstrap_ci(y, prob, threshold, groups=groups, n_boot=1000, seed=0)
-    history = merge_history(out / "logs")
-    best_epoch = None
-    try:
-        best_epoch = int(torch.load(best, map_location="cpu", weights_only=False)["epoch"]) if best else None
-    except Exception:  # noqa: BLE001 - provenance only
-        pass
     provenance = base_provenance(
         recipe=preset or "custom",
         train_config=config.to_dict(),
@@ -293,8 +308,9 @@ def fit(
         train_counts=list(dm.counts["train"]),
         validation_counts=list(dm.counts["validation"]),
         class_weight=list(weights) if weights else None,
-        epochs_run=trainer.current_epoch,
+        epochs_run=epochs_run,
         best_epoch=best_epoch,
+        interim=interim,
         skipped_files=len(dm.bad),
         wall_s=round(time.time() - t0, 1),
     )
@@ -309,7 +325,9 @@ def fit(
         metrics={"validation": val_metrics},
     )
     path = save_checkpoint(result, out / "model.pt")
-    (out / "train_summary.json").write_text(json.dumps({"validation": val_metrics, "provenance": provenance}, indent=2, default=str))
+    summary = {"validation": val_metrics, "provenance": provenance}
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    history = merge_history(out / "logs")
     if history.exists():
         try:
             from .report import plot_history
@@ -317,4 +335,20 @@ def fit(
             plot_history(history, out / "training_history.png")
         except Exception as exc:  # noqa: BLE001 - a figure must never sink a finished run
             log.warning("could not draw the training history: %s", exc)
-    return FitResult(path, val_metrics, trainer.current_epoch, time.time() - t0)
+    return FitResult(path, {**val_metrics, "skipped_files": len(dm.bad)}, epochs_run, time.time() - t0)
+
+
+def export_best(config: TrainConfig, data: str | Path, out: str | Path, preset: str | None = None) -> FitResult:
+    """Write ``out/model.pt`` from the best checkpoint so far of a run that is still going or
+    was interrupted (provenance marks it ``interim``); no training."""
+    out = Path(out)
+    best = out / "checkpoints" / "best.ckpt"
+    if not best.exists():
+        from .errors import CheckpointError
+
+        raise CheckpointError(f"{best}: no best checkpoint yet (the run has not finished an epoch)")
+    last = resume_path(out)
+    epochs_run = int(torch.load(last, map_location="cpu", weights_only=False).get("epoch", -1)) + 1 if last else -1
+    dm = PneumoniaDataModule(data, config.model.input_size, config.batch_size, config.val_fraction, config.split_seed, config.seed)
+    dm.setup("fit")
+    return finalize(config, dm, out, best, epochs_run=epochs_run, t0=time.time(), preset=preset, interim=True)

@@ -13,7 +13,9 @@ from pneumolens.errors import ConfigError
 from pneumolens.fast import FoldedCnnLstm, fold_bn_after, fold_bn_before, fold_bn_into_lstm, optimize
 from pneumolens.model import CnnLstm, ModelConfig
 
-TINY = ModelConfig(input_size=32, channels=(4, 8, 8), conv_dropout=(0.2, 0.2, 0.2), lstm_units=(8, 6), dense_units=(8, 5))
+TINY = ModelConfig(
+    input_size=32, channels=(4, 8, 8), conv_dropout=(0.2, 0.2, 0.2), lstm_units=(8, 6), dense_units=(8, 5)
+)
 TWO_BLOCKS = ModelConfig(input_size=16, channels=(3, 5), conv_dropout=(0.1, 0.1), lstm_units=(7, 4), dense_units=(6,))
 TOL = 1e-4
 
@@ -191,7 +193,7 @@ def test_a_backend_that_cannot_be_built_falls_back_to_eager(monkeypatch, caplog)
 
 
 def test_a_backend_that_disagrees_with_pytorch_is_not_used(monkeypatch):
-    monkeypatch.setattr(fast, "_onnx_session", lambda folded, threads: (lambda x: torch.zeros(x.shape[0])))
+    monkeypatch.setattr(fast, "_onnx_session", lambda folded, threads: lambda x: torch.zeros(x.shape[0]))
     f = optimize(reference(TINY), backend="onnx")
     assert f.backend == "eager" and "differ" in f.fallback
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_fast import randomize_bn
 
 from pneumolens.checkpoint import Checkpoint, save_checkpoint
 from pneumolens.errors import ConfigError, InvalidImageError
@@ -16,9 +17,9 @@ from pneumolens.inference import Predictor, to_input
 from pneumolens.io import load_image, resize_square
 from pneumolens.model import CnnLstm, ModelConfig
 
-from test_fast import randomize_bn
-
-TINY = ModelConfig(input_size=32, channels=(4, 8, 8), conv_dropout=(0.0, 0.0, 0.0), lstm_units=(8, 6), dense_units=(8, 5))
+TINY = ModelConfig(
+    input_size=32, channels=(4, 8, 8), conv_dropout=(0.0, 0.0, 0.0), lstm_units=(8, 6), dense_units=(8, 5)
+)
 
 
 def film(seed: int, shape: tuple[int, int] = (40, 48)) -> np.ndarray:
@@ -93,7 +94,12 @@ def test_predict_arrays_keeps_names_and_order(ckpt):
     assert [p.file for p in preds] == ["a", "b", "c", "d", "e"]
     probs = Predictor(ckpt).probabilities(images)
     assert [p.probability for p in preds] == pytest.approx(list(probs))
-    assert preds[0].to_dict() == {"file": "a", "probability": preds[0].probability, "label": preds[0].label, "threshold": 0.5}
+    assert preds[0].to_dict() == {
+        "file": "a",
+        "probability": preds[0].probability,
+        "label": preds[0].label,
+        "threshold": 0.5,
+    }
     with pytest.raises(ValueError, match="3 names for 5 images"):
         Predictor(ckpt).predict_arrays(images, ["a", "b", "c"])
 

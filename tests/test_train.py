@@ -168,3 +168,17 @@ def test_real_data_subset_trains_and_evaluates(real_data_root: Path, tmp_path: P
     m = evaluate_split(res.model_path, real_data_root, "val", tmp_path / "eval", n_boot=100, progress=False)
     assert m["n"] == 16 and 0.0 <= m["accuracy"] <= 1.0
     assert (tmp_path / "eval" / "metrics.json").exists() and (tmp_path / "eval" / "report.md").exists()
+
+
+def test_export_best_writes_an_interim_model_from_a_run_in_progress(synthetic_dataset: Path, tmp_path: Path) -> None:
+    from pneumolens.errors import CheckpointError
+    from pneumolens.train import export_best
+
+    cfg = _tiny_config(max_epochs=1)
+    with pytest.raises(CheckpointError, match="no best checkpoint"):
+        export_best(cfg, synthetic_dataset, tmp_path / "run")
+    fit(cfg, synthetic_dataset, tmp_path / "run", progress=False)
+    (tmp_path / "run" / "model.pt").unlink()
+    res = export_best(cfg, synthetic_dataset, tmp_path / "run", preset="x")
+    ck = load_checkpoint(res.model_path)
+    assert ck.provenance["interim"] is True and ck.provenance["epochs_run"] == 1 and ck.provenance["best_epoch"] == 0

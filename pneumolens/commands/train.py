@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..data import resolve_data_root
 
@@ -43,6 +42,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold-rule", help="youden | f1 | sensitivity:0.95 | fixed:0.5 ...")
     p.add_argument("--no-augment", action="store_true", help="switch augmentation off")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints (interrupted or last)")
+    p.add_argument(
+        "--export-best", action="store_true",
+        help="no training: write OUT/model.pt (calibrated, marked interim) from the best checkpoint so far of a "
+        "run in OUT that is still going or was interrupted",
+    )
     p.add_argument("--devices", default="1", help="number of devices (processes on CPU) or 'auto'")
     p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
     p.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")
@@ -57,7 +61,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..train import fit  # heavy imports only when training
+    from ..train import export_best, fit  # heavy imports only when training
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -83,11 +87,14 @@ def run(args: argparse.Namespace) -> int:
     limit = args.limit_train_batches
     if limit is not None and limit >= 1:
         limit = int(limit)
-    result = fit(
-        config, root, args.out, resume=args.resume, devices=devices, accelerator=args.accelerator,
-        strategy=args.strategy, skip_bad=args.skip_bad, max_images=args.max_images,
-        limit_train_batches=limit, progress=not args.no_progress, preset=args.preset,
-    )
+    if args.export_best:
+        result = export_best(config, root, args.out, preset=args.preset)
+    else:
+        result = fit(
+            config, root, args.out, resume=args.resume, devices=devices, accelerator=args.accelerator,
+            strategy=args.strategy, skip_bad=args.skip_bad, max_images=args.max_images,
+            limit_train_batches=limit, progress=not args.no_progress, preset=args.preset,
+        )
     m = result.metrics
     if m:
         print(
@@ -95,5 +102,7 @@ def run(args: argparse.Namespace) -> int:
             f"validation (patient-level, n={m['n']}): AUC {m['roc_auc']:.4f}  accuracy {m['accuracy']:.4f}  "
             f"recall {m['recall']:.4f}  specificity {m['specificity']:.4f}  at threshold {m['threshold']:.3f}"
         )
-        print(json.dumps({k: m[k] for k in ("accuracy", "roc_auc", "f1")}, default=str))
+        skipped = result.metrics.get("skipped_files") if isinstance(result.metrics, dict) else None
+        if skipped:
+            print(f"skipped {skipped} unreadable files (see the warnings above)")
     return 0

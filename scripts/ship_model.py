@@ -1,0 +1,124 @@
+"""Ship a trained model: copy it into ``pneumolens/weights/``, evaluate it, write ``MODEL_CARD.md``.
+
+    python scripts/ship_model.py runs/default/model.pt [--data DIR] [--note TEXT]
+
+Evaluates on the patient-level validation split (the one the checkpoint's threshold and
+temperature were chosen on) and on the official 16-image val folder, then writes the model card
+from the checkpoint's own provenance and those metrics, so every number in the card is the output
+of this command. Figures go to ``docs/figures/shipped/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from pneumolens.checkpoint import SHIPPED, load_checkpoint
+from pneumolens.data import resolve_data_root
+from pneumolens.evaluate import evaluate_split
+
+REPO = Path(__file__).resolve().parents[1]
+FIGS = REPO / "docs" / "figures" / "shipped"
+
+
+def _ci(m: dict, key: str) -> str:
+    v, ci = m.get(key), (m.get("ci") or {}).get(key)
+    if v is None:
+        return "n/a"
+    return f"{v:.3f} (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else f"{v:.3f}"
+
+
+def card(info: dict, val: dict, official: dict, note: str) -> str:
+    p, cfg = info["provenance"], info["provenance"].get("train_config", {})
+    tc = p.get("train_counts", ["?", "?"])
+    vc = p.get("validation_counts", ["?", "?"])
+    rows = "\n".join(
+        f"| {name} | {_ci(val, k)} | {_ci(official, k)} |"
+        for name, k in [("ROC AUC", "roc_auc"), ("accuracy", "accuracy"), ("recall (sensitivity)", "recall"),
+                        ("specificity", "specificity"), ("precision", "precision"), ("F1", "f1"), ("Brier score", "brier"),
+                        ("ECE", "ece")]
+    )
+    cmd = p.get("command", "")
+    return f"""# Model card: PneumoLens CNN-LSTM (shipped model)
+
+{note}
+
+**Research and education use only — not a medical device.** Do not use it to diagnose, treat or
+triage patients.
+
+## What it is
+- Architecture: the original project's CNN-LSTM — three conv blocks (32/64/128 filters), the
+  {info['config']['input_size'] // 8}x{info['config']['input_size'] // 8}x128 map read as a sequence of rows by LSTM(256) and LSTM(128), two dense layers,
+  one PNEUMONIA logit. {info['parameters']:,} parameters. Input: 8-bit grayscale resized to
+  {info['config']['input_size']}x{info['config']['input_size']} (aspect ratio not kept), scaled to [0, 1].
+- Output: probability of PNEUMONIA after temperature scaling (T = {info['temperature']:.3f}, fitted on validation);
+  label PNEUMONIA when the probability is ≥ **{info['threshold']:.3f}** (rule: `{info['threshold_rule']}`, chosen on
+  the patient-level validation split — never on a test set).
+
+## Training data
+Kermany et al. 2018 (Cell 172(5):1122-1131, doi:10.1016/j.cell.2018.02.010), CC BY 4.0, via the Kaggle
+dataset `paultimothymooney/chest-xray-pneumonia`: the official **train** split only. Paediatric
+(1-5 years) anterior-posterior chest films from one hospital (Guangzhou Women and Children's Medical
+Center). Validation: {p.get('val_fraction', 0.1):.0%} of the training *patients*, stratified by class, split seed
+{p.get('split_seed', 0)} — no child has films on both sides. Train: {tc[0]} NORMAL + {tc[1]} PNEUMONIA images;
+validation: {vc[0]} NORMAL + {vc[1]} PNEUMONIA. Data manifest hash `{p.get('data_manifest')}`.
+
+## Recipe and how to reproduce it
+Recipe `{p.get('recipe')}`; {p.get('epochs_run')} epochs run, best epoch (lowest validation loss) {p.get('best_epoch')};
+{p.get('wall_s', 0) / 3600:.1f} h of wall time on a 2-core CPU. Command:
+
+```
+{cmd}
+```
+
+Same command, same seed, same thread count ⇒ the same weights on CPU (torch {p.get('torch')}, commit
+`{p.get('git_commit')}`). Full configuration: `pneumolens info --json` → `provenance.train_config`.
+
+## Quality
+Patient-level validation split (n = {val['n']}) and the official 16-image val folder (n = {official['n']}; too small
+for conclusions, reported because it is official). 95% CIs: bootstrap over patients, 1000 resamples.
+The official test split (624 images) is withheld from the developers and evaluated separately.
+
+| metric | validation (patient-level) | official val (16) |
+|---|---|---|
+{rows}
+
+Validation confusion matrix at the threshold: {val['confusion']}. Recall by subtype:
+{json.dumps(val.get('subtype_recall', {}))}.
+
+Figures (from this command): `docs/figures/shipped/` — ROC, PR, reliability, confusion matrix.
+
+## Limits
+- One hospital, one population (young children), one view (AP). No adult films, no lateral views, no
+  other findings: anything that is not "normal vs pneumonia" in a child is out of scope.
+- The dataset's test films are known to differ from its training films; models that score highly on
+  a validation split of `train` often lose several points on `test`. Validation figures here are
+  therefore optimistic estimates of performance on new data.
+- Bacterial vs viral pneumonia is not predicted.
+- Explanations (Grad-CAM, SHAP, LIME, ...) show what drives the model, not where disease is.
+
+## How to cite
+Cite the dataset (Kermany et al., Cell 2018) and this repository.
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="copy a model into the package, evaluate it, write MODEL_CARD.md")
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("--data")
+    ap.add_argument("--note", default="", help="a line at the top of the card (e.g. an interim model)")
+    args = ap.parse_args()
+    ck = load_checkpoint(args.checkpoint)
+    root = resolve_data_root(args.data)
+    SHIPPED.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(args.checkpoint, SHIPPED)
+    val = evaluate_split(SHIPPED, root, "validation", FIGS / "validation", progress=False)
+    official = evaluate_split(SHIPPED, root, "val", FIGS / "val", progress=False)
+    (SHIPPED.parent / "MODEL_CARD.md").write_text(card(ck.info(), val, official, args.note))
+    print(f"shipped {args.checkpoint} -> {SHIPPED}; validation AUC {val['roc_auc']:.4f}, accuracy {val['accuracy']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
