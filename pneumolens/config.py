@@ -108,6 +108,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "warmup_epochs": 1,
         "max_epochs": 30,
         "early_stopping_patience": 0,
+        # Batch 32 gives 4x fewer steps per epoch than the original's 8: with Keras's BatchNorm
+        # momentum the running statistics were still ~23 % at their initial values after the
+        # first epoch, and validation predicted PNEUMONIA for every film (AUC 0.39 after 2 epochs).
+        "model": {"bn_momentum": 0.1},
         "augment": {"hflip": 0.0, "degrees": 10.0, "zoom": 0.1, "translate": 0.08, "brightness": 0.1, "contrast": 0.15},
     },
     # A seconds-long run for tests and the demo's fallback: tiny epochs, same code path.

@@ -33,6 +33,9 @@ class ModelConfig:
         lstm_dropout: dropout after each LSTM. Default: 0.4.
         dense_units: units of the two dense layers. Default: (256, 128).
         dense_dropout: dropout after each dense layer. Default: 0.5.
+        bn_momentum: PyTorch BatchNorm momentum (weight of the new batch in the running
+            statistics). Default: 0.01, Keras's 0.99 — the original. With few steps per epoch
+            (large batches) the running statistics then lag far behind the weights.
     """
 
     input_size: int = 128
@@ -42,12 +45,15 @@ class ModelConfig:
     lstm_dropout: float = 0.4
     dense_units: tuple[int, ...] = (256, 128)
     dense_dropout: float = 0.5
+    bn_momentum: float = 0.01
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
         self.conv_dropout = tuple(float(d) for d in self.conv_dropout)
         self.lstm_units = tuple(int(u) for u in self.lstm_units)  # type: ignore[assignment]
         self.dense_units = tuple(int(u) for u in self.dense_units)
+        if not 0.0 < self.bn_momentum <= 1.0:
+            raise ConfigError(f"model.bn_momentum must be in (0, 1], got {self.bn_momentum}")
         if len(self.channels) != len(self.conv_dropout):
             raise ConfigError("model.channels and model.conv_dropout must have the same length")
         if len(self.lstm_units) != 2:
@@ -81,10 +87,10 @@ class ModelConfig:
 class ConvBlock(nn.Sequential):
     """Conv 3x3 (same) → BatchNorm → ReLU → MaxPool 2 → Dropout."""
 
-    def __init__(self, c_in: int, c_out: int, dropout: float) -> None:
+    def __init__(self, c_in: int, c_out: int, dropout: float, momentum: float = 0.01) -> None:
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, kernel_size=3, padding=1)
-        self.bn = nn.BatchNorm2d(c_out, eps=1e-3, momentum=0.01)
+        self.bn = nn.BatchNorm2d(c_out, eps=1e-3, momentum=momentum)
         self.relu = nn.ReLU()
         self.pool = nn.MaxPool2d(2)
         self.drop = nn.Dropout(dropout)
@@ -93,10 +99,10 @@ class ConvBlock(nn.Sequential):
 class DenseBlock(nn.Sequential):
     """Linear → BatchNorm → ReLU → Dropout."""
 
-    def __init__(self, n_in: int, n_out: int, dropout: float) -> None:
+    def __init__(self, n_in: int, n_out: int, dropout: float, momentum: float = 0.01) -> None:
         super().__init__()
         self.fc = nn.Linear(n_in, n_out)
-        self.bn = nn.BatchNorm1d(n_out, eps=1e-3, momentum=0.01)
+        self.bn = nn.BatchNorm1d(n_out, eps=1e-3, momentum=momentum)
         self.relu = nn.ReLU()
         self.drop = nn.Dropout(dropout)
 
@@ -111,7 +117,8 @@ class CnnLstm(nn.Module):
     ``features.block3`` (each with ``.conv``, ``.bn``, ``.relu``, ``.pool``, ``.drop``),
     ``lstm1``, ``lstm2``, ``head.dense1``, ``head.dense2``, ``head.out``.
 
-    BatchNorm uses Keras's defaults (eps 1e-3, momentum 0.99 ≙ PyTorch momentum 0.01).
+    BatchNorm uses Keras's defaults (eps 1e-3, momentum 0.99 ≙ PyTorch momentum 0.01) unless
+    ``config.bn_momentum`` says otherwise.
 
     Example::
 
@@ -125,19 +132,19 @@ class CnnLstm(nn.Module):
         self.config = cfg = config or ModelConfig()
         blocks, c_in = [], 1
         for i, (c, d) in enumerate(zip(cfg.channels, cfg.conv_dropout), start=1):
-            blocks.append((f"block{i}", ConvBlock(c_in, c, d)))
+            blocks.append((f"block{i}", ConvBlock(c_in, c, d, cfg.bn_momentum)))
             c_in = c
         self.features = nn.Sequential(OrderedDict(blocks))
         u1, u2 = cfg.lstm_units
         self.lstm1 = nn.LSTM(cfg.seq_features, u1, batch_first=True)
-        self.bn1 = nn.BatchNorm1d(u1, eps=1e-3, momentum=0.01)
+        self.bn1 = nn.BatchNorm1d(u1, eps=1e-3, momentum=cfg.bn_momentum)
         self.drop1 = nn.Dropout(cfg.lstm_dropout)
         self.lstm2 = nn.LSTM(u1, u2, batch_first=True)
-        self.bn2 = nn.BatchNorm1d(u2, eps=1e-3, momentum=0.01)
+        self.bn2 = nn.BatchNorm1d(u2, eps=1e-3, momentum=cfg.bn_momentum)
         self.drop2 = nn.Dropout(cfg.lstm_dropout)
         dense, n_in = [], u2
         for i, n in enumerate(cfg.dense_units, start=1):
-            dense.append((f"dense{i}", DenseBlock(n_in, n, cfg.dense_dropout)))
+            dense.append((f"dense{i}", DenseBlock(n_in, n, cfg.dense_dropout, cfg.bn_momentum)))
             n_in = n
         dense.append(("out", nn.Linear(n_in, 1)))
         self.head = nn.Sequential(OrderedDict(dense))

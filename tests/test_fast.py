@@ -155,6 +155,7 @@ def test_onnx_graph_is_valid_onnx():
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch's own import
 def test_compile_backend_matches_reference():
     model = reference(TWO_BLOCKS, seed=5)
     x = images(TWO_BLOCKS, 4)
