@@ -43,7 +43,9 @@ PAGE_CSP = (
 
 
 def _load_predictor(settings: ServeSettings) -> Predictor:
-    return Predictor(settings.checkpoint, threshold=settings.threshold)
+    predictor = Predictor(settings.checkpoint, threshold=settings.threshold)
+    _ = predictor.fast_model  # build the optimised model now, not on the first request (~1 s)
+    return predictor
 
 
 def _worker_extras(settings: ServeSettings, size: int) -> dict[str, Any]:
