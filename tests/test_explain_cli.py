@@ -32,7 +32,10 @@ def _write_images(folder: Path, n: int = 3) -> list[Path]:
     return paths
 
 
-def test_explain_writes_panels_json_maps_and_gallery(tmp_path: Path, trained_tiny_checkpoint_path: Path) -> None:
+def test_explain_writes_panels_json_maps_and_gallery(
+    tmp_path: Path, trained_tiny_checkpoint_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PNEUMOLENS_DATA", str(tmp_path / "no-dataset"))  # no background anywhere: blur fallback
     files = _write_images(tmp_path / "in")
     out = tmp_path / "out"
     rc = main(["explain", str(tmp_path / "in"), "-c", str(trained_tiny_checkpoint_path), "--methods", METHODS,
@@ -142,3 +145,16 @@ def test_same_file_names_in_two_folders_do_not_overwrite_each_other(tmp_path: Pa
                  "--out", str(tmp_path / "o"), "--no-progress"]) == 0
     files = [json.loads(p.read_text())["file"] for p in sorted((tmp_path / "o").glob("*.json"))]
     assert sorted(files) == sorted([str(a), str(b)])
+
+
+def test_shap_background_comes_from_the_default_data_root(
+    tmp_path: Path, trained_tiny_checkpoint_path: Path, synthetic_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PNEUMOLENS_DATA", str(synthetic_dataset))
+    _write_images(tmp_path / "in")
+    out = tmp_path / "out"
+    rc = main(["explain", str(tmp_path / "in"), "-c", str(trained_tiny_checkpoint_path), "--methods", "shap",
+               "--out", str(out), "--no-progress"])
+    assert rc == 0
+    doc = json.loads(next(out.glob("*.json")).read_text())
+    assert "training images from" in doc["methods"]["shap"]["params"]["background_source"]

@@ -13,11 +13,12 @@ from ..errors import ConfigError, DatasetError
 from ..io import IMAGE_SUFFIXES
 
 DEFAULT_METHODS = "gradcam,lime,shap"
+#: = tuple(pneumolens.explain.core.METHODS), listed here so that --help does not import torch
+#: (tests/test_explain_cli.py checks that the two agree).
+METHOD_NAMES = ("gradcam", "lime", "kernelshap", "shap", "ig", "occlusion")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from ..explain.core import METHODS
-
     p = subparsers.add_parser(
         "explain",
         help="explain predictions with Grad-CAM, LIME, SHAP, IG, occlusion (panels, JSON, maps)",
@@ -25,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "Explain the pneumonia prediction for each image (JPEG, PNG, DICOM; folders are searched "
             "recursively). Writes per image a panel PNG (the X-ray and one overlay per method), a JSON "
             "(prediction, parameters, timings) and optionally the raw maps, plus index.html. "
-            f"Methods: {', '.join(METHODS)}; settings per method as NAME:KEY=VALUE, e.g. "
+            f"Methods: {', '.join(METHOD_NAMES)}; settings per method as NAME:KEY=VALUE, e.g. "
             "ig:baseline=blur:n_steps=64 or gradcam:layer=features.block2.relu."
         ),
         epilog="Example: pneumolens explain scans/ --methods gradcam,lime,shap --background-data chest_xray --out expl/",

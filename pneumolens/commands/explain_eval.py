@@ -17,7 +17,7 @@ DEFAULT_METHODS = "gradcam,lime,kernelshap,shap,ig,occlusion"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from ..evaluate import SPLITS
+    from .evaluate import SPLITS  # the torch-free copy
 
     p = subparsers.add_parser(
         "explain-eval",

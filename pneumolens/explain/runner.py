@@ -87,7 +87,8 @@ def resolve_background(
 
     Order: ``--background-data DIR`` (sampled from the training side of the checkpoint's
     patient-level split of ``DIR/train``), else ``background.npy`` beside the checkpoint (or the
-    shipped model), else the ``blur`` fallback.
+    shipped model), else the training split of the default data root (``$PNEUMOLENS_DATA``,
+    ``../shared/data/chest_xray``, ``./chest_xray``), else the ``blur`` fallback.
     """
     if background_data is not None:
         prov = provenance or {}
@@ -102,6 +103,17 @@ def resolve_background(
         if arr.shape[1:] == (size, size):
             return arr, str(stored)
         log.warning("%s holds %dx%d images, the model takes %d: not used", stored, arr.shape[1], arr.shape[2], size)
+    # Then the dataset where the CLI would look for it ($PNEUMOLENS_DATA, ../shared/data, ./chest_xray):
+    # no dataset image ever ships inside the package, so the shipped model has no stored background.
+    from ..data import resolve_data_root
+    from ..errors import PneumoLensError
+
+    try:
+        root = resolve_data_root(None)
+        if (root / "train").is_dir():
+            return resolve_background(root, checkpoint, size, n=n, seed=seed, provenance=provenance)
+    except PneumoLensError:
+        pass
     log.warning("shap: no training background (pass --background-data DIR); using a blurred copy of each image")
     return "blur", "fallback: blurred image"
 
