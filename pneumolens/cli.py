@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except PneumoLensError as exc:
         print(f"pneumolens {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"pneumolens {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -255,7 +255,8 @@ def fit(
         limit_train_batches=limit_train_batches,
     )
     ckpt = resume_path(out) if resume else None
-    if not ckpt:  # a fresh run: forget the logs of any earlier run in this folder
+    if not ckpt:  # a fresh run: record how it was started, forget the logs of any earlier run here
+        (out / "command.txt").write_text(" ".join(sys.argv) + "\n")
         for old_part in (out / "logs").glob("part*/metrics.csv"):
             old_part.unlink()
     if resume and ckpt is None:
@@ -299,7 +300,9 @@ def finalize(
     groups = [r.patient_id for r in dm.val_records]
     val_metrics = M.binary_metrics(y, prob, threshold)
     val_metrics["ci"] = M.bootstrap_ci(y, prob, threshold, groups=groups, n_boot=1000, seed=0)
+    started = out / "command.txt"
     provenance = base_provenance(
+        training_command=started.read_text().strip() if started.exists() else None,
         recipe=preset or "custom",
         train_config=config.to_dict(),
         val_fraction=config.val_fraction,

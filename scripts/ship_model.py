@@ -40,7 +40,7 @@ def card(info: dict, val: dict, official: dict, note: str) -> str:
                         ("specificity", "specificity"), ("precision", "precision"), ("F1", "f1"), ("Brier score", "brier"),
                         ("ECE", "ece")]
     )
-    cmd = p.get("command", "")
+    cmd = p.get("training_command") or p.get("command", "")
     return f"""# Model card: PneumoLens CNN-LSTM (shipped model)
 
 {note}
@@ -66,14 +66,14 @@ Center). Validation: {p.get('val_fraction', 0.1):.0%} of the training *patients*
 validation: {vc[0]} NORMAL + {vc[1]} PNEUMONIA. Data manifest hash `{p.get('data_manifest')}`.
 
 ## Recipe and how to reproduce it
-Recipe `{p.get('recipe')}`; {p.get('epochs_run')} epochs run, best epoch (lowest validation loss) {p.get('best_epoch')};
-{p.get('wall_s', 0) / 3600:.1f} h of wall time on a 2-core CPU. Command:
+Recipe `{p.get('recipe')}`; {p.get('epochs_run')} epochs run, best epoch (lowest validation loss, counted from 0)
+{p.get('best_epoch')}; trained on a 2-core CPU{'' if p.get('interim') else f" in {p.get('wall_s', 0) / 3600:.1f} h of wall time"}. Command:
 
 ```
 {cmd}
 ```
 
-Same command, same seed, same thread count ⇒ the same weights on CPU (torch {p.get('torch')}, commit
+(then `--resume` after any interruption: resuming is exact). Same command, same seed, same thread count ⇒ the same weights on CPU (torch {p.get('torch')}, commit
 `{p.get('git_commit')}`). Full configuration: `pneumolens info --json` → `provenance.train_config`.
 
 ## Quality

@@ -13,6 +13,9 @@ from pneumolens.cli import main
 from pneumolens.explain import explain
 from pneumolens.inference import Predictor
 from pneumolens.io import load_image
+from test_explain_support import one_thread  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 METHODS = "gradcam,lime,kernelshap,shap,ig,occlusion:window=8:stride=4"
 

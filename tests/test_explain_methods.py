@@ -6,9 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from test_explain_support import QuadrantNet, hook_count, quadrant_images, region_mask, textured_images, tiny_cnnlstm
+from test_explain_support import (  # noqa: F401 (one_thread is a fixture)
+    QuadrantNet,
+    hook_count,
+    one_thread,
+    quadrant_images,
+    region_mask,
+    textured_images,
+    tiny_cnnlstm,
+)
 from pneumolens.explain import METHODS, Attribution, explain, parse_method_spec
 from pneumolens.explain.superpixel import superpixels
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SIZE = 32
 FAST = {  # few samples: these tests check where the evidence goes, not the estimate's precision

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from test_explain_support import QuadrantNet, quadrant_images, region_mask, tiny_cnnlstm, textured_images
+from test_explain_support import (  # noqa: F401 (one_thread is a fixture)
+    QuadrantNet,
+    one_thread,
+    quadrant_images,
+    region_mask,
+    textured_images,
+    tiny_cnnlstm,
+)
 from pneumolens.explain.base import as_batch
 from pneumolens.explain.metrics import (
     auc,
@@ -21,6 +28,8 @@ from pneumolens.explain.metrics import (
     spearman,
 )
 from pneumolens.explain.runner import MethodSpec
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SIZE = 32
 
@@ -45,11 +54,27 @@ def test_true_map_beats_random_and_inverted_maps() -> None:
     model = QuadrantNet(SIZE).eval()
     x = torch.as_tensor(quadrant_images(1, SIZE)).float()[:, None] / 255
     truth = region_mask(SIZE).astype(np.float32)
-    dele, ins = deletion_insertion(model, x, [truth, random_map(SIZE, 0), 1 - truth], steps=16)
-    d_auc, i_auc = [auc(c) for c in dele], [auc(c) for c in ins]
+    dele, rev, ins = deletion_insertion(model, x, [truth, random_map(SIZE, 0), 1 - truth], steps=16)
+    d_auc, r_auc, i_auc = [auc(c) for c in dele], [auc(c) for c in rev], [auc(c) for c in ins]
     assert d_auc[0] < d_auc[1] < d_auc[2]
     assert i_auc[0] > i_auc[1] > i_auc[2]
+    assert r_auc[0] - d_auc[0] > 0.1 > abs(r_auc[1] - d_auc[1])  # the true map's gap is large, random's small
+    assert r_auc[2] - d_auc[2] < -0.1  # the inverted map ranks backwards
     assert dele[:, 0] == pytest.approx(dele[0, 0])  # every curve starts at the image's probability
+    np.testing.assert_allclose(rev[:, -1], dele[:, -1])  # and all deletions end on the same fully deleted image
+
+
+def test_blur_substrate_ends_on_the_blurred_image() -> None:
+    from pneumolens.explain.base import blur
+
+    model = QuadrantNet(SIZE).eval()
+    x = torch.as_tensor(quadrant_images(1, SIZE)).float()[:, None] / 255
+    dele, rev, _ = deletion_insertion(model, x, [random_map(SIZE, 1)], steps=4, substrate="blur")
+    with torch.no_grad():
+        expected = torch.sigmoid(model(blur(x, SIZE / 16))).item()
+    assert dele[0, -1] == pytest.approx(expected, abs=1e-6) and rev[0, -1] == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="substrate"):
+        deletion_insertion(model, x, [random_map(SIZE, 1)], substrate="white")
 
 
 def test_auc_of_known_curves() -> None:
@@ -87,7 +112,7 @@ def test_evaluate_explanations_end_to_end() -> None:
                                 progress=False, maps_out=maps)
     assert set(res["methods"]) == {"gradcam", "occlusion"}
     for entry in [*res["methods"].values(), res["random"]]:
-        assert len(entry["deletion_curve"]) == 9
+        assert len(entry["deletion_curve"]) == 9 and "mean" in entry["deletion_gap"]
         assert 0 <= entry["deletion_auc"]["mean"] <= 1 and 0 <= entry["insertion_auc"]["mean"] <= 1
     assert res["methods"]["gradcam"]["median_time_s"] > 0
     assert res["agreement"]["methods"] == ["gradcam", "occlusion"]

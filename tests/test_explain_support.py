@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -88,3 +89,12 @@ def hook_count(model: nn.Module) -> int:
         for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
             n += len(getattr(m, attr, {}) or {})
     return n
+
+
+@pytest.fixture(autouse=False)
+def one_thread():
+    """One torch thread for the test (far faster than two on a busy 2-core machine), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -44,6 +44,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--background-n", type=int, default=32, help="SHAP background images (default: 32)")
     p.add_argument("--n-samples", type=int, default=None,
                    help="perturbed samples for lime and kernelshap (default: 1000)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch and ONNX Runtime (default: torch's choice; 1 is best when the CPU is shared)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
@@ -86,6 +88,8 @@ def check_layers(model, specs: list) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from ..data import find_images
     from ..explain.runner import explain_files, fast_forwards, resolve_background
     from ..inference import Predictor
@@ -94,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--n-samples must be at least 2, got {args.n_samples}")
     if args.background_n < 1:
         raise ConfigError(f"--background-n must be at least 1, got {args.background_n}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)  # before the fast copies are built: ONNX Runtime takes the same count
     specs = parse_methods(args.methods, args.n_samples)
     files, _ = find_images(args.inputs)
     if not files:

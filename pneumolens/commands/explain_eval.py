@@ -39,9 +39,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--out", "-o", type=Path, required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed for image choice, methods and random maps (default: 0)")
     p.add_argument("--steps", type=int, default=50, help="points per deletion / insertion curve (default: 50)")
+    p.add_argument("--substrate", choices=("black", "blur"), default="black",
+                   help="what deleted pixels become: black (RISE, default) or the blurred image")
     p.add_argument("--sanity-n", type=int, default=8, help="images for the randomisation check; 0 skips it (default: 8)")
     p.add_argument("--n-samples", type=int, default=None, help="samples for lime and kernelshap (default: 1000)")
     p.add_argument("--background-n", type=int, default=32, help="SHAP background images from train (default: 32)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch and ONNX Runtime (default: torch's choice; 1 is best when the CPU is shared)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
     return p
@@ -62,6 +66,8 @@ def pick_balanced(labels: list[int], n: int, seed: int) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from ..cache import load_images
     from ..checkpoint import load_checkpoint
     from ..data import resolve_data_root
@@ -77,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.sanity_n < 0:
         raise ConfigError(f"--sanity-n must be 0 or more, got {args.sanity_n}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)  # before the fast copies are built: ONNX Runtime takes the same count
     specs = parse_methods(args.methods, args.n_samples)
     ckpt = load_checkpoint(args.checkpoint)
     check_layers(ckpt.model, specs)
@@ -105,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             labels=[r.label for r in chosen], names=[str(r.path) for r in chosen],
             seed=args.seed, steps=args.steps, temperature=ckpt.temperature,
             forward=forward, grad_forward=grad_forward, make_forward=make_forward,
-            sanity_n=args.sanity_n, progress=not args.no_progress, maps_out=maps,
+            sanity_n=args.sanity_n, progress=not args.no_progress, maps_out=maps, substrate=args.substrate,
         )
     except ValueError as exc:  # a setting a method refuses
         raise ConfigError(f"--methods: {exc}") from exc
@@ -115,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{sum(r.label == 0 for r in chosen)} NORMAL, {sum(r.label == 1 for r in chosen)} PNEUMONIA)",
         "command": "pneumolens explain-eval " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-            if k in ("split", "n", "methods", "seed", "steps", "sanity_n", "n_samples") and v is not None),
+            if k in ("split", "n", "methods", "seed", "steps", "substrate", "sanity_n", "n_samples") and v is not None),
     }
     write_eval_report(result, args.out, context, images=loaded.images, maps=maps,
                       labels=[r.label for r in chosen], class_names=ckpt.class_names)

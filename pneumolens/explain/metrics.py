@@ -95,8 +95,9 @@ def deletion_insertion(
     temperature: float = 1.0,
     seed: int = 0,
     blur_sigma: float | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Deletion and insertion curves of several maps for one image.
+    substrate: str = "black",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Deletion (most relevant first), reverse deletion (least relevant first) and insertion curves.
 
     Args:
         forward: logits of a float (B, 1, S, S) batch.
@@ -104,19 +105,27 @@ def deletion_insertion(
         maps: maps (S, S) to test (e.g. one per method plus a random one).
         steps: the curve has ``steps + 1`` points (0 %, 1/steps, ..., 100 % of pixels). Default: 50.
         temperature: logit temperature of the checkpoint (probabilities as the predictor reports them).
+        blur_sigma: blur of the insertion canvas (and of the ``blur`` substrate). Default: S / 16.
+        substrate: what deleted pixels become: ``black`` (RISE) or ``blur``. Default: black.
 
     Returns:
-        (deletion curves, insertion curves), each float (len(maps), steps + 1) of probabilities.
+        (deletion, reverse deletion, insertion) curves, each float (len(maps), steps + 1) of probabilities.
+        Reverse deletion uses the exact reverse of the deletion order: both orders create the same
+        kind of artefacts, so their gap measures the ranking itself (Rong et al. 2022, ROAD).
     """
-    black = torch.zeros_like(x)
-    canvas = blur(x, blur_sigma if blur_sigma is not None else x.shape[-1] / 16)
+    if substrate not in ("black", "blur"):
+        raise ValueError(f"substrate must be 'black' or 'blur', got {substrate!r}")
+    sigma = blur_sigma if blur_sigma is not None else x.shape[-1] / 16
+    canvas = blur(x, sigma)
+    removed = torch.zeros_like(x) if substrate == "black" else canvas
     batches = []
     for amap in maps:
         order = pixel_order(amap, seed)
-        batches.append(curve_inputs(x, black, order, steps))  # deletion: x -> black
+        batches.append(curve_inputs(x, removed, order, steps))  # deletion, most relevant first
+        batches.append(curve_inputs(x, removed, order[::-1], steps))  # deletion, least relevant first
         batches.append(curve_inputs(canvas, x, order, steps))  # insertion: blurred -> x
-    probs = _probabilities(forward, torch.cat(batches), temperature).reshape(len(maps), 2, steps + 1)
-    return probs[:, 0], probs[:, 1]
+    probs = _probabilities(forward, torch.cat(batches), temperature).reshape(len(maps), 3, steps + 1)
+    return probs[:, 0], probs[:, 1], probs[:, 2]
 
 
 def random_map(size: int, seed: int, grid: int = RANDOM_GRID) -> np.ndarray:
@@ -235,6 +244,7 @@ def evaluate_explanations(
     sanity_n: int = 8,
     progress: bool = True,
     maps_out: dict[str, np.ndarray] | None = None,
+    substrate: str = "black",
 ) -> dict[str, Any]:
     """Explain ``images`` with every method and measure the maps (see the module docstring).
 
@@ -251,6 +261,7 @@ def evaluate_explanations(
         make_forward: builds ``(forward, grad_forward)`` for a randomised copy (None: the copy itself).
         sanity_n: images used for the randomisation check (it costs stages x methods maps). 0 skips it.
         maps_out: if given, filled with label → maps (N, S, S) (e.g. to draw example panels).
+        substrate: what deleted pixels become, ``black`` (RISE) or ``blur``.
 
     Returns:
         A JSON-friendly dict: ``methods`` (AUCs, curves, time), ``random``, ``agreement``,
@@ -264,6 +275,7 @@ def evaluate_explanations(
     params: dict[str, dict] = {}
     dele: dict[str, list[np.ndarray]] = {m.label: [] for m in [*methods, MethodSpec("random", "random")]}
     ins: dict[str, list[np.ndarray]] = {k: [] for k in dele}
+    rev: dict[str, list[np.ndarray]] = {k: [] for k in dele}
     probs = []
     bar = tqdm(total=n, desc="explain-eval", unit="img", disable=not progress)
     with model_scope(model):
@@ -276,9 +288,10 @@ def evaluate_explanations(
                 times[spec.label].append(att.elapsed_s)
                 params.setdefault(spec.label, att.params)
             candidates = [maps[m.label][-1] for m in methods] + [random_map(x.shape[-1], seed + i)]
-            d, s = deletion_insertion(logits_fn, xi, candidates, steps, temperature, seed + i)
+            d, r, s = deletion_insertion(logits_fn, xi, candidates, steps, temperature, seed + i, substrate=substrate)
             for k, label in enumerate(dele):
                 dele[label].append(d[k])
+                rev[label].append(r[k])
                 ins[label].append(s[k])
             probs.append(float(d[0, 0]) if len(candidates) else float("nan"))
             bar.update()
@@ -289,7 +302,9 @@ def evaluate_explanations(
         "steps": steps,
         "temperature": temperature,
         "protocol": {
-            "deletion": "pixels set to 0 (black) in map order, highest first",
+            "deletion": ("pixels set to 0 (black)" if substrate == "black" else
+                         f"pixels replaced by the image blurred with sigma {x.shape[-1] / 16:g} px") + " in map order, highest first",
+            "reverse deletion": "the same, in the exact reverse order (least relevant first); gap = reverse - deletion",
             "insertion": f"pixels copied into the image blurred with sigma {x.shape[-1] / 16:g} px, highest first",
             "score": "sigmoid(logit / temperature): the pneumonia probability",
             "random": f"uniform noise on a {RANDOM_GRID}x{RANDOM_GRID} grid, bilinear upsampling",
@@ -299,9 +314,12 @@ def evaluate_explanations(
     }
     for label in dele:
         da = [auc(c) for c in dele[label]]
+        ra = [auc(c) for c in rev[label]]
         ia = [auc(c) for c in ins[label]]
         entry = {
             "deletion_auc": _stats(da),
+            "reverse_deletion_auc": _stats(ra),
+            "deletion_gap": _stats([b - a for a, b in zip(da, ra)]),
             "insertion_auc": _stats(ia),
             "deletion_curve": [_num(v) for v in np.mean(dele[label], axis=0)],
             "insertion_curve": [_num(v) for v in np.mean(ins[label], axis=0)],
@@ -326,6 +344,7 @@ def evaluate_explanations(
             "label": int(labels[i]) if labels is not None else None,
             "probability": _num(probs[i]),
             "deletion_auc": {lab: _num(auc(dele[lab][i])) for lab in dele},
+            "reverse_deletion_auc": {lab: _num(auc(rev[lab][i])) for lab in rev},
             "insertion_auc": {lab: _num(auc(ins[lab][i])) for lab in ins},
         }
         for i in range(n)
