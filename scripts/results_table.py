@@ -27,10 +27,11 @@ def row(run: Path) -> str | None:
     s = json.loads(f.read_text())
     m, p = s["validation"], s["provenance"]
     cfg = p.get("train_config", {})
+    wall = "interim: run paused" if p.get("interim") else f"{p.get('wall_s', 0) / 60:.0f} min"
     return (
         f"| `{run.name}` | {p.get('recipe')} | {cfg.get('seed')} | {p.get('epochs_run')} (best {p.get('best_epoch')}) "
         f"| {m['n']} | {_ci(m, 'roc_auc')} | {_ci(m, 'accuracy')} | {_ci(m, 'recall')} | {_ci(m, 'specificity')} "
-        f"| {m['threshold']:.3f} | {p.get('wall_s', 0) / 60:.0f} min |"
+        f"| {m['threshold']:.3f} | {wall} |"
     )
 
 
