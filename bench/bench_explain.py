@@ -42,7 +42,7 @@ CASES = {
     "shap": ("GradientSHAP (expected gradients, 32 draws)", {}, 5.5, 0.5),
     "lime": ("LIME, 1000 samples", {"n_samples": 1000}, 19.5, 3.0),
     "kernelshap": ("KernelSHAP, 1000 samples", {"n_samples": 1000}, None, 3.0),
-    "ig": ("Integrated Gradients, 32 steps", {}, None, None),
+    "ig": ("Integrated Gradients, 32 steps, blurred baseline", {}, None, None),
     "occlusion": ("Occlusion, 16 px window, stride 8", {}, None, None),
 }
 

@@ -65,7 +65,7 @@ def test_evidence_lands_in_the_only_region_that_matters(method: str) -> None:
 def test_integrated_gradients_is_complete_on_the_linear_region() -> None:
     model = QuadrantNet(SIZE)
     images = quadrant_images(1, SIZE)
-    att = explain(model, images, "ig", n_steps=8)
+    att = explain(model, images, "ig", n_steps=8, baseline="black")
     x = torch.as_tensor(images).float()[:, None] / 255
     with torch.no_grad():
         expected = float(model(x) - model(torch.zeros_like(x)))

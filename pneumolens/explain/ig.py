@@ -6,6 +6,13 @@ the map sums to ``logit(x) - logit(baseline)``; the residual is recorded as
 ``convergence_delta``. The baseline matters (Sturmfels et al. 2020, "Visualizing the Impact of
 Feature Attribution Baselines"): a black baseline gives zero attribution to black pixels (on an
 X-ray: air), a blurred one asks "what does the fine structure add?".
+
+Default baseline: ``blur``, by measurement (``pneumolens explain-eval --split validation --n 20``
+on a CnnLstm with validation ROC AUC 0.98): insertion AUC 0.63 vs 0.38 for black, and after
+re-initialising every layer the |map| still correlates 0.46 (Spearman) with the trained
+model's for black (the map is mostly ``x`` itself: IG with a black baseline multiplies by the
+image) vs 0.22 for blur. Neither orders pixels better than chance on the deletion gap (both
+~0): pixel-level maps are high-frequency; read them together with a region method.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from .base import LogitFn, baseline_params, column, gradient_scope, make_baselin
 def integrated_gradients(
     model: nn.Module,
     x: torch.Tensor,
-    baseline: str = "black",
+    baseline: str = "blur",
     n_steps: int = 32,
     internal_batch_size: int = 64,
     sigma: float | None = None,
@@ -33,7 +40,7 @@ def integrated_gradients(
     Args:
         model: the network.
         x: float (N, 1, S, S) in [0, 1].
-        baseline: ``black``, ``mean`` or ``blur`` (see :func:`~pneumolens.explain.base.make_baseline`). Default: black.
+        baseline: ``black``, ``mean`` or ``blur`` (see :func:`~pneumolens.explain.base.make_baseline`). Default: blur.
         n_steps: quadrature points along the path. Default: 32.
         internal_batch_size: path points per forward/backward pass. Default: 64.
         sigma: blur width for ``baseline="blur"``. Default: S / 16.

@@ -4,6 +4,11 @@ A square window slides over the image; each position is replaced by the baseline
 in the logit is credited to every pixel under the window (averaged over the windows covering
 it). Positive = covering it lowers the pneumonia logit = evidence for pneumonia. All window
 positions of one image are batched into few forward passes without gradients.
+
+Default fill: black (on an X-ray: air, no opacity). Measured against a blurred fill with
+``pneumolens explain-eval`` (20 validation images, a CnnLstm with ROC AUC 0.98): deletion gap
+0.060 vs 0.001 (black orders the pixels by relevance; blur does not), although blur scores a
+higher insertion AUC (0.88 vs 0.65).
 """
 
 from __future__ import annotations
