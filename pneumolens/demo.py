@@ -63,7 +63,7 @@ def run_demo(
 
 
 def _explain_examples(root: Path, checkpoint: str | Path | None, out: Path, n: int, progress: bool) -> dict[str, Any]:
-    from .explain.runner import MethodSpec, explain_files, fast_forward, resolve_background
+    from .explain.runner import MethodSpec, explain_files, fast_forwards, resolve_background
     from .inference import Predictor
 
     records = find_split(root, "val")
@@ -72,9 +72,10 @@ def _explain_examples(root: Path, checkpoint: str | Path | None, out: Path, n: i
     predictor = Predictor(checkpoint)
     background, source = resolve_background(root, checkpoint, predictor.size, provenance=predictor.checkpoint.provenance)
     methods = [MethodSpec(m, m) for m in DEMO_METHODS]
+    forward, grad_forward = fast_forwards(predictor.model, DEMO_METHODS)
     recs = explain_files(
         files, predictor, methods, out, background=background, background_source=source,
-        forward=fast_forward(predictor.model), progress=progress, save_maps=True,
+        forward=forward, grad_forward=grad_forward, progress=progress, save_maps=True,
     )
     return {"folder": str(out), "files": [r["file"] for r in recs], "timings_s": [r["timings_s"] for r in recs]}
 
