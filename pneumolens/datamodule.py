@@ -129,9 +129,13 @@ class PneumoniaDataModule(L.LightningDataModule):
         self.val_records: list[Record] = []
         self.bad: list[tuple[str, str]] = []
         self._train: ResumableBatches | None = None
+        self._prepared = False
 
     # --- one-off work in one process: decode everything into the on-disk cache -----------------
     def prepare_data(self) -> None:
+        if self._prepared:
+            return  # fit() prepares before the Trainer does: hash and decode the files once
+        self._prepared = True
         records = self._records()
         load_images([r.path for r in records], self.input_size, cache_dir=self.cache_dir, desc="decoding train")
 
