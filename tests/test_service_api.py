@@ -87,7 +87,10 @@ class InlinePool:
     """Stands in for ExplainPool: runs the real job in this process, or raises a given error."""
 
     def __init__(self, model, error: Exception | None = None) -> None:
-        self.context = {"model": model, "forward": None}
+        from pneumolens.service.explaining import warm_up
+
+        self.context = {"model": model}
+        warm_up(self.context)  # the worker's own start-up: fast forwards for every method
         self.error = error
         self.calls = 0
 
@@ -351,6 +354,20 @@ def test_explain_returns_prediction_overlays_and_timings(client, reference, inli
     assert body["explanations"][0]["signed"] is False and body["explanations"][1]["signed"] is True
     seen = Image.open(io.BytesIO(base64.b64decode(body["input_png"])))
     assert seen.size == (reference.size, reference.size)
+
+
+def test_explain_maps_equal_the_library_on_the_plain_model(client, reference, inline_pool):
+    """The worker's fast forwards change the cost, not the maps (ig uses the gradient copy)."""
+    from pneumolens.explain import explain
+
+    data = encode(film(seed=6))
+    assert inline_pool.context["grad_forward"] is not None and inline_pool.context["forward"] is not None
+    r = client.post("/v1/explain", files=[upload("e.png", data)], data={"methods": "ig, occlusion", "raw": "true"})
+    assert r.status_code == 200, r.text
+    image = reference_input(reference, data)
+    for e in r.json()["explanations"]:
+        plain = explain(reference.model, image[None], e["method"], seed=0).maps[0]
+        np.testing.assert_allclose(np.asarray(e["map"]), plain, rtol=1e-3, atol=1e-5 * np.abs(plain).max())
 
 
 def test_explain_defaults_to_gradcam_without_raw_maps(client, inline_pool):
