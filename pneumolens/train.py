@@ -196,6 +196,11 @@ def _val_logits(model: CnnLstm, dm: PneumoniaDataModule) -> tuple[np.ndarray, np
     return torch.cat(out).numpy().astype(np.float64), torch.cat(ys).numpy().astype(int)
 
 
+def _recipe_class_weight(config: TrainConfig, dm: PneumoniaDataModule) -> tuple[float, float] | None:
+    """The loss's class weights from the training split's counts, if the recipe uses them."""
+    return class_weights(*dm.counts["train"]) if config.class_weighting else None
+
+
 def fit(
     config: TrainConfig,
     data: str | Path,
@@ -223,8 +228,7 @@ def fit(
     )
     dm.prepare_data()
     dm.setup("fit")
-    n0, n1 = dm.counts["train"]
-    weights = class_weights(n0, n1) if config.class_weighting else None
+    weights = _recipe_class_weight(config, dm)
     module = PneumoniaClassifier(config, weights)
     best_cb = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min", save_top_k=1)
     # Every epoch's end, whatever the val loss did: what --resume continues from.
@@ -283,8 +287,7 @@ def finalize(
     threshold on the validation split, and write ``out/model.pt`` with its provenance."""
     from . import metrics as M  # the evaluation module: threshold rules, temperature, CIs
 
-    n0, n1 = dm.counts["train"]
-    weights = class_weights(n0, n1) if config.class_weighting else None
+    weights = _recipe_class_weight(config, dm)
     module = PneumoniaClassifier(config, weights)
     best_epoch = None
     if best:

@@ -161,3 +161,24 @@ def test_shap_background_comes_from_the_default_data_root(
     assert rc == 0
     doc = json.loads(next(out.glob("*.json")).read_text())
     assert "training images from" in doc["methods"]["shap"]["params"]["background_source"]
+
+
+def test_a_rerun_keeps_finished_images_and_redoes_changed_or_missing_ones(tmp_path: Path, tiny_checkpoint_path: Path) -> None:
+    files = _write_images(tmp_path / "in", 3)
+    out = tmp_path / "o"
+    args = ["explain", str(tmp_path / "in"), "-c", str(tiny_checkpoint_path), "--methods", "gradcam,occlusion:window=8:stride=4",
+            "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    stamps = {f.stem: (out / f"{f.stem}.json").stat().st_mtime_ns for f in files}
+    (out / f"{files[1].stem}.png").unlink()  # as if interrupted while drawing this one
+    assert main(args) == 0
+    again = {f.stem: (out / f"{f.stem}.json").stat().st_mtime_ns for f in files}
+    assert again[files[0].stem] == stamps[files[0].stem] and again[files[2].stem] == stamps[files[2].stem]
+    assert again[files[1].stem] != stamps[files[1].stem] and (out / f"{files[1].stem}.png").is_file()
+    assert all(f'src="{f.stem}.png"' in (out / "index.html").read_text() for f in files)
+    # another seed or method list, or --overwrite, redoes everything
+    assert main(args + ["--seed", "3"]) == 0
+    assert all((out / f"{f.stem}.json").stat().st_mtime_ns != again[f.stem] for f in files)
+    seeded = {f.stem: (out / f"{f.stem}.json").stat().st_mtime_ns for f in files}
+    assert main(args + ["--seed", "3", "--overwrite"]) == 0
+    assert all((out / f"{f.stem}.json").stat().st_mtime_ns != seeded[f.stem] for f in files)

@@ -46,6 +46,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="perturbed samples for lime and kernelshap (default: 1000)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch and ONNX Runtime (default: torch's choice; 1 is best when the CPU is shared)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo images already explained in --out (default: an earlier run's finished images are kept, "
+                        "so an interrupted run continues where it stopped)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
@@ -122,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         records = explain_files(files, predictor, specs, args.out, seed=args.seed, save_maps=args.save_maps,
                                 skip_bad=args.skip_bad, background=background, background_source=source,
                                 forward=forward, grad_forward=grad_forward, progress=not args.no_progress,
-                                on_skip=warn)
+                                on_skip=warn, overwrite=args.overwrite)
     except ValueError as exc:  # a setting the method refuses (e.g. baseline=white, window larger than the image)
         raise ConfigError(f"--methods: {exc}") from exc
     print(f"explained {len(records)} image(s) with {', '.join(s.label for s in specs)}; "

@@ -148,8 +148,13 @@ def explain_files(
     grad_forward: LogitFn | None = None,
     progress: bool = True,
     on_skip: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
     """Explain every file with every method; returns the per-image records (as written to JSON).
+
+    An image already explained in ``out`` by an earlier run with the same file, model output,
+    seed and methods (its JSON, panel and maps on disk) is kept, not redone: an interrupted run
+    over a large folder continues where it stopped.
 
     Args:
         files: image paths.
@@ -163,6 +168,7 @@ def explain_files(
         background_source: where the background came from, for the JSON.
         forward, grad_forward: fast logit functions for perturbation and input-gradient methods
             (see :func:`fast_forwards`). Default: the model itself.
+        overwrite: redo images that an earlier run already explained.
 
     Raises:
         InvalidImageError: the first unreadable file, unless ``skip_bad``; or no readable file at all.
@@ -185,7 +191,14 @@ def explain_files(
     stems = unique_stems(kept)
     records = []
     bar = tqdm(total=len(kept), desc="explaining", unit="img", disable=not progress)
+    reused = 0
     for image, pred, stem in zip(loaded.images, predictions, stems):
+        done = None if overwrite else _earlier_record(out, stem, pred, seed, methods, save_maps)
+        if done is not None:
+            records.append(done)
+            reused += 1
+            bar.update()
+            continue
         maps, record = {}, {
             "file": pred.file,
             "panel": f"{stem}.png",
@@ -219,8 +232,30 @@ def explain_files(
         records.append(record)
         bar.update()
     bar.close()
+    if reused:
+        log.info("%d of %d image(s) were already explained in %s by an earlier run: kept", reused, len(kept), out)
     write_index(out, records, [m.label for m in methods])
     return records
+
+
+def _earlier_record(
+    out: Path, stem: str, pred: Any, seed: int, methods: Sequence[MethodSpec], save_maps: bool
+) -> dict[str, Any] | None:
+    """The record an earlier run wrote for this image, if it is complete and made the same way."""
+    try:
+        record = json.loads((out / f"{stem}.json").read_text(encoding="utf-8"))
+        same = (
+            record["file"] == pred.file
+            and record["seed"] == int(seed)
+            and list(record["methods"]) == [m.label for m in methods]
+            and abs(record["prediction"]["probability"] - pred.probability) < 1e-6
+            and (out / record["panel"]).is_file()
+        )
+        if same and save_maps:
+            same = all(e.get("map") and (out / e["map"]).is_file() for e in record["methods"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return record if same else None
 
 
 def _jsonable(value: Any) -> Any:
