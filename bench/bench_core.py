@@ -17,7 +17,7 @@ Prints a markdown report and writes ``bench/results/core.md`` and ``core.json``.
   plain eager, channels-last, BatchNorm folding, chunked convolutions, ``torch.compile``,
   ONNX Runtime;
 - ``Predictor.predict_files`` end to end (the default backend; decoding overlapped with inference);
-- JPEG decoding cost, full decode vs Pillow's ``draft()`` (DCT-domain downscaling);
+- JPEG decoding cost: `io.load_image` (Pillow's ``draft()``, DCT-domain downscaling of large JPEGs) vs a full decode;
 - peak resident memory of a process that only predicts files.
 
 The original's figures come from ``../shared/reference/seed_baseline.md`` (tensorflow-cpu on a
@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO))
 
 from pneumolens.fast import FoldedCnnLstm, onnx_available, optimize  # noqa: E402
 from pneumolens.inference import Predictor, to_input  # noqa: E402
-from pneumolens.io import load_image, resize_square  # noqa: E402
+from pneumolens.io import load_image, read_image, resize_square  # noqa: E402
 from pneumolens.model import CnnLstm, ModelConfig, count_parameters  # noqa: E402
 
 #: The original implementation on a machine of our kind: ../shared/reference/seed_baseline.md.
@@ -120,21 +120,14 @@ def decode(paths: list[Path], size: int = 128) -> np.ndarray:
     return np.stack([load_image(p, size) for p in paths])
 
 
-def draft_decode(data: bytes, size: int, factor: int = 2) -> np.ndarray:
-    """What ``io.load_image`` would do with Pillow's JPEG draft mode (a proposal for io.py).
+def full_decode(data: bytes, size: int) -> np.ndarray:
+    """Decode at full size, then resize: what ``io.load_image`` did before JPEG drafting."""
+    return resize_square(read_image(data), size)
 
-    ``draft`` makes libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT-domain), never below the
-    requested size; asking for ``factor`` x the input size leaves the final antialiased resize
-    a real downscale, so the result stays within 1 grey level of the full decode.
-    """
-    from PIL import Image
 
-    img = Image.open(io.BytesIO(data))
-    if img.format == "JPEG":
-        img.draft(img.mode, (factor * size, factor * size))
-    img.load()
-    gray = np.asarray(img if img.mode == "L" else img.convert("L"))
-    return resize_square(gray, size)
+def draft_decode(data: bytes, size: int, factor: int) -> np.ndarray:
+    """Decode a JPEG in draft mode no smaller than ``factor`` x the input size, then resize."""
+    return resize_square(read_image(data, draft_size=factor * size), size)
 
 
 def section(title: str) -> None:
@@ -307,10 +300,10 @@ def bench_decoding(files: list[Path], size: int = 128) -> dict:
     from PIL import Image, ImageFilter
 
     datas = [p.read_bytes() for p in files]
-    full = median_time(lambda: [load_image(d, size) for d in datas], 3) / len(datas)
-    draft = median_time(lambda: [draft_decode(d, size) for d in datas], 3) / len(datas)
-    a = np.stack([load_image(d, size) for d in datas]).astype(int)
-    b = np.stack([draft_decode(d, size) for d in datas]).astype(int)
+    full = median_time(lambda: [full_decode(d, size) for d in datas], 3) / len(datas)
+    draft = median_time(lambda: [load_image(d, size) for d in datas], 3) / len(datas)
+    a = np.stack([full_decode(d, size) for d in datas]).astype(int)
+    b = np.stack([load_image(d, size) for d in datas]).astype(int)
     b1 = np.stack([draft_decode(d, size, factor=1) for d in datas]).astype(int)
     rng = np.random.default_rng(0)
     film = Image.fromarray(rng.normal(128, 40, (2000, 2400)).clip(0, 255).astype(np.uint8)).filter(
@@ -319,8 +312,8 @@ def bench_decoding(files: list[Path], size: int = 128) -> dict:
     buf = io.BytesIO()
     film.save(buf, "JPEG", quality=90)
     big = buf.getvalue()
-    big_full = median_time(lambda: load_image(big, size), 5)
-    big_draft = median_time(lambda: draft_decode(big, size), 5)
+    big_full = median_time(lambda: full_decode(big, size), 5)
+    big_draft = median_time(lambda: load_image(big, size), 5)
     return {
         "dataset_full_ms": 1000 * full,
         "dataset_draft_ms": 1000 * draft,
@@ -331,10 +324,10 @@ def bench_decoding(files: list[Path], size: int = 128) -> dict:
         "dataset_draft_1x_max_abs_diff": int(np.abs(a - b1).max()),
         "large_2400x2000_full_ms": 1000 * big_full,
         "large_2400x2000_draft_ms": 1000 * big_draft,
-        "large_draft_max_abs_diff": int(np.abs(load_image(big, size).astype(int) - draft_decode(big, size)).max()),
+        "large_draft_max_abs_diff": int(np.abs(full_decode(big, size).astype(int) - load_image(big, size)).max()),
         "large_2400x2000_draft_1x_ms": 1000 * median_time(lambda: draft_decode(big, size, factor=1), 5),
         "large_draft_1x_max_abs_diff": int(
-            np.abs(load_image(big, size).astype(int) - draft_decode(big, size, factor=1)).max()
+            np.abs(full_decode(big, size).astype(int) - draft_decode(big, size, factor=1)).max()
         ),
     }
 
@@ -444,7 +437,7 @@ def report(r: dict) -> str:
             "",
             "## JPEG decoding + resize to 128x128, per image",
             "",
-            "| source | full decode (io.load_image), ms | Pillow draft at 2x the input size, ms "
+            "| source | full decode, ms | `io.load_image` (JPEG draft, >= 2x the input size), ms "
             "| draft vs full, pixel difference |",
             "|---|---:|---:|---|",
             f"| dataset files (mostly 224x224 or ~256 high) | {d['dataset_full_ms']:.2f} "

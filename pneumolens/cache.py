@@ -18,14 +18,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import InvalidImageError
-from .io import read_file_bytes, read_image, resize_square
+from .io import load_image, read_file_bytes
 
 log = logging.getLogger(__name__)
 
 #: Bump when decoding or resizing changes, so old cache entries are never reused.
 #: v2: DICOM windowing maps the window's range (not the image's) to 0..255, 8-bit DICOM kept
 #: as is, EXIF orientation applied (no JPEG or PNG of the Kaggle data changes).
-PREPROCESS_VERSION = 2
+#: v3: JPEGs of at least 4x the input size on both sides are decoded in libjpeg's draft mode
+#: (:data:`pneumolens.io.DRAFT_FACTOR`; within one grey level; no Kaggle file is that large).
+PREPROCESS_VERSION = 3
 
 #: Fewer files than this are decoded in this process: starting workers would cost more.
 POOL_MIN_FILES = 200
@@ -91,7 +93,7 @@ def _load_one(args: tuple[str, int, str | None]) -> tuple[np.ndarray | None, str
             arr = _read_entry(entry, size)
             if arr is not None:
                 return arr, None
-        arr = resize_square(read_image(data, name=path), size)
+        arr = load_image(data, size, name=path)
     except InvalidImageError as exc:
         return None, str(exc)
     if entry is not None:

@@ -37,7 +37,7 @@ def test_cache_hit_returns_the_same_arrays(tmp_path, monkeypatch):
     first = load_images(paths, 16, cache_dir=tmp_path / "c", progress=False)
     np.testing.assert_array_equal(first.images, np.stack([load_image(p, 16) for p in paths]))
     assert len(entries(tmp_path / "c", 16)) == 3
-    monkeypatch.setattr(cache, "read_image", no_decoding)
+    monkeypatch.setattr(cache, "load_image", no_decoding)
     second = load_images(paths, 16, cache_dir=tmp_path / "c", progress=False)
     np.testing.assert_array_equal(second.images, first.images)
     assert second.kept == [0, 1, 2] and second.bad == []
@@ -47,7 +47,7 @@ def test_renamed_file_hits_edited_file_misses(tmp_path, monkeypatch):
     path = write_images(tmp_path / "img", 1)[0]
     before = load_images([path], 16, cache_dir=tmp_path / "c", progress=False).images[0]
     renamed = path.rename(path.with_name("renamed.png"))
-    monkeypatch.setattr(cache, "read_image", no_decoding)
+    monkeypatch.setattr(cache, "load_image", no_decoding)
     hit = load_images([renamed], 16, cache_dir=tmp_path / "c", progress=False).images[0]
     np.testing.assert_array_equal(hit, before)
     monkeypatch.undo()

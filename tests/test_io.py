@@ -473,3 +473,21 @@ def test_resize_square_identity_and_load_image(tmp_path):
     assert io.resize_square(arr, 16) is arr
     path = save(Image.fromarray(GRAY), tmp_path / "a.png")
     np.testing.assert_array_equal(io.load_image(path, 20), io.resize_square(GRAY, 20))
+
+
+def _smooth_film(h: int, w: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.clip(40 + 150 * yy / h + 40 * np.sin(xx / 37.0) + 30 * np.cos(yy / 23.0), 0, 255).astype(np.uint8)
+
+
+def test_large_jpegs_are_drafted_within_a_grey_level_and_small_ones_are_not(tmp_path: Path) -> None:
+    big = save(Image.fromarray(_smooth_film(1100, 900)), tmp_path / "big.jpg", quality=95)
+    full = io.resize_square(io.read_image(big), 64)
+    drafted_gray = io.read_image(big, draft_size=2 * 64)
+    assert drafted_gray.shape == (275, 225)  # libjpeg's 1/4 scale: the smallest keeping both sides >= 128
+    drafted = io.load_image(big, 64)
+    assert np.abs(drafted.astype(int) - full.astype(int)).max() <= 2
+    small = save(Image.fromarray(_smooth_film(250, 300)), tmp_path / "small.jpg", quality=95)
+    np.testing.assert_array_equal(io.load_image(small, 64), io.resize_square(io.read_image(small), 64))
+    png = save(Image.fromarray(_smooth_film(1100, 900)), tmp_path / "big.png")
+    assert io.read_image(png, draft_size=128).shape == (1100, 900)  # only JPEG has a draft mode
