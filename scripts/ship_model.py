@@ -18,6 +18,7 @@ from pathlib import Path
 from pneumolens.checkpoint import SHIPPED, load_checkpoint
 from pneumolens.data import resolve_data_root
 from pneumolens.evaluate import evaluate_split
+from results_table import training_time_s  # scripts/ is on sys.path when this file runs as a script
 
 REPO = Path(__file__).resolve().parents[1]
 FIGS = REPO / "docs" / "figures" / "shipped"
@@ -30,8 +31,12 @@ def _ci(m: dict, key: str) -> str:
     return f"{v:.3f} (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else f"{v:.3f}"
 
 
-def card(info: dict, val: dict, official: dict, note: str) -> str:
+def card(info: dict, val: dict, official: dict, note: str, trained_s: tuple[float, int] | None = None) -> str:
     p, cfg = info["provenance"], info["provenance"].get("train_config", {})
+    if trained_s:
+        took = f" in {trained_s[0] / 3600:.1f} h of training, one thread, in {trained_s[1]} segment(s) (paused and resumed exactly)"
+    else:
+        took = "" if p.get("interim") else f" in {p.get('wall_s', 0) / 3600:.1f} h of wall time"
     tc = p.get("train_counts", ["?", "?"])
     vc = p.get("validation_counts", ["?", "?"])
     rows = "\n".join(
@@ -67,14 +72,14 @@ validation: {vc[0]} NORMAL + {vc[1]} PNEUMONIA. Data manifest hash `{p.get('data
 
 ## Recipe and how to reproduce it
 Recipe `{p.get('recipe')}`; {p.get('epochs_run')} epochs run, best epoch (lowest validation loss, counted from 0)
-{p.get('best_epoch')}; trained on a 2-core CPU{'' if p.get('interim') else f" in {p.get('wall_s', 0) / 3600:.1f} h of wall time"}. Command:
+{p.get('best_epoch')}; trained on a 2-core CPU{took}. Command:
 
 ```
 {cmd}
 ```
 
 (then `--resume` after any interruption: resuming is exact). Same command, same seed, same thread count ⇒ the same weights on CPU (torch {p.get('torch')}, commit
-`{p.get('git_commit')}`). Full configuration: `pneumolens info --json` → `provenance.train_config`.
+`{p.get('git_commit')}` at the export). Full configuration: `pneumolens info --json` → `provenance.train_config`.
 
 ## Quality
 Patient-level validation split (n = {val['n']}) and the official 16-image val folder (n = {official['n']}; too small
@@ -116,7 +121,9 @@ def main() -> None:
     shutil.copyfile(args.checkpoint, SHIPPED)
     val = evaluate_split(SHIPPED, root, "validation", FIGS / "validation", progress=False)
     official = evaluate_split(SHIPPED, root, "val", FIGS / "val", progress=False)
-    (SHIPPED.parent / "MODEL_CARD.md").write_text(card(ck.info(), val, official, args.note))
+    run = args.checkpoint.parent
+    trained = training_time_s(run) if (run / "tb").is_dir() else None
+    (SHIPPED.parent / "MODEL_CARD.md").write_text(card(ck.info(), val, official, args.note, trained))
     print(f"shipped {args.checkpoint} -> {SHIPPED}; validation AUC {val['roc_auc']:.4f}, accuracy {val['accuracy']:.4f}")
 
 
