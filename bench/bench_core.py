@@ -188,6 +188,59 @@ def bench_training(images: torch.Tensor, batch_size: int, steps: int, warmup: in
     return {"images_per_s": statistics.median(rates), "runs": rates, "steps": steps, "batch_size": batch_size}
 
 
+#: Where a training step's time goes: aten operator names -> the part of the network they serve.
+PROFILE_GROUPS = (
+    ("convolutions (forward and backward)", ("convolution",)),
+    ("LSTMs (forward and backward)", ("rnn", "lstm")),
+    ("BatchNorm (forward and backward)", ("batch_norm",)),
+    ("ReLU, max-pool, dropout masks", ("threshold", "clamp", "relu", "max_pool", "bernoulli", "dropout")),
+    ("augmentation warp", ("grid_sampler", "affine_grid")),
+)
+
+
+def profile_training(images: torch.Tensor, batch_size: int, steps: int = 4, warmup: int = 2) -> dict:
+    """Share of self CPU time per part of the network over ``steps`` Lightning training steps."""
+    import lightning as L
+    from torch.profiler import ProfilerActivity, profile
+
+    from pneumolens.config import load_config
+    from pneumolens.datamodule import ResumableBatches
+    from pneumolens.train import PneumoniaClassifier
+
+    prof = profile(activities=[ProfilerActivity.CPU])
+
+    class Window(L.Callback):
+        def on_train_batch_start(self, trainer, *args) -> None:
+            if trainer.global_step == warmup:
+                prof.start()
+
+        def on_train_end(self, *args) -> None:
+            prof.stop()
+
+    class Module(PneumoniaClassifier):
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=self.config.lr, eps=self.config.adam_eps)
+
+    config = load_config("seed", overrides={"batch_size": batch_size})
+    labels = (torch.arange(len(images)) % 2).float()
+    trainer = L.Trainer(max_steps=warmup + steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, deterministic=True,
+                        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[Window()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Module(config, class_weight=(1.486, 0.514)), train_dataloaders=ResumableBatches(images, labels, batch_size, seed=0))
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    shares: dict[str, float] = {}
+    for e in events:
+        group = next((g for g, keys in PROFILE_GROUPS if any(k in e.key for k in keys)), "everything else (Adam, loss, copies)")
+        shares[group] = shares.get(group, 0.0) + e.self_cpu_time_total / total
+    other = sorted((e for e in events if not any(k in e.key for _, keys in PROFILE_GROUPS for k in keys)),
+                   key=lambda e: -e.self_cpu_time_total)[:6]
+    return {"batch_size": batch_size, "steps": steps, "shares": dict(sorted(shares.items(), key=lambda kv: -kv[1])),
+            "largest_other": {e.key: e.self_cpu_time_total / total for e in other}}
+
+
 # --------------------------------------------------------------------------- inference levers
 
 
@@ -335,6 +388,8 @@ def bench_decoding(files: list[Path], size: int = 128) -> dict:
 PEAK_SCRIPT = """
 import resource, sys
 sys.path.insert(0, {repo!r})
+from pneumolens.memory import keep_freed_memory
+keep_freed_memory()  # as `pneumolens predict` does
 from pneumolens.inference import Predictor
 paths = {paths!r}
 preds, _ = Predictor({ckpt!r}).predict_files(paths, progress=False)
@@ -459,6 +514,11 @@ def report(r: dict) -> str:
             f"backward, Adam) under a Lightning Trainer (deterministic=True), {tr['b8']['steps']} timed steps after "
             "warm-up, median of runs; data are decoded uint8 arrays in memory.",
         ]
+        prof = tr.get("profile")
+        if prof:
+            lines += ["", f"Where a training step's time goes (batch {prof['batch_size']}, torch.profiler, self CPU time of "
+                      f"{prof['steps']} steps):", "", "| part | share |", "|---|---:|"]
+            lines += [f"| {k} | {100 * v:.0f} % |" for k, v in prof["shares"].items()]
     lines.append("")
     return "\n".join(lines)
 
@@ -467,6 +527,9 @@ def report(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pneumolens.memory import keep_freed_memory
+
+    keep_freed_memory()  # as the command line does (pneumolens/memory.py)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short run: fewer repeats and steps (a sanity check)")
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("PNEUMOLENS_DATA", DEFAULT_DATA)))
@@ -555,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
                 images, bs, steps if bs == 8 else max(4, steps // 2), warmup, runs
             )
             print(f"training batch {bs}: {res['images_per_s']:.1f} img/s", file=sys.stderr, flush=True)
+        section("training step profile, batch 8")
+        result["training"]["profile"] = profile_training(images, 8)
 
     memory["bench_peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     result["memory"] = memory

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .memory import keep_freed_memory
+
+    keep_freed_memory()  # before the first large tensor: see pneumolens/memory.py
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
