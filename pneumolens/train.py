@@ -152,6 +152,26 @@ def resume_path(out: Path) -> Path | None:
     return max(cands, key=lambda p: p.stat().st_mtime) if cands else None
 
 
+def best_checkpoint(out: Path) -> Path | None:
+    """The lowest-val-loss checkpoint of the run in ``out``, as its own latest state records it.
+
+    Falls back to ``out/checkpoints/best.ckpt``; None before the first validation.
+    """
+    latest = resume_path(out)
+    if latest is not None:
+        try:
+            states = torch.load(latest, map_location="cpu", weights_only=False).get("callbacks", {})
+        except Exception:  # noqa: BLE001 - an unreadable state only loses the hint
+            states = {}
+        for key, state in states.items():
+            if key.startswith("ModelCheckpoint") and "'monitor': 'val_loss'" in key:
+                path = Path(state.get("best_model_path") or "")
+                if path.is_file():
+                    return path
+    fallback = out / "checkpoints" / "best.ckpt"
+    return fallback if fallback.is_file() else None
+
+
 @dataclass
 class FitResult:
     model_path: Path
@@ -230,7 +250,10 @@ def fit(
     dm.setup("fit")
     weights = _recipe_class_weight(config, dm)
     module = PneumoniaClassifier(config, weights)
-    best_cb = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min", save_top_k=1)
+    # One best.ckpt, overwritten in place: with Lightning's version counter a resumed run whose
+    # recorded path is spelled differently (a symlinked run folder) wrote best-v1.ckpt beside it.
+    best_cb = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min", save_top_k=1,
+                              enable_version_counter=False)
     # Every epoch's end, whatever the val loss did: what --resume continues from.
     last_cb = ModelCheckpoint(
         dirpath=out / "checkpoints", filename="last", monitor=None, save_top_k=1, enable_version_counter=False
@@ -269,7 +292,8 @@ def fit(
     if not trainer.is_global_zero:
         return FitResult(out / "model.pt", {}, trainer.current_epoch, time.time() - t0)
 
-    best = best_cb.best_model_path or last_cb.best_model_path
+    best = best_cb.best_model_path if Path(best_cb.best_model_path or "").is_file() else best_checkpoint(out)
+    best = best or last_cb.best_model_path
     return finalize(config, dm, out, best, epochs_run=trainer.current_epoch, t0=t0, preset=preset)
 
 
@@ -348,11 +372,11 @@ def export_best(config: TrainConfig, data: str | Path, out: str | Path, preset: 
     """Write ``out/model.pt`` from the best checkpoint so far of a run that is still going or
     was interrupted (provenance marks it ``interim``); no training."""
     out = Path(out)
-    best = out / "checkpoints" / "best.ckpt"
-    if not best.exists():
+    best = best_checkpoint(out)
+    if best is None:
         from .errors import CheckpointError
 
-        raise CheckpointError(f"{best}: no best checkpoint yet (the run has not finished an epoch)")
+        raise CheckpointError(f"{out / 'checkpoints'}: no checkpoint yet (the run has not finished an epoch)")
     last = resume_path(out)
     epochs_run = int(torch.load(last, map_location="cpu", weights_only=False).get("epoch", -1)) + 1 if last else -1
     dm = PneumoniaDataModule(data, config.model.input_size, config.batch_size, config.val_fraction, config.split_seed, config.seed)

@@ -182,3 +182,18 @@ def test_export_best_writes_an_interim_model_from_a_run_in_progress(synthetic_da
     res = export_best(cfg, synthetic_dataset, tmp_path / "run", preset="x")
     ck = load_checkpoint(res.model_path)
     assert ck.provenance["interim"] is True and ck.provenance["epochs_run"] == 1 and ck.provenance["best_epoch"] == 0
+
+
+def test_best_checkpoint_follows_the_runs_own_record(tmp_path: Path) -> None:
+    from pneumolens.train import best_checkpoint
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    assert best_checkpoint(tmp_path) is None
+    key = "ModelCheckpoint{'monitor': 'val_loss', 'mode': 'min', 'every_n_train_steps': 0}"
+    recorded = ckpts / "best-v1.ckpt"  # what a resumed run wrote beside an older best.ckpt
+    torch.save({"callbacks": {key: {"best_model_path": str(recorded)}}}, ckpts / "last.ckpt")
+    (ckpts / "best.ckpt").write_bytes(b"older")
+    assert best_checkpoint(tmp_path) == ckpts / "best.ckpt"  # the recorded file is gone: the plain name
+    recorded.write_bytes(b"newer")
+    assert best_checkpoint(tmp_path) == recorded
