@@ -376,7 +376,7 @@ def export_best(config: TrainConfig, data: str | Path, out: str | Path, preset: 
     if best is None:
         from .errors import CheckpointError
 
-        raise CheckpointError(f"{out / 'checkpoints'}: no checkpoint yet (the run has not finished an epoch)")
+        raise CheckpointError(f"{out / 'checkpoints'}: no best checkpoint yet (the run has not finished an epoch)")
     last = resume_path(out)
     epochs_run = int(torch.load(last, map_location="cpu", weights_only=False).get("epoch", -1)) + 1 if last else -1
     dm = PneumoniaDataModule(data, config.model.input_size, config.batch_size, config.val_fraction, config.split_seed, config.seed)
