@@ -4,11 +4,11 @@ Why: glibc's ``malloc`` serves large blocks (above a threshold that grows to at 
 ``mmap`` and gives them back with ``munmap`` as soon as they are freed, and it trims the top of its
 heap likewise. A training step allocates and frees the same large activations and gradients
 (8 x 32 x 128 x 128 floats = 16 MB per tensor at batch 8, 64 MB at batch 32) every time, so each
-step faults all of those pages in afresh and the kernel zeroes them: on the 2-core VMs this project
-runs on, ``aten::fill_`` (zeroing new gradient buffers) took ~17 % of a training step's CPU time,
-and keeping the memory cut a batch-32 step's CPU time by about a quarter
-(``bench/bench_malloc.py``). PyTorch's own performance guide suggests jemalloc or tcmalloc for the
-same reason; this needs no extra library.
+step faults all of those pages in afresh and the kernel zeroes them. Measured by
+``bench/bench_train_levers.py`` (CPU time per training step, one thread, this project's 2-core
+VM): x1.37 at batch 8 and x1.32 at batch 32 on top of pooling first while a training ran on
+the other core; about x1.05 and x1.10 on an idle machine, where page faults cost less. PyTorch's
+performance guide suggests jemalloc or tcmalloc for the same reason; this needs no extra library.
 
 The cost: memory freed after a peak stays with the process (its resident size does not shrink
 back), which is what a training run or a server wants anyway. The command line turns this on

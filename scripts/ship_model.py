@@ -46,11 +46,10 @@ def card(info: dict, val: dict, official: dict, note: str, trained_s: tuple[floa
                         ("ECE", "ece")]
     )
     cmd = p.get("training_command") or p.get("command", "")
+    note = f"{note}\n\n" if note else ""
     return f"""# Model card: PneumoLens CNN-LSTM (shipped model)
 
-{note}
-
-**Research and education use only — not a medical device.** Do not use it to diagnose, treat or
+{note}**Research and education use only — not a medical device.** Do not use it to diagnose, treat or
 triage patients.
 
 ## What it is

@@ -1,11 +1,18 @@
-"""What keeping freed memory in the process (``pneumolens.memory``) does to a training step.
+"""What each training-speed lever does to a training step, cumulatively.
 
 Runs the same plain training step (CnnLstm in channels-last, BCE loss, backward, Adam; random
-inputs) in fresh child processes, with glibc's malloc defaults and with
-:func:`pneumolens.memory.keep_freed_memory`, alternating, and reports the median CPU time per step
-(CPU time, not wall time, so that other work on the machine disturbs it less; page faults count).
+inputs) in fresh child processes, alternating between three settings:
 
-    python bench/bench_malloc.py [--batch-sizes 8,32] [--rounds 3] [--threads 1]
+- ``written``: the conv blocks in their written order (ReLU, then max-pool) and glibc's malloc
+  defaults — the code before these levers;
+- ``pool-first``: max-pool before ReLU in training mode (what ``ConvBlock`` does; same values
+  and gradients, tested in ``tests/test_model.py``);
+- ``keep-memory``: plus :func:`pneumolens.memory.keep_freed_memory` (what the CLI does).
+
+It reports the median CPU time per step (CPU time, not wall time, so that other work on the
+machine disturbs it less; page faults count).
+
+    python bench/bench_train_levers.py [--batch-sizes 8,32] [--rounds 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -23,8 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import json, sys, time
 from pneumolens.memory import keep_freed_memory
-applied = keep_freed_memory() if sys.argv[1] == "keep" else False
+applied = keep_freed_memory() if sys.argv[1] == "keep-memory" else False
 import torch
+if sys.argv[1] == "written":
+    from pneumolens.model import ConvBlock
+    ConvBlock.forward = lambda self, x: self.drop(self.pool(self.relu(self.bn(self.conv(x)))))
 torch.set_num_threads(int(sys.argv[3]))
 from pneumolens.config import load_config
 from pneumolens.model import CnnLstm
@@ -65,23 +75,24 @@ def main() -> int:
     load = os.getloadavg()
     rows, result = [], {"threads": args.threads, "load_start": load, "batches": {}}
     for b in (int(v) for v in args.batch_sizes.split(",")):
-        cpu = {"system": [], "keep": []}
+        cpu = {"written": [], "pool-first": [], "keep-memory": []}
         for _ in range(args.rounds):
             for mode in cpu:
                 r = run(mode, b, args.threads, args.steps)
-                if mode == "keep" and not r["applied"]:
+                if mode == "keep-memory" and not r["applied"]:
                     print("keep_freed_memory() did not apply on this C library", file=sys.stderr)
                     return 1
                 cpu[mode] += r["cpu_s"]
         med = {k: statistics.median(v) for k, v in cpu.items()}
         result["batches"][b] = {k: {"median_cpu_s": med[k], "all": v} for k, v in cpu.items()}
-        rows.append(f"| {b} | {1000 * med['system']:.0f} ({b / med['system']:.1f} img/CPU-s) "
-                    f"| {1000 * med['keep']:.0f} ({b / med['keep']:.1f} img/CPU-s) | x{med['system'] / med['keep']:.2f} |")
+        base = med["written"]
+        rows.append(f"| {b} | " + " | ".join(
+            f"{1000 * med[k]:.0f} ({b / med[k]:.1f} img/CPU-s, x{base / med[k]:.2f})" for k in cpu) + " |")
     load_end = os.getloadavg()
     result["load_end"] = load_end
     print(f"Training step CPU time, {args.threads} thread(s), median of {args.rounds} x {args.steps} steps; "
           f"load average {load[0]:.2f} -> {load_end[0]:.2f}.\n")
-    print("| batch | glibc defaults, ms/step | keep freed memory, ms/step | speed-up |")
+    print("| batch | written order, glibc malloc: ms/step | + pool before ReLU | + keep freed memory |")
     print("|---:|---:|---:|---:|")
     print("\n".join(rows))
     if args.json:
