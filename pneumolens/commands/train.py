@@ -97,9 +97,10 @@ def run(args: argparse.Namespace) -> int:
         )
     m = result.metrics
     if m:
+        done = (f"exported the best epoch so far ({result.epochs} epochs run)" if args.export_best
+                else f"trained {result.epochs} epochs in {result.wall_s / 60:.1f} min")
         print(
-            (f"exported the best epoch so far ({result.epochs} epochs run) -> {result.model_path}\n" if args.export_best
-             else f"trained {result.epochs} epochs in {result.wall_s / 60:.1f} min -> {result.model_path}\n")
+            f"{done} -> {result.model_path}\n"
             f"validation (patient-level, n={m['n']}): AUC {m['roc_auc']:.4f}  accuracy {m['accuracy']:.4f}  "
             f"recall {m['recall']:.4f}  specificity {m['specificity']:.4f}  at threshold {m['threshold']:.3f}"
         )
