@@ -38,6 +38,9 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python bench/bench_core.py
+	$(BIN)/python bench/bench_train_levers.py --json bench/results/train-levers.json > bench/results/train-levers.md
+	$(BIN)/python bench/bench_explain.py --checkpoint pneumolens/weights/model.pt --json bench/results/explain.json
+	$(BIN)/python bench/bench_service.py --checkpoint pneumolens/weights/model.pt --out bench/results/service.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
