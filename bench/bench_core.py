@@ -137,13 +137,43 @@ def section(title: str) -> None:
 # --------------------------------------------------------------------------- training
 
 
-def bench_training(images: torch.Tensor, batch_size: int, steps: int, warmup: int, repeats: int) -> dict:
-    """Images/s of real Lightning training steps (median over ``repeats`` runs of ``steps`` steps)."""
+def fit_steps(images: torch.Tensor, batch_size: int, max_steps: int, callbacks: list, seed: int = 0) -> None:
+    """Run ``max_steps`` real Lightning training steps of the seed recipe (no validation)."""
     import lightning as L
 
     from pneumolens.config import load_config
     from pneumolens.datamodule import ResumableBatches
     from pneumolens.train import PneumoniaClassifier
+
+    class Module(PneumoniaClassifier):
+        def configure_optimizers(self):  # the recipe's Adam, without the val-loss scheduler (no validation here)
+            c = self.config
+            return torch.optim.Adam(self.parameters(), lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay)
+
+    config = load_config("seed", overrides={"batch_size": batch_size})
+    labels = (torch.arange(len(images)) % 2).float()
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=callbacks,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Module(config, class_weight=(1.486, 0.514)),
+                    train_dataloaders=ResumableBatches(images, labels, batch_size, seed=seed))
+
+
+def bench_training(images: torch.Tensor, batch_size: int, steps: int, warmup: int, repeats: int) -> dict:
+    """Images/s of real Lightning training steps (median over ``repeats`` runs of ``steps`` steps)."""
+    import lightning as L
 
     class Timer(L.Callback):
         def __init__(self) -> None:
@@ -155,34 +185,10 @@ def bench_training(images: torch.Tensor, batch_size: int, steps: int, warmup: in
         def on_train_end(self, *args) -> None:
             self.starts.append(time.perf_counter())
 
-    class Module(PneumoniaClassifier):
-        def configure_optimizers(self):  # the recipe's Adam, without the val-loss scheduler (no validation here)
-            c = self.config
-            return torch.optim.Adam(self.parameters(), lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay)
-
-    config = load_config("seed", overrides={"batch_size": batch_size})
-    labels = (torch.arange(len(images)) % 2).float()
     rates = []
     for r in range(repeats):
         timer = Timer()
-        trainer = L.Trainer(
-            max_steps=warmup + steps,
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            deterministic=True,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-            callbacks=[timer],
-        )
-        module = Module(config, class_weight=(1.486, 0.514))
-        batches = ResumableBatches(images, labels, batch_size, seed=r)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            trainer.fit(module, train_dataloaders=batches)
+        fit_steps(images, batch_size, warmup + steps, [timer], seed=r)
         t = timer.starts
         rates.append(steps * batch_size / (t[-1] - t[warmup]))
     return {"images_per_s": statistics.median(rates), "runs": rates, "steps": steps, "batch_size": batch_size}
@@ -196,16 +202,13 @@ PROFILE_GROUPS = (
     ("ReLU, max-pool, dropout masks", ("threshold", "clamp", "relu", "max_pool", "bernoulli", "dropout")),
     ("augmentation warp", ("grid_sampler", "affine_grid")),
 )
+OTHER = "everything else (Adam, loss, copies)"
 
 
 def profile_training(images: torch.Tensor, batch_size: int, steps: int = 4, warmup: int = 2) -> dict:
     """Share of self CPU time per part of the network over ``steps`` Lightning training steps."""
     import lightning as L
     from torch.profiler import ProfilerActivity, profile
-
-    from pneumolens.config import load_config
-    from pneumolens.datamodule import ResumableBatches
-    from pneumolens.train import PneumoniaClassifier
 
     prof = profile(activities=[ProfilerActivity.CPU])
 
@@ -217,28 +220,18 @@ def profile_training(images: torch.Tensor, batch_size: int, steps: int = 4, warm
         def on_train_end(self, *args) -> None:
             prof.stop()
 
-    class Module(PneumoniaClassifier):
-        def configure_optimizers(self):
-            return torch.optim.Adam(self.parameters(), lr=self.config.lr, eps=self.config.adam_eps)
-
-    config = load_config("seed", overrides={"batch_size": batch_size})
-    labels = (torch.arange(len(images)) % 2).float()
-    trainer = L.Trainer(max_steps=warmup + steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, deterministic=True,
-                        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[Window()])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.fit(Module(config, class_weight=(1.486, 0.514)), train_dataloaders=ResumableBatches(images, labels, batch_size, seed=0))
+    fit_steps(images, batch_size, warmup + steps, [Window()])
     events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
     total = sum(e.self_cpu_time_total for e in events) or 1.0
     shares: dict[str, float] = {}
+    other: dict[str, float] = {}
     for e in events:
-        group = next((g for g, keys in PROFILE_GROUPS if any(k in e.key for k in keys)), "everything else (Adam, loss, copies)")
+        group = next((g for g, keys in PROFILE_GROUPS if any(k in e.key for k in keys)), OTHER)
         shares[group] = shares.get(group, 0.0) + e.self_cpu_time_total / total
-    other = sorted((e for e in events if not any(k in e.key for _, keys in PROFILE_GROUPS for k in keys)),
-                   key=lambda e: -e.self_cpu_time_total)[:6]
+        if group == OTHER:
+            other[e.key] = e.self_cpu_time_total / total
     return {"batch_size": batch_size, "steps": steps, "shares": dict(sorted(shares.items(), key=lambda kv: -kv[1])),
-            "largest_other": {e.key: e.self_cpu_time_total / total for e in other}}
+            "largest_other": dict(sorted(other.items(), key=lambda kv: -kv[1])[:6])}
 
 
 # --------------------------------------------------------------------------- inference levers
@@ -516,8 +509,8 @@ def report(r: dict) -> str:
         ]
         prof = tr.get("profile")
         if prof:
-            lines += ["", f"Where a training step's time goes (batch {prof['batch_size']}, torch.profiler, self CPU time of "
-                      f"{prof['steps']} steps):", "", "| part | share |", "|---|---:|"]
+            lines += ["", f"Where a training step's time goes (batch {prof['batch_size']}, torch.profiler, "
+                      f"self CPU time of {prof['steps']} steps):", "", "| part | share |", "|---|---:|"]
             lines += [f"| {k} | {100 * v:.0f} % |" for k, v in prof["shares"].items()]
     lines.append("")
     return "\n".join(lines)

@@ -252,8 +252,10 @@ def fit(
     module = PneumoniaClassifier(config, weights)
     # One best.ckpt, overwritten in place: with Lightning's version counter a resumed run whose
     # recorded path is spelled differently (a symlinked run folder) wrote best-v1.ckpt beside it.
-    best_cb = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min", save_top_k=1,
-                              enable_version_counter=False)
+    best_cb = ModelCheckpoint(
+        dirpath=out / "checkpoints", filename="best", monitor="val_loss", mode="min", save_top_k=1,
+        enable_version_counter=False,
+    )
     # Every epoch's end, whatever the val loss did: what --resume continues from.
     last_cb = ModelCheckpoint(
         dirpath=out / "checkpoints", filename="last", monitor=None, save_top_k=1, enable_version_counter=False
@@ -292,8 +294,7 @@ def fit(
     if not trainer.is_global_zero:
         return FitResult(out / "model.pt", {}, trainer.current_epoch, time.time() - t0)
 
-    best = best_cb.best_model_path if Path(best_cb.best_model_path or "").is_file() else best_checkpoint(out)
-    best = best or last_cb.best_model_path
+    best = best_cb.best_model_path or last_cb.best_model_path
     return finalize(config, dm, out, best, epochs_run=trainer.current_epoch, t0=t0, preset=preset)
 
 

@@ -34,7 +34,8 @@ def _ci(m: dict, key: str) -> str:
 def card(info: dict, val: dict, official: dict, note: str, trained_s: tuple[float, int] | None = None) -> str:
     p, cfg = info["provenance"], info["provenance"].get("train_config", {})
     if trained_s:
-        took = f" in {trained_s[0] / 3600:.1f} h of training, one thread, in {trained_s[1]} segment(s) (paused and resumed exactly)"
+        took = (f" in {trained_s[0] / 3600:.1f} h of training, one thread, in {trained_s[1]} segment(s)"
+                " (paused and resumed exactly)")
     else:
         took = "" if p.get("interim") else f" in {p.get('wall_s', 0) / 3600:.1f} h of wall time"
     tc = p.get("train_counts", ["?", "?"])
@@ -120,8 +121,7 @@ def main() -> None:
     shutil.copyfile(args.checkpoint, SHIPPED)
     val = evaluate_split(SHIPPED, root, "validation", FIGS / "validation", progress=False)
     official = evaluate_split(SHIPPED, root, "val", FIGS / "val", progress=False)
-    run = args.checkpoint.parent
-    trained = training_time_s(run) if (run / "tb").is_dir() else None
+    trained = training_time_s(args.checkpoint.parent)  # None when the run folder has no TensorBoard events
     (SHIPPED.parent / "MODEL_CARD.md").write_text(card(ck.info(), val, official, args.note, trained))
     print(f"shipped {args.checkpoint} -> {SHIPPED}; validation AUC {val['roc_auc']:.4f}, accuracy {val['accuracy']:.4f}")
 
