@@ -137,8 +137,10 @@ def section(title: str) -> None:
 # --------------------------------------------------------------------------- training
 
 
-def fit_steps(images: torch.Tensor, batch_size: int, max_steps: int, callbacks: list, seed: int = 0) -> None:
-    """Run ``max_steps`` real Lightning training steps of the seed recipe (no validation)."""
+def fit_steps(
+    images: torch.Tensor, batch_size: int, max_steps: int, callbacks: list, seed: int = 0, accelerator: str = "cpu"
+) -> None:
+    """Run ``max_steps`` real Lightning training steps of the seed recipe (no validation) on ``accelerator``."""
     import lightning as L
 
     from pneumolens.config import load_config
@@ -154,7 +156,7 @@ def fit_steps(images: torch.Tensor, batch_size: int, max_steps: int, callbacks: 
     labels = (torch.arange(len(images)) % 2).float()
     trainer = L.Trainer(
         max_steps=max_steps,
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
         logger=False,
         enable_checkpointing=False,
@@ -171,7 +173,9 @@ def fit_steps(images: torch.Tensor, batch_size: int, max_steps: int, callbacks: 
                     train_dataloaders=ResumableBatches(images, labels, batch_size, seed=seed))
 
 
-def bench_training(images: torch.Tensor, batch_size: int, steps: int, warmup: int, repeats: int) -> dict:
+def bench_training(
+    images: torch.Tensor, batch_size: int, steps: int, warmup: int, repeats: int, accelerator: str = "cpu"
+) -> dict:
     """Images/s of real Lightning training steps (median over ``repeats`` runs of ``steps`` steps)."""
     import lightning as L
 
@@ -180,15 +184,20 @@ def bench_training(images: torch.Tensor, batch_size: int, steps: int, warmup: in
             self.starts: list[float] = []
 
         def on_train_batch_start(self, *args) -> None:
-            self.starts.append(time.perf_counter())
+            self._mark()
 
         def on_train_end(self, *args) -> None:
+            self._mark()
+
+        def _mark(self) -> None:
+            if accelerator != "cpu":
+                torch.cuda.synchronize()  # GPU work is asynchronous: time what has finished
             self.starts.append(time.perf_counter())
 
     rates = []
     for r in range(repeats):
         timer = Timer()
-        fit_steps(images, batch_size, warmup + steps, [timer], seed=r)
+        fit_steps(images, batch_size, warmup + steps, [timer], seed=r, accelerator=accelerator)
         t = timer.starts
         rates.append(steps * batch_size / (t[-1] - t[warmup]))
     return {"images_per_s": statistics.median(rates), "runs": rates, "steps": steps, "batch_size": batch_size}

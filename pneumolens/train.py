@@ -15,14 +15,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC, BinaryPrecision, BinaryRecall
 
 from .augment import Augment
@@ -42,6 +42,41 @@ def _metrics(prefix: str) -> MetricCollection:
     )
 
 
+#: Checkpoint key of the training epoch's accumulated metric and loss states (see
+#: :meth:`PneumoniaClassifier.on_save_checkpoint`); checkpoints written before it existed lack it.
+TRAIN_EPOCH_STATE_KEY = "pneumolens_train_epoch_state"
+
+MetricStateValue = torch.Tensor | list[torch.Tensor]
+
+
+def metric_state(metric: Metric) -> dict[str, Any]:
+    """A detached CPU copy of what ``metric`` has accumulated: its states and its update count.
+
+    torchmetrics keeps metric states out of ``state_dict`` (they are not persistent by default), so
+    a checkpoint would otherwise lose them. List states (BinaryAUROC's concatenated predictions and
+    targets) are copied element by element.
+    """
+    states: dict[str, MetricStateValue] = {}
+    for name, value in metric.metric_state.items():
+        if isinstance(value, torch.Tensor):
+            states[name] = value.detach().cpu().clone()
+        else:
+            states[name] = [v.detach().cpu().clone() for v in value]
+    return {"states": states, "update_count": metric.update_count}
+
+
+def load_metric_state(metric: Metric, saved: dict[str, Any]) -> None:
+    """Put a :func:`metric_state` copy back into ``metric``, on the metric's current device."""
+    device = metric.device
+    for name, value in saved["states"].items():
+        restored = value.to(device) if isinstance(value, torch.Tensor) else [v.to(device) for v in value]
+        setattr(metric, name, restored)
+    # torchmetrics' own compute groups copy these private fields the same way; the count keeps
+    # compute() from warning that it ran before update(), and the cache must not outlive the states.
+    metric._update_count = int(saved["update_count"])
+    metric._computed = None
+
+
 class PneumoniaClassifier(L.LightningModule):
     """Focal-loss training of a :class:`CnnLstm`, with the original's class weights.
 
@@ -58,7 +93,15 @@ class PneumoniaClassifier(L.LightningModule):
         self.augment = Augment(config.augment)
         self.register_buffer("class_weight", torch.tensor(class_weight or (1.0, 1.0), dtype=torch.float32))
         self.train_metrics = _metrics("train_")
+        # The epoch's train loss, weighted by batch size. A metric of our own rather than Lightning's
+        # on_epoch aggregation, whose running sum is not in the checkpoint (a resumed epoch's mean
+        # would cover only the batches after the resume); "disable" keeps a NaN loss visible.
+        self.train_loss_mean = MeanMetric(nan_strategy="disable")
         self.val_metrics = _metrics("val_")
+        # Batches trained on but not yet stepped: (probabilities, labels, loss, size); see optimizer_step.
+        self._unstepped: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
+        # The epoch whose partial train states on_load_checkpoint restored, until that epoch starts.
+        self._restored_epoch: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """PNEUMONIA logits for float images (B, 1, S, S) in [0, 1]."""
@@ -82,14 +125,93 @@ class PneumoniaClassifier(L.LightningModule):
         w = self.class_weight[y.long()]
         c = self.config
         loss = focal_loss(logits, y, c.focal_gamma, c.focal_alpha, sample_weight=w, label_smoothing=c.label_smoothing)
-        # 3. epoch metrics
-        self.train_metrics.update(torch.sigmoid(logits.detach()), y.long())
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        # 3. epoch metrics and loss: recorded once the optimiser has stepped on this batch
+        self._unstepped.append((torch.sigmoid(logits.detach()), y.long(), loss.detach(), len(y)))
         return loss
+
+    def optimizer_step(
+        self,
+        epoch: int,
+        batch_idx: int,
+        optimizer: Any,
+        optimizer_closure: Callable[[], Any] | None = None,
+    ) -> None:
+        """Step, then add the stepped batches to the epoch's train metrics and loss.
+
+        Updating here rather than in ``training_step`` keeps the metric states in step with the
+        weights: a Ctrl-C during the forward or backward pass (where a step spends its time)
+        leaves neither with that batch, and the resumed run trains on it again. Counting it in
+        the metrics already would count it twice in the resumed epoch.
+        """
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        for probs, y, loss, n in self._unstepped:
+            self.train_metrics.update(probs, y)
+            self.train_loss_mean.update(loss, weight=n)
+        self._unstepped.clear()
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning (2.6) does not call this hook for an epoch resumed mid-way, nor when it resumes
+        # at an epoch's end straight into on_train_epoch_end: there the restored states are used as
+        # they are. An epoch that starts here after a restore is a new one, and states restored from
+        # an epoch's end (last.ckpt is written at validation end, before on_train_epoch_end resets
+        # them) must not leak into it. The epoch check keeps them should Lightning call this hook
+        # for the resumed epoch itself.
+        if self._restored_epoch != self.current_epoch:
+            self.train_metrics.reset()
+            self.train_loss_mean.reset()
+        self._restored_epoch = None
 
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.train_metrics.compute(), sync_dist=True)
+        # compute() already averages over the ranks; sync_dist only keeps Lightning's DDP advice quiet.
+        self.log("train_loss", self.train_loss_mean.compute(), prog_bar=True, sync_dist=True)
         self.train_metrics.reset()
+        self.train_loss_mean.reset()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Save the training epoch's accumulated metric and loss states beside the weights.
+
+        A run interrupted mid-epoch resumes with the epoch's batches so far already counted, so the
+        epoch's logged train metrics equal an uninterrupted run's. The states are this rank's; under
+        DDP they are not restored (see :meth:`on_load_checkpoint`).
+        """
+        checkpoint[TRAIN_EPOCH_STATE_KEY] = {
+            "epoch": self.current_epoch,
+            "world_size": self.trainer.world_size,
+            "metrics": {
+                name: metric_state(m) for name, m in self.train_metrics.items(keep_base=True, copy_state=False)
+            },
+            "loss": metric_state(self.train_loss_mean),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore what :meth:`on_save_checkpoint` saved, where it can be restored exactly.
+
+        Tolerates checkpoints written before the states were saved (the resumed epoch's train
+        metrics then cover only the batches after the resume, as they always did), states from a
+        torchmetrics version with other state names, and DDP runs: each rank accumulated its own
+        shard of the epoch but only rank 0's states were written, so none is restored there.
+        """
+        saved = checkpoint.get(TRAIN_EPOCH_STATE_KEY)
+        if saved is None:
+            log.info("checkpoint without train metric states: the resumed epoch's train metrics are partial")
+            return
+        world_size = self.trainer.world_size if self._trainer is not None else 1
+        if saved["world_size"] != 1 or world_size != 1:
+            log.info("train metric states are per rank: not restored in a multi-process run")
+            return
+        metrics = dict(self.train_metrics.items(keep_base=True, copy_state=False))
+        pairs = [(metrics.get(name), state) for name, state in saved["metrics"].items()]
+        pairs.append((self.train_loss_mean, saved["loss"]))
+        if set(saved["metrics"]) != set(metrics) or any(
+            m is None or set(state["states"]) != set(m.metric_state) for m, state in pairs
+        ):
+            log.warning("checkpoint's train metric states do not match these metrics: not restored")
+            return
+        for m, state in pairs:
+            assert m is not None
+            load_metric_state(m, state)
+        self._restored_epoch = int(saved["epoch"])
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, y = batch

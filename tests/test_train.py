@@ -108,30 +108,106 @@ class _InterruptAt(Callback):
             raise KeyboardInterrupt
 
 
-def test_interrupted_run_resumes_to_the_same_weights(synthetic_dataset: Path, tmp_path: Path) -> None:
-    """Ctrl-C mid-epoch leaves a checkpoint; --resume ends with exactly the uninterrupted result."""
+TRAIN_METRICS = ("train_loss", "train_acc", "train_precision", "train_recall", "train_auc")
+
+
+def _train_history(run: Path) -> dict[int, dict[str, float]]:
+    """Each epoch's logged train metrics, from the run's merged ``logs/metrics.csv``."""
+    import csv
+
+    rows = csv.DictReader((run / "logs" / "metrics.csv").open())
+    return {int(r["epoch"]): {k: float(r[k]) for k in TRAIN_METRICS} for r in rows if r.get("train_loss")}
+
+
+@pytest.fixture(scope="module")
+def interrupted_runs(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two epochs of the tiny recipe (5 steps each), run three ways; the run folders by name.
+
+    ``ref``: uninterrupted. ``run``: Ctrl-C after step 3 (mid-epoch 0), then ``--resume``.
+    ``legacy``: the interrupted run as it stood before the resume, its checkpoint stripped of the
+    train-epoch states like one written before they were saved (not resumed here).
+    """
+    import shutil
+
+    from pneumolens.train import TRAIN_EPOCH_STATE_KEY
+
+    tmp = tmp_path_factory.mktemp("interrupted")
     cfg = _tiny_config(max_epochs=2)
-    ref = fit(cfg, synthetic_dataset, tmp_path / "ref", progress=False)
+    fit(cfg, synthetic_dataset, tmp / "ref", progress=False)
     handler = signal.getsignal(signal.SIGINT)
     try:
         with pytest.raises(SystemExit):  # Lightning's graceful shutdown exits after on_exception
-            fit(cfg, synthetic_dataset, tmp_path / "run", progress=False, extra_callbacks=[_InterruptAt(3)])
+            fit(cfg, synthetic_dataset, tmp / "run", progress=False, extra_callbacks=[_InterruptAt(3)])
     finally:
         signal.signal(signal.SIGINT, handler)
-    assert (tmp_path / "run" / "checkpoints" / "interrupted.ckpt").exists()
-    assert not (tmp_path / "run" / "model.pt").exists()
-    fit(cfg, synthetic_dataset, tmp_path / "run", resume=True, progress=False)
+    shutil.copytree(tmp / "run", tmp / "legacy")
+    legacy_ckpt = tmp / "legacy" / "checkpoints" / "interrupted.ckpt"
+    saved = torch.load(legacy_ckpt, weights_only=False)
+    saved.pop(TRAIN_EPOCH_STATE_KEY, None)
+    torch.save(saved, legacy_ckpt)
+    assert (tmp / "run" / "checkpoints" / "interrupted.ckpt").exists()
+    assert not (tmp / "run" / "model.pt").exists()
+    fit(cfg, synthetic_dataset, tmp / "run", resume=True, progress=False)
+    return {"ref": tmp / "ref", "run": tmp / "run", "legacy": tmp / "legacy"}
+
+
+def test_interrupted_run_resumes_to_the_same_weights(interrupted_runs: dict[str, Path]) -> None:
+    """Ctrl-C mid-epoch leaves a checkpoint; --resume ends with exactly the uninterrupted result."""
+    ref, run = interrupted_runs["ref"], interrupted_runs["run"]
     # Compare the *last* weights (model.pt holds the best epoch, which may be an early one).
-    a = torch.load(tmp_path / "ref" / "checkpoints" / "last.ckpt", weights_only=False)
-    b = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    a = torch.load(ref / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert a["global_step"] == b["global_step"] == 2 * 5  # every epoch ran all its batches
     assert _states_equal(a["state_dict"], b["state_dict"])
     # The history keeps both segments: each epoch has its validation row.
     import csv
 
-    rows = list(csv.DictReader((tmp_path / "run" / "logs" / "metrics.csv").open()))
+    rows = list(csv.DictReader((run / "logs" / "metrics.csv").open()))
     assert sorted({r["epoch"] for r in rows if r.get("val_loss")}) == ["0", "1"]
     assert sorted({r["epoch"] for r in rows if r.get("train_loss")}) == ["0", "1"]
+
+
+def test_interrupted_epoch_logs_the_uninterrupted_train_metrics(interrupted_runs: dict[str, Path]) -> None:
+    """The interrupted epoch's train loss, accuracy, precision, recall and AUC cover all its batches.
+
+    They were computed from the batches after the resume alone (torchmetrics states and
+    Lightning's epoch-mean of the loss are not in a checkpoint by default): a spike in the history.
+    """
+    from pneumolens.train import TRAIN_EPOCH_STATE_KEY
+
+    saved = torch.load(interrupted_runs["run"] / "checkpoints" / "interrupted.ckpt", weights_only=False)
+    assert saved["global_step"] == 3 and TRAIN_EPOCH_STATE_KEY in saved
+    ref, run = _train_history(interrupted_runs["ref"]), _train_history(interrupted_runs["run"])
+    assert sorted(ref) == sorted(run) == [0, 1]
+    mismatched = {  # epoch 0 was interrupted; epoch 1 must not carry anything over from it
+        (epoch, name): (run[epoch][name], ref[epoch][name])
+        for epoch in (0, 1)
+        for name in TRAIN_METRICS
+        if run[epoch][name] != pytest.approx(ref[epoch][name], rel=1e-6, abs=1e-9)
+    }
+    assert not mismatched
+
+
+def test_checkpoint_without_train_metric_states_still_resumes(
+    synthetic_dataset: Path, interrupted_runs: dict[str, Path]
+) -> None:
+    """A checkpoint written before the train-epoch states were saved (the shipped runs' kind) resumes
+    to the same weights; only the interrupted epoch's train metrics are partial, the next epoch's exact."""
+    from pneumolens.train import TRAIN_EPOCH_STATE_KEY
+
+    ref, legacy = interrupted_runs["ref"], interrupted_runs["legacy"]
+    old = torch.load(legacy / "checkpoints" / "interrupted.ckpt", weights_only=False)
+    assert TRAIN_EPOCH_STATE_KEY not in old and old["global_step"] == 3
+    fit(_tiny_config(max_epochs=2), synthetic_dataset, legacy, resume=True, progress=False)
+    a = torch.load(ref / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(legacy / "checkpoints" / "last.ckpt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 2 * 5
+    assert _states_equal(a["state_dict"], b["state_dict"])
+    history, ref_history = _train_history(legacy), _train_history(ref)
+    assert sorted(history) == [0, 1]
+    assert all(0.0 <= history[0][k] <= 1.0 for k in TRAIN_METRICS if k != "train_loss")
+    for name in TRAIN_METRICS:
+        assert history[1][name] == pytest.approx(ref_history[1][name], rel=1e-6, abs=1e-9), name
 
 
 def test_cli_train_with_yaml_and_ddp_on_two_cpu_processes(synthetic_dataset: Path, tmp_path: Path) -> None:
