@@ -64,7 +64,7 @@ def random_checkpoint(folder: Path) -> Path:
     return save_checkpoint(Checkpoint(model=CnnLstm(ModelConfig()).eval(), config=ModelConfig()), folder / "model.pt")
 
 
-def start_server(checkpoint: Path, port: int, workers: int) -> subprocess.Popen:
+def start_server(checkpoint: Path, port: int, workers: int, env: dict[str, str] | None = None) -> subprocess.Popen:
     cmd = [
         sys.executable,
         "-m",
@@ -77,7 +77,8 @@ def start_server(checkpoint: Path, port: int, workers: int) -> subprocess.Popen:
         "--explain-workers",
         str(workers),
     ]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
 
 
 def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 180) -> None:
@@ -198,8 +199,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--explain-methods", default="lime", help="methods of the background explanations (default: lime)")
     ap.add_argument("--explain-workers", type=int, default=1, help="the server's explanation workers (default: 1)")
     ap.add_argument("--skip-explain", action="store_true", help="run the predict phase only")
+    ap.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="a setting for the server, e.g. PNEUMOLENS_BATCH_PREDICTIONS=false (repeatable)")
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     args = ap.parse_args(argv)
+    server_env = {}
+    for item in args.server_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("PNEUMOLENS_"):
+            ap.error(f"--server-env expects PNEUMOLENS_NAME=VALUE, got {item!r}")
+        server_env[name] = value
     duration = min(max(args.duration, 1.0), 120.0)
 
     image = args.image.read_bytes() if args.image else synthetic_jpeg()
@@ -207,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = args.checkpoint or random_checkpoint(Path(tmp))
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        proc = start_server(checkpoint, port, args.explain_workers)
+        proc = start_server(checkpoint, port, args.explain_workers, server_env)
         try:
             wait_ready(base, proc)
             # warm up: the first requests pay for lazy initialisation; the explain warms its worker
@@ -241,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         "image_bytes": len(image),
         "duration_s": duration,
         "explain_methods": None if args.skip_explain else args.explain_methods,
+        "server_env": server_env,
     }
     print(
         f"{'phase':<16} {'clients':>7} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'cpu ms/req':>10}  notes"

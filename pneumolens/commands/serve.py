@@ -34,7 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         epilog=(
             "Every setting can also come from the environment: PNEUMOLENS_HOST, PNEUMOLENS_PORT, "
             "PNEUMOLENS_CHECKPOINT, PNEUMOLENS_THRESHOLD, PNEUMOLENS_MAX_UPLOAD_BYTES, PNEUMOLENS_MAX_FILES, "
-            "PNEUMOLENS_PREDICT_THREADS, PNEUMOLENS_MAX_CONCURRENT_EXPLANATIONS, PNEUMOLENS_EXPLAIN_TIME_LIMIT_S, "
+            "PNEUMOLENS_PREDICT_THREADS, PNEUMOLENS_BATCH_PREDICTIONS (true: concurrent requests share forward "
+            "passes), PNEUMOLENS_MAX_CONCURRENT_EXPLANATIONS, PNEUMOLENS_EXPLAIN_TIME_LIMIT_S, "
             "PNEUMOLENS_EXPLAIN_THREADS, PNEUMOLENS_RETRY_AFTER_S; options win. "
             "Example: pneumolens serve --checkpoint runs/demo/model.pt --port 8000"
         ),

@@ -1,7 +1,7 @@
 """The FastAPI application: :func:`create_app` wires settings, model, workers, routes and the page.
 
-Startup (``lifespan``) loads one :class:`~pneumolens.inference.Predictor` into ``app.state``
-and starts the explanation workers; shutdown stops them. Nothing is loaded at import time, so
+Startup (``lifespan``) loads one :class:`~pneumolens.inference.Predictor` into ``app.state``,
+starts the prediction batcher and the explanation workers; shutdown stops them. Nothing is loaded at import time, so
 importing this module is cheap and every test builds its own app with its own settings.
 """
 
@@ -24,6 +24,7 @@ from .. import __version__
 from ..checkpoint import SHIPPED
 from ..errors import CheckpointError, InvalidImageError, PneumoLensError
 from ..inference import Predictor
+from .batching import PredictionBatcher
 from .explaining import available_methods
 from .routers import explain, health, predict
 from .schemas import NOTICE
@@ -91,11 +92,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         if settings.explain_prestart:
             pool.start()
-    app.state.predictor, app.state.explain_pool = predictor, pool
+    batcher = PredictionBatcher(max_images=predictor.batch_size) if settings.batch_predictions else None
+    app.state.predictor, app.state.explain_pool, app.state.batcher = predictor, pool, batcher
     try:
         yield
     finally:
-        app.state.predictor = app.state.explain_pool = None
+        app.state.predictor = app.state.explain_pool = app.state.batcher = None
+        if batcher is not None:
+            await run_in_threadpool(batcher.close)
         if pool is not None:
             await run_in_threadpool(pool.close)
         torch.set_num_threads(threads_before)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import HTTPException, Request
 
 from ..inference import Predictor
+from .batching import PredictionBatcher
 from .settings import ServeSettings
 from .workers import ExplainPool
 
@@ -28,3 +29,8 @@ def get_predictor(request: Request) -> Predictor:
 def get_explain_pool(request: Request) -> ExplainPool | None:
     """The explanation workers, or ``None`` where this install has no explanation library."""
     return getattr(request.app.state, "explain_pool", None)
+
+
+def get_batcher(request: Request) -> PredictionBatcher | None:
+    """The shared prediction batcher, or ``None`` when ``batch_predictions`` is off."""
+    return getattr(request.app.state, "batcher", None)

@@ -32,6 +32,8 @@ class ServeSettings(BaseSettings):
             Runtime intra-op threads). Requests run concurrently, so one thread each avoids
             oversubscribing the cores (see ``bench/bench_service.py``). ``None``: torch's default.
             Default: 1.
+        batch_predictions: predict the images of concurrent ``/v1/predict`` requests together,
+            one model call at a time (:mod:`pneumolens.service.batching`). Default: true.
         max_concurrent_explanations: explanations computed at the same time, each in its own
             worker process; one more gets 503 with ``Retry-After``. Default: 1.
         explain_time_limit_s: wall-clock limit of one explanation request; its worker process
@@ -52,6 +54,7 @@ class ServeSettings(BaseSettings):
     max_upload_bytes: int = Field(default=20_000_000, gt=0)
     max_files: int = Field(default=64, ge=1)
     predict_threads: int | None = Field(default=1, ge=1)
+    batch_predictions: bool = True
     max_concurrent_explanations: int = Field(default=1, ge=1, le=64)
     explain_time_limit_s: float = Field(default=120.0, gt=0)
     explain_threads: int = Field(default=1, ge=1)

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Depends, File, UploadFile
 
 from ...errors import InvalidImageError
 from ...inference import Predictor
-from ..dependencies import get_predictor
+from ..batching import PredictionBatcher
+from ..dependencies import get_batcher, get_predictor
 from ..schemas import Prediction, PredictResponse, error_responses
 from ..uploads import UploadRoute, read_upload, safe_name
 
@@ -25,6 +26,7 @@ router = APIRouter(prefix="/v1", tags=["predict"], route_class=UploadRoute)
 def predict(
     file: Annotated[list[UploadFile], File(description="one or more chest X-rays: JPEG, PNG or DICOM")],
     predictor: Annotated[Predictor, Depends(get_predictor)],
+    batcher: Annotated[PredictionBatcher | None, Depends(get_batcher)],
 ) -> PredictResponse:
     """The calibrated probability of PNEUMONIA and the label at the model's threshold, per file.
 
@@ -33,7 +35,7 @@ def predict(
     the request fails only if no file could be read.
 
     A plain ``def``: FastAPI runs it in its thread pool, so decoding and the forward pass never
-    block the event loop.
+    block the event loop; concurrent requests share forward passes through the batcher.
     """
     names: list[str] = []
     images: list[np.ndarray] = []
@@ -48,7 +50,8 @@ def predict(
         images.append(image)
     if not images:
         raise errors[min(errors)][1]
-    predicted = iter(predictor.predict_arrays(np.stack(images), names))
+    stacked = np.stack(images)
+    predicted = iter(batcher.predict(predictor, stacked, names) if batcher else predictor.predict_arrays(stacked, names))
     results = []
     for i in range(len(file)):
         if i in errors:
