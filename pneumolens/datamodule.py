@@ -73,6 +73,18 @@ class ResumableBatches:
             sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
             yield self.images[sel], self.labels[sel]
 
+    def set_epoch(self, epoch: int) -> None:
+        """Serve epoch ``epoch``'s order next (called as Lightning starts an epoch).
+
+        Lightning restores this loader's state only for a run resumed mid-epoch; one resumed at an
+        epoch boundary (from ``last.ckpt``) would otherwise start again from epoch 0's order.
+        A restored mid-epoch position in ``epoch`` itself is kept.
+        """
+        if self._pending is not None and self._pending[0] == epoch:
+            return
+        self._pending = None
+        self._next_epoch = int(epoch)
+
     def mark_consumed(self) -> None:
         """Called after each finished training step (the fetcher reads one batch ahead)."""
         self._consumed += 1

@@ -251,10 +251,19 @@ class PneumoniaClassifier(L.LightningModule):
 
 
 class ResumeCallback(Callback):
-    """Counts finished steps for the resumable loader, and saves ``interrupted.ckpt`` on Ctrl-C / SIGTERM."""
+    """Keeps the resumable loader on Lightning's epoch and step, and saves ``interrupted.ckpt`` on Ctrl-C / SIGTERM.
+
+    Interrupted during validation, it saves nothing: ``--resume`` then starts from the newest
+    earlier checkpoint, so every epoch is validated exactly once.
+    """
 
     def __init__(self, out: Path) -> None:
         self.out = out
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        loader = trainer.train_dataloader
+        if isinstance(loader, ResumableBatches):
+            loader.set_epoch(trainer.current_epoch)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         loader = trainer.train_dataloader
@@ -262,10 +271,19 @@ class ResumeCallback(Callback):
             loader.mark_consumed()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, (KeyboardInterrupt, SystemExit)) and trainer.world_size == 1:
-            path = self.out / "checkpoints" / "interrupted.ckpt"
-            trainer.save_checkpoint(path)
-            log.warning("interrupted: saved %s; continue with --resume", path)
+        if not isinstance(exception, (KeyboardInterrupt, SystemExit)) or trainer.world_size != 1:
+            return
+        if trainer.validating or trainer.sanity_checking:
+            # Lightning resumes a checkpoint written during validation past that validation: the
+            # epoch would never be validated, logged or considered for best.ckpt. Continue from the
+            # state before it instead (the epoch's training is redone, with the same results).
+            before = resume_path(self.out)
+            log.warning("interrupted during validation: --resume continues from %s (the epoch's training "
+                        "is redone, to the same result)", before or "the start")
+            return
+        path = self.out / "checkpoints" / "interrupted.ckpt"
+        trainer.save_checkpoint(path)
+        log.warning("interrupted: saved %s; continue with --resume", path)
 
 
 def resume_path(out: Path) -> Path | None:

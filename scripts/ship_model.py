@@ -34,8 +34,7 @@ def _ci(m: dict, key: str) -> str:
 def card(info: dict, val: dict, official: dict, note: str, trained_s: tuple[float, int] | None = None) -> str:
     p, cfg = info["provenance"], info["provenance"].get("train_config", {})
     if trained_s:
-        took = (f" in {trained_s[0] / 3600:.1f} h of training, one thread, in {trained_s[1]} segment(s)"
-                " (paused and resumed exactly)")
+        took = f" in {trained_s[0] / 3600:.1f} h of training, one thread, in {trained_s[1]} segment(s)"
     else:
         took = "" if p.get("interim") else f" in {p.get('wall_s', 0) / 3600:.1f} h of wall time"
     tc = p.get("train_counts", ["?", "?"])
@@ -78,7 +77,7 @@ Recipe `{p.get('recipe')}`; {p.get('epochs_run')} epochs run, best epoch (lowest
 {cmd}
 ```
 
-(then `--resume` after any interruption: resuming is exact). Same command, same seed, same thread count ⇒ the same weights on CPU (torch {p.get('torch')}, commit
+(then `--resume` after any interruption; resuming is exact, tested, from commit 3cbef53 on). Same command, same seed, same thread count ⇒ the same weights on CPU (torch {p.get('torch')}, commit
 `{p.get('git_commit')}` at the export). Full configuration: `pneumolens info --json` → `provenance.train_config`.
 
 ## Quality

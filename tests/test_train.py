@@ -59,6 +59,21 @@ def test_resumable_batches_continue_mid_epoch_exactly() -> None:
     assert done + [b[0].flatten().tolist() for b in resumed] == full
 
 
+def test_resumable_batches_follow_the_epoch_lightning_starts() -> None:
+    """Resumed at an epoch boundary, Lightning restores no loader state: set_epoch gives the epoch's own order."""
+    x, y = torch.arange(20).view(20, 1, 1), torch.zeros(20)
+    ref = ResumableBatches(x, y, batch_size=3, seed=5)
+    epochs = [[b[0].flatten().tolist() for b in ref] for _ in range(3)]
+    assert epochs[0] != epochs[2]
+    fresh = ResumableBatches(x, y, batch_size=3, seed=5)
+    fresh.set_epoch(2)
+    assert [b[0].flatten().tolist() for b in fresh] == epochs[2]
+    mid = ResumableBatches(x, y, batch_size=3, seed=5)
+    mid.load_state_dict({"epoch": 2, "batches_done": 4, "seed": 5})
+    mid.set_epoch(2)  # a restored position inside the epoch being started is kept
+    assert [b[0].flatten().tolist() for b in mid] == epochs[2][4:]
+
+
 def test_resumable_batches_shard_across_ranks() -> None:
     x, y = torch.arange(11).view(11, 1, 1), torch.zeros(11)
     ranks = [ResumableBatches(x, y, batch_size=2, seed=0, rank=r, world_size=2) for r in (0, 1)]
@@ -105,6 +120,17 @@ class _InterruptAt(Callback):
 
     def on_train_batch_end(self, trainer, *args) -> None:  # noqa: ANN001
         if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+class _InterruptInValidation(Callback):
+    """Ctrl-C in the middle of epoch ``epoch``'s validation (not the sanity check)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_validation_batch_end(self, trainer, *args) -> None:  # noqa: ANN001
+        if not trainer.sanity_checking and trainer.current_epoch == self.epoch:
             raise KeyboardInterrupt
 
 
@@ -208,6 +234,37 @@ def test_checkpoint_without_train_metric_states_still_resumes(
     assert all(0.0 <= history[0][k] <= 1.0 for k in TRAIN_METRICS if k != "train_loss")
     for name in TRAIN_METRICS:
         assert history[1][name] == pytest.approx(ref_history[1][name], rel=1e-6, abs=1e-9), name
+
+
+def test_interrupted_validation_is_redone_on_resume(
+    synthetic_dataset: Path, interrupted_runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Ctrl-C during epoch 1's validation: --resume redoes that epoch from its start and validates it,
+    ending with the uninterrupted run's weights, validation losses and best checkpoint."""
+    import csv
+
+    ref = interrupted_runs["ref"]
+    cfg, run = _tiny_config(max_epochs=2), tmp_path / "run"
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):
+            fit(cfg, synthetic_dataset, run, progress=False, extra_callbacks=[_InterruptInValidation(1)])
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert not (run / "checkpoints" / "interrupted.ckpt").exists()  # nothing saved mid-validation
+    fit(cfg, synthetic_dataset, run, resume=True, progress=False)
+    a = torch.load(ref / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 2 * 5 and _states_equal(a["state_dict"], b["state_dict"])
+
+    def val_losses(folder: Path) -> dict[int, float]:
+        rows = csv.DictReader((folder / "logs" / "metrics.csv").open())
+        return {int(r["epoch"]): float(r["val_loss"]) for r in rows if r.get("val_loss")}
+
+    assert sorted(val_losses(run)) == [0, 1]
+    assert val_losses(run) == pytest.approx(val_losses(ref), rel=1e-6)
+    best = lambda folder: torch.load(folder / "checkpoints" / "best.ckpt", weights_only=False)["epoch"]  # noqa: E731
+    assert best(run) == best(ref)
 
 
 def test_cli_train_with_yaml_and_ddp_on_two_cpu_processes(synthetic_dataset: Path, tmp_path: Path) -> None:
