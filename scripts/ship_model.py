@@ -77,7 +77,7 @@ Recipe `{p.get('recipe')}`; {p.get('epochs_run')} epochs run, best epoch (lowest
 {cmd}
 ```
 
-(then `--resume` after any interruption; resuming is exact, tested, from commit 3cbef53 on). Same command, same seed, same thread count ⇒ the same weights on CPU (torch {p.get('torch')}, commit
+(then `--resume` after any interruption; resuming is exact, tested, from commit cd58101 on). Same command, same seed, same thread count ⇒ the same weights on CPU (torch {p.get('torch')}, commit
 `{p.get('git_commit')}` at the export). Full configuration: `pneumolens info --json` → `provenance.train_config`.
 
 ## Quality
