@@ -23,6 +23,7 @@ depend on the pixels.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  training batch {bs}: {r['images_per_s']:.0f} img/s", file=sys.stderr, flush=True)
 
     ck = load_checkpoint(args.checkpoint)
-    gpu_model = load_checkpoint(args.checkpoint).model.to(DEVICE).eval()
+    gpu_model = copy.deepcopy(ck.model).to(DEVICE).eval()
     out["inference"] = {f"batch_{b}": bench_inference(gpu_model, b) for b in (64, 512)}
     out["inference"]["one_image_ms"] = one_image_ms(gpu_model)
     print(f"  inference: {out['inference']}", file=sys.stderr, flush=True)

@@ -260,14 +260,17 @@ class ResumeCallback(Callback):
     def __init__(self, out: Path) -> None:
         self.out = out
 
-    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+    @staticmethod
+    def _loader(trainer: L.Trainer) -> ResumableBatches | None:
         loader = trainer.train_dataloader
-        if isinstance(loader, ResumableBatches):
+        return loader if isinstance(loader, ResumableBatches) else None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if (loader := self._loader(trainer)) is not None:
             loader.set_epoch(trainer.current_epoch)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        loader = trainer.train_dataloader
-        if isinstance(loader, ResumableBatches):
+        if (loader := self._loader(trainer)) is not None:
             loader.mark_consumed()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:

@@ -90,9 +90,7 @@ def lime_samples(k: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     draws the same numbers as Captum's n calls on (1, k).
     """
     z = torch.bernoulli(torch.full((n, k), 0.5))
-    on = z.sum(dim=1)
-    cos = torch.where(on > 0, on / (on.sqrt() * math.sqrt(k)), torch.zeros_like(on))
-    d = 1.0 - cos
+    d = 1.0 - (z.sum(dim=1) / k).sqrt()  # cosine similarity of a 0/1 vector with all-on: sqrt(on / k)
     return z, torch.exp(-(d * d) / (2 * LIME_KERNEL_WIDTH**2))
 
 

@@ -54,7 +54,6 @@ class PredictionBatcher:
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._held: _Job | None = None  # taken from the queue but left for the next batch
         self._closed = False
-        self.calls = 0  # model calls made (for tests and the curious)
         self._thread = threading.Thread(target=self._run, name="pneumolens-batcher", daemon=True)
         self._thread.start()
 
@@ -109,7 +108,6 @@ class PredictionBatcher:
             try:
                 images = batch[0].images if len(batch) == 1 else np.concatenate([j.images for j in batch])
                 results = batch[0].predictor.predict_arrays(images, [name for j in batch for name in j.names])
-                self.calls += 1
             except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
                 for job in batch:
                     job.done.set_exception(exc)
