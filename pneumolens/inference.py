@@ -125,8 +125,14 @@ class Predictor:
         return fast if fast is not None else self.model
 
     @torch.inference_mode()
-    def logits(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Raw PNEUMONIA logits (float32, shape (N,)) for uint8 arrays (N, S, S) or (S, S), batched."""
+    def logits(
+        self, images: np.ndarray | torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> np.ndarray:
+        """Raw PNEUMONIA logits (float32, shape (N,)) for uint8 arrays (N, S, S) or (S, S), batched.
+
+        ``forward``: the network to run instead of the predictor's own (``predict_files``
+        passes the fast model's single-threaded entry point). Default: the fast copy, else the model.
+        """
         if isinstance(images, np.ndarray) and not images.flags.writeable:
             images = images.copy()  # e.g. a view of a decoded PIL image; torch wants writable memory
         images = torch.as_tensor(images)
@@ -136,16 +142,18 @@ class Predictor:
             raise ValueError(f"expected images of shape (N, {self.size}, {self.size}), got {tuple(images.shape)}")
         if len(images) == 0:
             return np.zeros(0, dtype=np.float32)
-        forward = self._forward()
+        forward = forward or self._forward()
         out = [
             forward(to_input(images[i : i + self.batch_size]).to(self.device)).float().cpu()
             for i in range(0, len(images), self.batch_size)
         ]
         return torch.cat(out).numpy()
 
-    def probabilities(self, images: np.ndarray | torch.Tensor) -> np.ndarray:
+    def probabilities(
+        self, images: np.ndarray | torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> np.ndarray:
         """Calibrated PNEUMONIA probabilities, float64 (N,): sigmoid(logit / checkpoint temperature)."""
-        z = torch.from_numpy(self.logits(images).astype(np.float64)) / self.checkpoint.temperature
+        z = torch.from_numpy(self.logits(images, forward).astype(np.float64)) / self.checkpoint.temperature
         return torch.sigmoid(z).numpy()
 
     # ------------------------------------------------------------------ labels and predictions
@@ -154,9 +162,14 @@ class Predictor:
         """The class name at this predictor's threshold (PNEUMONIA when ``p >= threshold``)."""
         return self.class_names[1] if probability >= self.threshold else self.class_names[0]
 
-    def predict_arrays(self, images: np.ndarray, names: Sequence[str] | None = None) -> list[Prediction]:
+    def predict_arrays(
+        self,
+        images: np.ndarray,
+        names: Sequence[str] | None = None,
+        forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> list[Prediction]:
         """Predictions for uint8 arrays (N, S, S), named ``names`` (default ``"0"``, ``"1"``, ...)."""
-        probs = self.probabilities(images)
+        probs = self.probabilities(images, forward)
         names = list(names) if names is not None else [str(i) for i in range(len(probs))]
         if len(names) != len(probs):
             raise ValueError(f"got {len(names)} names for {len(probs)} images")
@@ -171,37 +184,47 @@ class Predictor:
     ) -> tuple[list[Prediction], list[tuple[str, str]]]:
         """Predict files; returns (predictions in input order, bad files as (path, reason)).
 
-        Files are decoded one batch ahead in a background thread while the model runs on the
-        previous batch (Pillow and the model both release the GIL), so decoding and inference
-        overlap instead of adding up.
+        Decoding and inference overlap instead of adding up (Pillow and the model both release
+        the GIL). Where the fast model runs single-threaded in parallel (ONNX Runtime, see
+        :attr:`FastModel.workers`), each of that many threads decodes a batch and predicts it
+        itself, so the cores never wait for each other; otherwise one thread decodes a batch
+        ahead while the model runs on the previous one on all cores.
 
         Raises:
             InvalidImageError: on the first bad file unless ``skip_bad``.
         """
         paths = [str(p) for p in paths]
-        chunks = [paths[i : i + self.batch_size] for i in range(0, len(paths), self.batch_size)]
+        fast = self.fast_model
+        workers = fast.workers if fast is not None else 1
+        step = self.batch_size if workers == 1 else max(1, min(self.batch_size, -(-len(paths) // workers)))
+        chunks = [paths[i : i + step] for i in range(0, len(paths), step)]
         predictions: list[Prediction] = []
         bad: list[tuple[str, str]] = []
         bar = tqdm(
             total=len(paths), desc="predicting", unit="img", disable=not progress or len(paths) < 50, leave=False
         )
 
-        def decode(chunk: list[str]) -> LoadResult:
-            return load_images(chunk, self.size, use_cache=use_cache, workers=1, progress=False)
+        def work(chunk: list[str]) -> tuple[LoadResult, list[Prediction] | None]:
+            res = load_images(chunk, self.size, use_cache=use_cache, workers=1, progress=False)
+            if workers == 1 or not res.kept or (res.bad and not skip_bad):
+                return res, None
+            return res, self.predict_arrays(res.images, [chunk[k] for k in res.kept], forward=fast.serial)
 
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(decode, chunks[0]) if chunks else None
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            pending = [pool.submit(work, c) for c in chunks[:workers]]
             for i, chunk in enumerate(chunks):
-                res = pending.result()
-                pending = pool.submit(decode, chunks[i + 1]) if i + 1 < len(chunks) else None
+                res, preds = pending.pop(0).result()
+                if i + workers < len(chunks):
+                    pending.append(pool.submit(work, chunks[i + workers]))
                 if res.bad and not skip_bad:
-                    if pending is not None:
-                        pending.cancel()
+                    for p in pending:
+                        p.cancel()
                     bar.close()
                     raise InvalidImageError(res.bad[0][1])
                 bad.extend(res.bad)
-                if res.kept:
-                    predictions.extend(self.predict_arrays(res.images, [chunk[k] for k in res.kept]))
+                if preds is None and res.kept:  # one worker: it decodes the next batch meanwhile
+                    preds = self.predict_arrays(res.images, [chunk[k] for k in res.kept])
+                predictions.extend(preds or [])
                 bar.update(len(chunk))
         bar.close()
         return predictions, bad

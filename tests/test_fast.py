@@ -147,6 +147,55 @@ def test_backends_match_reference_logits(backend, config):
     assert (f(x[:1]) - expected[:1]).abs().max() < TOL  # another batch size: the graph's batch axis is dynamic
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_onnx_parallel_runs_and_serial_match_reference(threads, monkeypatch):
+    """Batches from PARALLEL_MIN images on are cut into chunks run in parallel: same logits, same order."""
+    if not fast.onnx_available():
+        pytest.skip("onnx / onnxruntime not installed (pip install pneumolens[fast])")
+    monkeypatch.setattr(fast, "ONNX_CHUNK", 4)  # several chunks per worker, and a ragged last one
+    model = reference(TINY)
+    f = optimize(model, backend="onnx", threads=threads)
+    assert f.backend == "onnx" and f.workers == threads
+    for n in (1, fast.PARALLEL_MIN - 1, fast.PARALLEL_MIN, 23):
+        x = images(TINY, n, seed=n)
+        expected = ref_logits(model, x)
+        assert (f(x) - expected).abs().max() < TOL, n
+        assert (f.serial(x) - expected).abs().max() < TOL, n
+
+
+def test_parallel_path_uses_the_single_threaded_session_on_several_threads(monkeypatch):
+    if not fast.onnx_available():
+        pytest.skip("onnx / onnxruntime not installed (pip install pneumolens[fast])")
+    import threading
+
+    runner = fast.OnnxRunner(FoldedCnnLstm(reference(TINY)), threads=2, chunk=4)
+    seen: list[tuple[str, int, int]] = []
+    real = fast.OnnxRunner._run
+
+    def spy(session, arr):
+        name = "narrow" if session is runner._narrow else "wide"
+        seen.append((name, len(arr), threading.get_ident()))
+        return real(session, arr)
+
+    monkeypatch.setattr(fast.OnnxRunner, "_run", staticmethod(spy))
+    runner(images(TINY, 3))
+    assert [(s, n) for s, n, _ in seen] == [("wide", 3)]
+    seen.clear()
+    runner(images(TINY, fast.PARALLEL_MIN + 2))  # 18 images: chunks of 4
+    assert {s for s, _, _ in seen} == {"narrow"} and sorted(n for _, n, _ in seen) == [2, 4, 4, 4, 4]
+    assert threading.get_ident() not in {t for _, _, t in seen}
+    seen.clear()
+    runner.serial(images(TINY, 9))
+    assert seen == [("narrow", 4, threading.get_ident()), ("narrow", 4, threading.get_ident()), ("narrow", 1, threading.get_ident())]
+
+
+def test_pytorch_backends_have_one_worker():
+    f = optimize(reference(TINY), backend="eager")
+    assert f.workers == 1
+    x = images(TINY, 3)
+    assert torch.equal(f.serial(x), f(x))
+
+
 def test_onnx_graph_is_valid_onnx():
     onnx = pytest.importorskip("onnx")
     model = onnx.load_from_string(fast.export_onnx(FoldedCnnLstm(reference(TINY))))
@@ -184,7 +233,7 @@ def test_a_backend_that_cannot_be_built_falls_back_to_eager(monkeypatch, caplog)
     def broken(*args, **kwargs):
         raise RuntimeError("no runtime here")
 
-    monkeypatch.setattr(fast, "_onnx_session", broken)
+    monkeypatch.setattr(fast, "OnnxRunner", broken)
     model = reference(TINY)
     f = optimize(model, backend="onnx")
     assert f.backend == "eager" and f.requested == "onnx"
@@ -194,7 +243,7 @@ def test_a_backend_that_cannot_be_built_falls_back_to_eager(monkeypatch, caplog)
 
 
 def test_a_backend_that_disagrees_with_pytorch_is_not_used(monkeypatch):
-    monkeypatch.setattr(fast, "_onnx_session", lambda folded, threads: lambda x: torch.zeros(x.shape[0]))
+    monkeypatch.setattr(fast, "OnnxRunner", lambda folded, threads: lambda x: torch.zeros(x.shape[0]))
     f = optimize(reference(TINY), backend="onnx")
     assert f.backend == "eager" and "differ" in f.fallback
 

@@ -13,6 +13,7 @@ from test_fast import randomize_bn
 
 from pneumolens.checkpoint import Checkpoint, save_checkpoint
 from pneumolens.errors import ConfigError, InvalidImageError
+from pneumolens.fast import FastModel
 from pneumolens.inference import Predictor, to_input
 from pneumolens.io import load_image, resize_square
 from pneumolens.model import CnnLstm, ModelConfig
@@ -137,7 +138,14 @@ def test_reset_fast_rebuilds_from_changed_weights(ckpt):
     np.testing.assert_allclose(predictor.logits(images), before + 1.0, atol=1e-4)
 
 
-def test_predict_files_matches_predict_arrays(ckpt, files):
+@pytest.fixture(params=[1, 3], ids=["decode-ahead", "3-workers"])
+def workers(request, monkeypatch) -> int:
+    """predict_files' two schedules: one thread decoding ahead, or workers that decode and predict."""
+    monkeypatch.setattr(FastModel, "workers", property(lambda self: request.param))
+    return request.param
+
+
+def test_predict_files_matches_predict_arrays(ckpt, files, workers):
     predictor = Predictor(ckpt, batch_size=3)
     preds, bad = predictor.predict_files(files, progress=False)
     assert bad == [] and [p.file for p in preds] == [str(f) for f in files]
@@ -157,7 +165,7 @@ def _add_bad_files(tmp_path: Path, files: list[Path]) -> tuple[list[Path], list[
     return mixed, [empty, text, missing]
 
 
-def test_predict_files_skip_bad_keeps_good_files_and_reports_each_bad_one(ckpt, files, tmp_path):
+def test_predict_files_skip_bad_keeps_good_files_and_reports_each_bad_one(ckpt, files, tmp_path, workers):
     mixed, bad_files = _add_bad_files(tmp_path, files)
     predictor = Predictor(ckpt, batch_size=3)  # bad files land in several batches
     preds, bad = predictor.predict_files(mixed, skip_bad=True, progress=False)
@@ -169,7 +177,7 @@ def test_predict_files_skip_bad_keeps_good_files_and_reports_each_bad_one(ckpt, 
     assert [p.probability for p in preds] == pytest.approx([p.probability for p in good_only], abs=1e-9)
 
 
-def test_predict_files_without_skip_bad_raises_on_the_first_bad_file(ckpt, files, tmp_path):
+def test_predict_files_without_skip_bad_raises_on_the_first_bad_file(ckpt, files, tmp_path, workers):
     mixed, bad_files = _add_bad_files(tmp_path, files)
     with pytest.raises(InvalidImageError, match="empty.jpeg: file is empty"):
         Predictor(ckpt, batch_size=3).predict_files(mixed, progress=False)
