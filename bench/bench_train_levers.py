@@ -1,13 +1,18 @@
 """What each training-speed lever does to a training step, cumulatively.
 
 Runs the same plain training step (CnnLstm in channels-last, BCE loss, backward, Adam; random
-inputs) in fresh child processes, alternating between three settings:
+inputs; PyTorch's deterministic algorithms on, as the Trainer's ``deterministic=True`` sets them)
+in fresh child processes, alternating between these settings, each adding one lever:
 
-- ``written``: the conv blocks in their written order (ReLU, then max-pool) and glibc's malloc
-  defaults — the code before these levers;
+- ``written``: the conv blocks in their written order (ReLU, then max-pool), glibc's malloc
+  defaults and ``nn.Dropout`` — the code before these levers;
 - ``pool-first``: max-pool before ReLU in training mode (what ``ConvBlock`` does; same values
   and gradients, tested in ``tests/test_model.py``);
-- ``keep-memory``: plus :func:`pneumolens.memory.keep_freed_memory` (what the CLI does).
+- ``keep-memory``: plus :func:`pneumolens.memory.keep_freed_memory` (what the CLI does);
+- ``fast-dropout``: plus :class:`pneumolens.dropout.Dropout`'s masks (four per random word)
+  instead of ``nn.Dropout``'s one ``bernoulli`` draw per element;
+- ``no-nan-fill``: plus ``torch.utils.deterministic.fill_uninitialized_memory = False`` (what
+  ``PneumoniaClassifier.setup`` does): deterministic mode no longer fills every new tensor with NaN.
 
 It reports the median CPU time per step (CPU time, not wall time, so that other work on the
 machine disturbs it less; page faults count).
@@ -27,14 +32,23 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
+MODES = ("written", "pool-first", "keep-memory", "fast-dropout", "no-nan-fill")
+
 CHILD = r"""
 import json, sys, time
+on = set(sys.argv[1].split(","))  # the levers turned on
 from pneumolens.memory import keep_freed_memory
-applied = keep_freed_memory() if sys.argv[1] == "keep-memory" else False
+applied = keep_freed_memory() if "keep-memory" in on else None
 import torch
-if sys.argv[1] == "written":
+from torch import nn
+torch.use_deterministic_algorithms(True)
+torch.utils.deterministic.fill_uninitialized_memory = "no-nan-fill" not in on
+if "pool-first" not in on:
     from pneumolens.model import ConvBlock
     ConvBlock.forward = lambda self, x: self.drop(self.pool(self.relu(self.bn(self.conv(x)))))
+if "fast-dropout" not in on:
+    from pneumolens.dropout import Dropout
+    Dropout.forward = nn.Dropout.forward
 torch.set_num_threads(int(sys.argv[3]))
 from pneumolens.config import load_config
 from pneumolens.model import CnnLstm
@@ -59,7 +73,8 @@ print(json.dumps({"applied": applied, "cpu_s": cpu}))
 def run(mode: str, batch: int, threads: int, steps: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("PNEUMOLENS_MALLOC", None)
-    out = subprocess.run([sys.executable, "-c", CHILD, mode, str(batch), str(threads), str(steps)],
+    levers = ",".join(MODES[1 : MODES.index(mode) + 1])
+    out = subprocess.run([sys.executable, "-c", CHILD, levers, str(batch), str(threads), str(steps)],
                          capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -75,11 +90,11 @@ def main() -> int:
     load = os.getloadavg()
     rows, result = [], {"threads": args.threads, "load_start": load, "batches": {}}
     for b in (int(v) for v in args.batch_sizes.split(",")):
-        cpu = {"written": [], "pool-first": [], "keep-memory": []}
+        cpu: dict[str, list[float]] = {m: [] for m in MODES}
         for _ in range(args.rounds):
             for mode in cpu:
                 r = run(mode, b, args.threads, args.steps)
-                if mode == "keep-memory" and not r["applied"]:
+                if r["applied"] is False:
                     print("keep_freed_memory() did not apply on this C library", file=sys.stderr)
                     return 1
                 cpu[mode] += r["cpu_s"]
@@ -92,8 +107,9 @@ def main() -> int:
     result["load_end"] = load_end
     print(f"Training step CPU time, {args.threads} thread(s), median of {args.rounds} x {args.steps} steps; "
           f"load average {load[0]:.2f} -> {load_end[0]:.2f}.\n")
-    print("| batch | written order, glibc malloc: ms/step | + pool before ReLU | + keep freed memory |")
-    print("|---:|---:|---:|---:|")
+    print("| batch | written order, glibc malloc, nn.Dropout: ms/step | + pool before ReLU | + keep freed memory "
+          "| + fast dropout masks | + no NaN fill of new tensors |")
+    print("|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 from torch import nn
 
+from .dropout import Dropout
 from .errors import ConfigError
 
 
@@ -93,7 +94,7 @@ class ConvBlock(nn.Sequential):
         self.bn = nn.BatchNorm2d(c_out, eps=1e-3, momentum=momentum)
         self.relu = nn.ReLU()
         self.pool = nn.MaxPool2d(2)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.bn(self.conv(x))
@@ -114,7 +115,7 @@ class DenseBlock(nn.Sequential):
         self.fc = nn.Linear(n_in, n_out)
         self.bn = nn.BatchNorm1d(n_out, eps=1e-3, momentum=momentum)
         self.relu = nn.ReLU()
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
 
 class CnnLstm(nn.Module):
@@ -148,10 +149,10 @@ class CnnLstm(nn.Module):
         u1, u2 = cfg.lstm_units
         self.lstm1 = nn.LSTM(cfg.seq_features, u1, batch_first=True)
         self.bn1 = nn.BatchNorm1d(u1, eps=1e-3, momentum=cfg.bn_momentum)
-        self.drop1 = nn.Dropout(cfg.lstm_dropout)
+        self.drop1 = Dropout(cfg.lstm_dropout)
         self.lstm2 = nn.LSTM(u1, u2, batch_first=True)
         self.bn2 = nn.BatchNorm1d(u2, eps=1e-3, momentum=cfg.bn_momentum)
-        self.drop2 = nn.Dropout(cfg.lstm_dropout)
+        self.drop2 = Dropout(cfg.lstm_dropout)
         dense, n_in = [], u2
         for i, n in enumerate(cfg.dense_units, start=1):
             dense.append((f"dense{i}", DenseBlock(n_in, n, cfg.dense_dropout, cfg.bn_momentum)))
