@@ -14,10 +14,16 @@ in fresh child processes, alternating between these settings, each adding one le
 - ``no-nan-fill``: plus ``torch.utils.deterministic.fill_uninitialized_memory = False`` (what
   ``PneumoniaClassifier.setup`` does): deterministic mode no longer fills every new tensor with NaN.
 
-It reports the median CPU time per step (CPU time, not wall time, so that other work on the
-machine disturbs it less; page faults count).
+By default each setting runs in its own child processes, and the median CPU time per step is
+reported (CPU time, not wall time, so that other work on the machine disturbs it less; page
+faults count). This VM's speed drifts by a third within minutes, and a process's memory layout
+moves small figures by several per cent, so ``--interleaved`` runs every setting but the malloc
+one (which a process cannot undo) in one process, switching setting at every step (one untimed
+step after each switch), and reports the median wall and CPU time per step on all threads:
+the settings then share the machine's slow and fast minutes alike.
 
     python bench/bench_train_levers.py [--batch-sizes 8,32] [--rounds 3] [--threads 1]
+    python bench/bench_train_levers.py --interleaved [--steps 20] [--threads 2]
 """
 
 from __future__ import annotations
@@ -33,26 +39,37 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 MODES = ("written", "pool-first", "keep-memory", "fast-dropout", "no-nan-fill")
+HEADERS = {
+    "written": "written order, glibc malloc, nn.Dropout",
+    "pool-first": "+ pool before ReLU",
+    "keep-memory": "+ keep freed memory",
+    "fast-dropout": "+ fast dropout masks",
+    "no-nan-fill": "+ no NaN fill of new tensors",
+}
 
 CHILD = r"""
 import json, sys, time
-on = set(sys.argv[1].split(","))  # the levers turned on
+variants = json.loads(sys.argv[1])  # the levers on in each setting; several settings alternate step by step
+b, threads, steps = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+keep = {"keep-memory" in on for on in variants}
+assert len(keep) == 1, "glibc's malloc settings cannot be undone within a process"
 from pneumolens.memory import keep_freed_memory
-applied = keep_freed_memory() if "keep-memory" in on else None
+applied = keep_freed_memory() if keep.pop() else None
 import torch
 from torch import nn
-torch.use_deterministic_algorithms(True)
-torch.utils.deterministic.fill_uninitialized_memory = "no-nan-fill" not in on
-if "pool-first" not in on:
-    from pneumolens.model import ConvBlock
-    ConvBlock.forward = lambda self, x: self.drop(self.pool(self.relu(self.bn(self.conv(x)))))
-if "fast-dropout" not in on:
-    from pneumolens.dropout import Dropout
-    Dropout.forward = nn.Dropout.forward
-torch.set_num_threads(int(sys.argv[3]))
+from pneumolens.dropout import Dropout
+from pneumolens.model import ConvBlock
+pool_first, fast_dropout = ConvBlock.forward, Dropout.forward
+def written(self, x):
+    return self.drop(self.pool(self.relu(self.bn(self.conv(x)))))
+def use(on):
+    ConvBlock.forward = pool_first if "pool-first" in on else written
+    Dropout.forward = fast_dropout if "fast-dropout" in on else nn.Dropout.forward
+    torch.utils.deterministic.fill_uninitialized_memory = "no-nan-fill" not in on
+torch.use_deterministic_algorithms(True)  # as the Trainer's deterministic=True
+torch.set_num_threads(threads)
 from pneumolens.config import load_config
 from pneumolens.model import CnnLstm
-b = int(sys.argv[2])
 torch.manual_seed(0)
 m = CnnLstm(load_config("seed").model).train().to(memory_format=torch.channels_last)
 opt = torch.optim.Adam(m.parameters(), 1e-3)
@@ -62,56 +79,99 @@ def step():
     opt.zero_grad()
     torch.nn.functional.binary_cross_entropy_with_logits(m(x), y).backward()
     opt.step()
-step(); step()
-cpu = []
-for _ in range(int(sys.argv[4])):
-    t = time.process_time(); step(); cpu.append(time.process_time() - t)
-print(json.dumps({"applied": applied, "cpu_s": cpu}))
+use(variants[0]); step(); step()
+cpu, wall = [[] for _ in variants], [[] for _ in variants]
+for i in range(steps):
+    order = list(range(len(variants)))
+    for k in (order if i % 2 == 0 else order[::-1]):
+        if len(variants) > 1:
+            use(variants[k]); step()
+        t, w = time.process_time(), time.perf_counter()
+        step()
+        cpu[k].append(time.process_time() - t); wall[k].append(time.perf_counter() - w)
+print(json.dumps({"applied": applied, "cpu_s": cpu, "wall_s": wall}))
 """
 
 
-def run(mode: str, batch: int, threads: int, steps: int) -> dict:
+def levers_on(mode: str) -> list[str]:
+    """The levers a cumulative setting has on (``written``: none)."""
+    return list(MODES[1 : MODES.index(mode) + 1])
+
+
+def run(variants: list[list[str]], batch: int, threads: int, steps: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("PNEUMOLENS_MALLOC", None)
-    levers = ",".join(MODES[1 : MODES.index(mode) + 1])
-    out = subprocess.run([sys.executable, "-c", CHILD, levers, str(batch), str(threads), str(steps)],
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(variants), str(batch), str(threads), str(steps)],
                          capture_output=True, text=True, env=env, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    if r["applied"] is False:
+        raise SystemExit("keep_freed_memory() did not apply on this C library")
+    return r
+
+
+def separate(batches: list[int], rounds: int, steps: int, threads: int) -> tuple[list[str], dict]:
+    """Each setting in its own processes, ``rounds`` times alternating: median CPU time per step."""
+    rows, result = [], {}
+    for b in batches:
+        cpu: dict[str, list[float]] = {m: [] for m in MODES}
+        for _ in range(rounds):
+            for mode in MODES:
+                cpu[mode] += run([levers_on(mode)], b, threads, steps)["cpu_s"][0]
+        med = {k: statistics.median(v) for k, v in cpu.items()}
+        result[b] = {k: {"median_cpu_s": med[k], "all": v} for k, v in cpu.items()}
+        rows.append(f"| {b} | " + " | ".join(
+            f"{1000 * med[k]:.0f} ({b / med[k]:.1f} img/CPU-s, x{med['written'] / med[k]:.2f})" for k in MODES) + " |")
+    header = ["| batch | " + " | ".join(f"{HEADERS[m]}{': ms/step' if m == 'written' else ''}" for m in MODES) + " |",
+              "|---:|" + "---:|" * len(MODES)]
+    return header + rows, result
+
+
+def interleaved(batches: list[int], steps: int, threads: int) -> tuple[list[str], dict]:
+    """The settings after ``keep-memory`` (all with it) alternating step by step in one process."""
+    modes = [m for m in MODES if m != "keep-memory"]
+    variants = [sorted({"keep-memory", *levers_on(m)}) for m in modes]
+    rows, result = [], {}
+    for b in batches:
+        r = run(variants, b, threads, steps)
+        wall = [statistics.median(v) for v in r["wall_s"]]
+        cpu = [statistics.median(v) for v in r["cpu_s"]]
+        result[b] = {m: {"median_wall_s": w, "median_cpu_s": c, "wall_s": ws, "cpu_s": cs}
+                     for m, w, c, ws, cs in zip(modes, wall, cpu, r["wall_s"], r["cpu_s"])}
+        rows.append(f"| {b} | " + " | ".join(
+            f"{1000 * w:.0f} ms, {b / w:.1f} img/s (x{wall[0] / w:.2f}; CPU {1000 * c:.0f} ms)"
+            for w, c in zip(wall, cpu)) + " |")
+    header = ["| batch | " + " | ".join(
+        ("keep freed memory; written order, nn.Dropout: wall per step" if m == "written" else HEADERS[m]) for m in modes)
+        + " |", "|---:|" + "---:|" * len(modes)]
+    return header + rows, result
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-sizes", default="8,32")
     ap.add_argument("--rounds", type=int, default=3, help="child processes per setting, alternating (default: 3)")
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per child (default: 5)")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=None,
+                    help="timed steps per child and setting (default: 5; 20 with --interleaved)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: 1; all cores with --interleaved)")
+    ap.add_argument("--interleaved", action="store_true", help="alternate the settings step by step in one process")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    batches = [int(v) for v in args.batch_sizes.split(",")]
+    threads = args.threads or (os.cpu_count() or 1 if args.interleaved else 1)
+    steps = args.steps or (20 if args.interleaved else 5)
     load = os.getloadavg()
-    rows, result = [], {"threads": args.threads, "load_start": load, "batches": {}}
-    for b in (int(v) for v in args.batch_sizes.split(",")):
-        cpu: dict[str, list[float]] = {m: [] for m in MODES}
-        for _ in range(args.rounds):
-            for mode in cpu:
-                r = run(mode, b, args.threads, args.steps)
-                if r["applied"] is False:
-                    print("keep_freed_memory() did not apply on this C library", file=sys.stderr)
-                    return 1
-                cpu[mode] += r["cpu_s"]
-        med = {k: statistics.median(v) for k, v in cpu.items()}
-        result["batches"][b] = {k: {"median_cpu_s": med[k], "all": v} for k, v in cpu.items()}
-        base = med["written"]
-        rows.append(f"| {b} | " + " | ".join(
-            f"{1000 * med[k]:.0f} ({b / med[k]:.1f} img/CPU-s, x{base / med[k]:.2f})" for k in cpu) + " |")
+    if args.interleaved:
+        lines, per_batch = interleaved(batches, steps, threads)
+        what = f"median of {steps} steps per setting, alternating step by step in one process"
+    else:
+        lines, per_batch = separate(batches, args.rounds, steps, threads)
+        what = f"CPU time, median of {args.rounds} x {steps} steps, one process per setting and round"
     load_end = os.getloadavg()
-    result["load_end"] = load_end
-    print(f"Training step CPU time, {args.threads} thread(s), median of {args.rounds} x {args.steps} steps; "
-          f"load average {load[0]:.2f} -> {load_end[0]:.2f}.\n")
-    print("| batch | written order, glibc malloc, nn.Dropout: ms/step | + pool before ReLU | + keep freed memory "
-          "| + fast dropout masks | + no NaN fill of new tensors |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    print("\n".join(rows))
+    print(f"Training step, {threads} thread(s), {what}; load average {load[0]:.2f} -> {load_end[0]:.2f}.\n")
+    print("\n".join(lines))
     if args.json:
+        result = {"threads": threads, "interleaved": args.interleaved, "steps": steps, "load_start": load,
+                  "load_end": load_end, "batches": per_batch}
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 

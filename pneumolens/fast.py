@@ -46,9 +46,11 @@ BACKENDS = ("auto", "eager", "compile", "onnx")
 #: automatic: it costs ~1 min of compilation per batch size and was slower than ONNX Runtime.
 AUTO_ORDER = ("onnx", "eager")
 
-#: Images per ONNX Runtime call. On a busy 2-core EPYC, per image: 16 ≈ 32 ≈ 64 on one thread,
-#: and 16 / 32 about 8 % / 4 % slower than 64 on two (noisy); the arena is ~100 / 200 / 400 MB.
-ONNX_CHUNK = 32
+#: Images per ONNX Runtime call. Batches this large run single-threaded, one per core
+#: (:class:`OnnxRunner`), where 16 ≈ 32 ≈ 64 images per call in speed, while each session's
+#: memory arena grows with the largest call: predicting 512 files peaked at 565 MB resident with
+#: 16 and 734 MB with 32 (``predict_files``, 2-core EPYC, speed the same within noise).
+ONNX_CHUNK = 16
 
 #: Batches of at least this many images are split across single-threaded runs in parallel
 #: (:class:`OnnxRunner`); smaller ones, down to one image, run on all threads at once.
@@ -349,7 +351,7 @@ class OnnxRunner:
     the same threads, 331 against 275, ``bench/bench_core.py``). :meth:`serial` is that
     single-threaded run for callers that bring their own threads (``Predictor.predict_files``).
 
-    ORT keeps its activations in an arena that only grows with the largest chunk seen (~200 MB at
+    ORT keeps its activations in an arena that only grows with the largest chunk seen (~100 MB at
     :data:`ONNX_CHUNK` images), per session.
     """
 
