@@ -16,7 +16,7 @@ from test_explain_support import (  # noqa: F401 (one_thread is a fixture)
     tiny_cnnlstm,
 )
 from pneumolens.explain import METHODS, Attribution, explain, parse_method_spec
-from pneumolens.explain.superpixel import superpixels
+from pneumolens.explain.superpixel import kernel_shap_samples, superpixels, unique_rows_forward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -282,3 +282,20 @@ def test_fast_copies_give_the_models_maps(method: str) -> None:
     fast = explain(model, images, method, seed=1, forward=forward, grad_forward=grad_forward, **p)
     scale = float(np.abs(plain.maps).max())
     np.testing.assert_allclose(fast.maps, plain.maps, rtol=0, atol=2e-3 * scale)
+
+
+def test_each_distinct_perturbation_runs_once_and_every_sample_gets_its_logit() -> None:
+    torch.manual_seed(0)
+    z, _ = kernel_shap_samples(12, 300)  # few superpixels: many repeated coalitions
+    seen: list[torch.Tensor] = []
+    weights = torch.randn(12)
+
+    def fn(rows: torch.Tensor) -> torch.Tensor:
+        seen.append(rows)
+        return (rows @ weights)[:, None] + 0.5
+
+    y = unique_rows_forward(fn, z, per_eval=40, device=torch.device("cpu"))
+    ran = torch.cat(seen)
+    assert len(ran) == len(torch.unique(z, dim=0)) < len(z) and max(len(r) for r in seen) <= 40
+    assert len(torch.unique(ran, dim=0)) == len(ran)  # no row twice
+    torch.testing.assert_close(y, z @ weights + 0.5)
