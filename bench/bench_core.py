@@ -395,7 +395,14 @@ keep_freed_memory()  # as `pneumolens predict` does
 from pneumolens.inference import Predictor
 paths = {paths!r}
 preds, _ = Predictor({ckpt!r}).predict_files(paths, progress=False)
-print(len(preds), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM: this process's own peak. ru_maxrss would not do: Linux carries the spawning process's
+# peak over into it at exec, so it reported this benchmark's own footprint (~1 GB) instead.
+try:
+    with open("/proc/self/status") as f:
+        peak_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+except (OSError, StopIteration):
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(len(preds), peak_kb)
 """
 
 
@@ -406,7 +413,7 @@ def peak_rss_predict(ckpt_path: Path, files: list[Path]) -> float | None:
     if out.returncode != 0:
         print(out.stderr[-2000:], file=sys.stderr)
         return None
-    return int(out.stdout.split()[-1]) / 1e6  # ru_maxrss is in KB on Linux
+    return int(out.stdout.split()[-1]) / 1e6  # kB
 
 
 # --------------------------------------------------------------------------- report
