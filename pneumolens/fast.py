@@ -347,9 +347,10 @@ class OnnxRunner:
     (one image: 3.7 ms on two threads against 5.8 ms on one). A batch of at least
     :data:`PARALLEL_MIN` images is cut into chunks that ``threads`` workers run at the same time
     on a second, single-threaded session: no barrier after every operator, so the cores never
-    wait for each other (batch 64 on 2 cores: 386 against 363 images/s; with files decoded on
-    the same threads, 331 against 275, ``bench/bench_core.py``). :meth:`serial` is that
-    single-threaded run for callers that bring their own threads (``Predictor.predict_files``).
+    wait for each other. On 2 cores, decoding 512 dataset files on the same threads: 331 against
+    275 images/s in an interleaved A/B; on decoded arrays within noise of the 2-thread session.
+    :meth:`serial` is that single-threaded run for callers that bring their own threads
+    (``Predictor.predict_files``).
 
     ORT keeps its activations in an arena that only grows with the largest chunk seen (~100 MB at
     :data:`ONNX_CHUNK` images), per session.
