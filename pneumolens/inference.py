@@ -42,15 +42,23 @@ class Prediction:
 
 
 def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (N, S, S) or (S, S) arrays → float (N, 1, S, S) in [0, 1], the model's input."""
+    """uint8 (N, S, S) or (S, S) arrays → float (N, 1, S, S) in [0, 1], the model's input.
+
+    On the CPU the conversion runs in NumPy on the calling thread (the same values as PyTorch's
+    ``float() / 255``): PyTorch would run it on its OpenMP threads, whose spin-waiting after each
+    parallel region takes CPU from ``predict_files``' worker threads (302 → 313 images/s on 512
+    files, interleaved A/B, 2 cores).
+    """
     t = torch.as_tensor(images)
     if t.ndim == 2:
         t = t[None]
     if t.ndim == 3:
         t = t[:, None]
-    if t.dtype == torch.uint8:
-        return t.float().div_(255.0)
-    return t.float()
+    if t.dtype != torch.uint8:
+        return t.float()
+    if t.device.type == "cpu":
+        return torch.from_numpy(np.divide(t.numpy(), np.float32(255.0), dtype=np.float32))
+    return t.float().div_(255.0)
 
 
 class Predictor:

@@ -207,3 +207,13 @@ def test_checkpoint_file_round_trip_keeps_temperature_and_threshold(ckpt, tmp_pa
     assert predictor.threshold == 0.3 and predictor.checkpoint.temperature == 2.5
     images = arrays(4)
     np.testing.assert_allclose(predictor.probabilities(images), Predictor(ckpt).probabilities(images), atol=1e-6)
+
+
+def test_to_input_gives_pytorchs_values_for_arrays_and_tensors():
+    x = np.random.default_rng(0).integers(0, 256, (3, 8, 8), dtype=np.uint8)
+    expected = torch.as_tensor(x)[:, None].float().div_(255.0)
+    for given in (x, torch.as_tensor(x)):
+        got = to_input(given)
+        assert got.dtype == torch.float32 and torch.equal(got, expected)
+    assert torch.equal(to_input(x[0]), expected[:1])
+    assert torch.equal(to_input(expected), expected)  # float input passes through
