@@ -16,7 +16,7 @@ from test_explain_support import (  # noqa: F401 (one_thread is a fixture)
     tiny_cnnlstm,
 )
 from pneumolens.explain import METHODS, Attribution, explain, parse_method_spec
-from pneumolens.explain.superpixel import kernel_shap_samples, superpixels, unique_rows_forward
+from pneumolens.explain.superpixel import kernel_shap_samples, superpixels, switch_forward, unique_rows_forward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -299,3 +299,21 @@ def test_each_distinct_perturbation_runs_once_and_every_sample_gets_its_logit() 
     assert len(ran) == len(torch.unique(z, dim=0)) < len(z) and max(len(r) for r in seen) <= 40
     assert len(torch.unique(ran, dim=0)) == len(ran)  # no row twice
     torch.testing.assert_close(y, z @ weights + 0.5)
+
+
+def test_switched_images_are_base_plus_the_switched_on_superpixels() -> None:
+    g = torch.Generator().manual_seed(0)
+    x, base = torch.rand(1, 1, 8, 8, generator=g), torch.rand(1, 1, 8, 8, generator=g)
+    segments = (np.arange(64).reshape(8, 8) // 10).astype(np.int64)  # 7 regions
+    z = (torch.rand(5, 7, generator=g) > 0.5).float()
+    built: list[torch.Tensor] = []
+
+    def fn(images: torch.Tensor) -> torch.Tensor:
+        built.append(images.clone())
+        return images.flatten(1).sum(1)
+
+    logits = switch_forward(fn, x, base, segments)(z)
+    on = z[:, torch.as_tensor(segments).reshape(-1)].view(5, 1, 8, 8)
+    expected = on.mul(x - base).add(base)  # PyTorch's float32 arithmetic, in the same order
+    assert torch.equal(built[0], expected)
+    torch.testing.assert_close(logits[:, 0], expected.flatten(1).sum(1))
