@@ -148,9 +148,8 @@ def fit_steps(
     from pneumolens.train import PneumoniaClassifier
 
     class Module(PneumoniaClassifier):
-        def configure_optimizers(self):  # the recipe's Adam, without the val-loss scheduler (no validation here)
-            c = self.config
-            return torch.optim.Adam(self.parameters(), lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay)
+        def configure_optimizers(self):  # the recipe's optimiser, without the val-loss scheduler (no validation here)
+            return super().configure_optimizers()["optimizer"]
 
     config = load_config("seed", overrides={"batch_size": batch_size})
     labels = (torch.arange(len(images)) % 2).float()

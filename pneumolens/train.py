@@ -241,7 +241,13 @@ class PneumoniaClassifier(L.LightningModule):
     def configure_optimizers(self) -> Any:
         c = self.config
         opt_cls = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
-        opt = opt_cls(self.parameters(), lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay)
+        params = list(self.parameters())
+        # The fused kernel updates all parameters at once instead of looping over them: Adam's step
+        # 16 -> 3 ms on 2 CPU cores (2.7 M parameters), +2 % images/s at batch 8 and 32 in an
+        # interleaved A/B. Same update rule; a run resumed from an older checkpoint keeps the
+        # loop (the optimiser's saved settings win).
+        fused = True if all(p.device.type in ("cpu", "cuda") for p in params) else None
+        opt = opt_cls(params, lr=c.lr, eps=c.adam_eps, weight_decay=c.weight_decay, fused=fused)
         if c.scheduler == "plateau":
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 opt, mode="min", factor=c.plateau_factor, patience=c.plateau_patience, min_lr=c.min_lr
