@@ -385,14 +385,17 @@ class OnnxRunner:
         arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         return [arr[i : i + size] for i in range(0, len(arr), size)]
 
+    def _in_turn(self, session: Any, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(np.concatenate([self._run(session, c) for c in self._split(x, self.chunk)]))
+
     def serial(self, x: torch.Tensor) -> torch.Tensor:
         """Logits computed on the calling thread only (several threads may call this at once)."""
-        return torch.from_numpy(np.concatenate([self._run(self._narrow, c) for c in self._split(x, self.chunk)]))
+        return self._in_turn(self._narrow, x)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         if self.threads == 1 or n < PARALLEL_MIN:
-            return torch.from_numpy(np.concatenate([self._run(self._wide, c) for c in self._split(x, self.chunk)]))
+            return self._in_turn(self._wide, x)
         size = min(self.chunk, -(-n // self.threads))  # every worker gets at least one chunk
         parts = self._executor().map(lambda c: self._run(self._narrow, c), self._split(x, size))
         return torch.from_numpy(np.concatenate(list(parts)))
