@@ -12,7 +12,11 @@ in fresh child processes, alternating between these settings, each adding one le
 - ``fast-dropout``: plus :class:`pneumolens.dropout.Dropout`'s masks (four per random word)
   instead of ``nn.Dropout``'s one ``bernoulli`` draw per element;
 - ``no-nan-fill``: plus ``torch.utils.deterministic.fill_uninitialized_memory = False`` (what
-  ``PneumoniaClassifier.setup`` does): deterministic mode no longer fills every new tensor with NaN.
+  ``PneumoniaClassifier.setup`` does): deterministic mode no longer fills every new tensor with NaN;
+- ``blocked-conv-grad``: plus :class:`pneumolens.conv.Conv2d`'s weight gradients (one GEMM per
+  block of image rows) instead of oneDNN's backward-weights kernel;
+- ``unrolled-lstm``: plus :class:`pneumolens.lstm.LSTM`'s training pass for the first LSTM (input
+  projections in one GEMM, the recurrence step by step) instead of oneDNN's LSTM layer.
 
 By default each setting runs in its own child processes, and the median CPU time per step is
 reported (CPU time, not wall time, so that other work on the machine disturbs it less; page
@@ -38,13 +42,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-MODES = ("written", "pool-first", "keep-memory", "fast-dropout", "no-nan-fill")
+MODES = ("written", "pool-first", "keep-memory", "fast-dropout", "no-nan-fill", "blocked-conv-grad", "unrolled-lstm")
 HEADERS = {
     "written": "written order, glibc malloc, nn.Dropout",
     "pool-first": "+ pool before ReLU",
     "keep-memory": "+ keep freed memory",
     "fast-dropout": "+ fast dropout masks",
     "no-nan-fill": "+ no NaN fill of new tensors",
+    "blocked-conv-grad": "+ blocked conv weight gradients",
+    "unrolled-lstm": "+ unrolled first LSTM",
 }
 
 CHILD = r"""
@@ -58,14 +64,19 @@ applied = keep_freed_memory() if keep.pop() else None
 import torch
 from torch import nn
 from pneumolens.dropout import Dropout
+from pneumolens.conv import Conv2d
+from pneumolens.lstm import LSTM
 from pneumolens.model import ConvBlock
-pool_first, fast_dropout = ConvBlock.forward, Dropout.forward
+pool_first, fast_dropout, blocked = ConvBlock.forward, Dropout.forward, Conv2d._blocked_backward
+unrolled = LSTM._unrolled
 def written(self, x):
     return self.drop(self.pool(self.relu(self.bn(self.conv(x)))))
 def use(on):
     ConvBlock.forward = pool_first if "pool-first" in on else written
     Dropout.forward = fast_dropout if "fast-dropout" in on else nn.Dropout.forward
     torch.utils.deterministic.fill_uninitialized_memory = "no-nan-fill" not in on
+    Conv2d._blocked_backward = blocked if "blocked-conv-grad" in on else (lambda self, x: False)
+    LSTM._unrolled = unrolled if "unrolled-lstm" in on else (lambda self, x, hx: False)
 torch.use_deterministic_algorithms(True)  # as the Trainer's deterministic=True
 torch.set_num_threads(threads)
 from pneumolens.config import load_config

@@ -245,7 +245,7 @@ def _read_dicom(data: bytes, label: str) -> np.ndarray:
     try:
         rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:  # a damaged element (bad VR, bad value) raises whatever pydicom meets
         raise InvalidImageError(f"{label}: invalid DICOM Rows/Columns/Number of Frames ({_reason(exc)})") from exc
     if rows * cols > MAX_PIXELS:
         raise ImageTooLargeError(f"{label}: {cols}x{rows} pixels exceeds the limit of {MAX_PIXELS:,}")
@@ -261,7 +261,10 @@ def _read_dicom(data: bytes, label: str) -> np.ndarray:
             f"{label}: cannot decode DICOM pixel data ({syntax}: {_reason(exc, 120)}); compressed DICOM may "
             "need a decoder: pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
         ) from exc
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    try:
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    except Exception as exc:
+        raise InvalidImageError(f"{label}: invalid DICOM Photometric Interpretation ({_reason(exc)})") from exc
     try:
         if photometric == "PALETTE COLOR":
             arr = apply_color_lut(arr, ds)

@@ -457,6 +457,21 @@ def test_damaged_files_give_an_array_or_a_one_line_error(kind, cut, flips):
         assert out.dtype == np.uint8 and out.ndim == 2
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize(
+    "tag,words",
+    [(b"\x28\x00\x10\x00", "invalid DICOM Rows"), (b"\x28\x00\x04\x00", "cannot decode DICOM pixel data")],
+)  # Rows; Photometric Interpretation (which the pixel decoder reads first)
+def test_dicom_element_with_a_damaged_value_representation_is_a_one_line_error(tag, words):
+    """A flipped bit turned Rows' VR "US" into "ES": pydicom raised NotImplementedError on access."""
+    data = VALID["dcm"]
+    at = data.index(tag) + 4
+    damaged = data[:at] + b"ES" + data[at + 2 :]
+    with pytest.raises(InvalidImageError) as e:
+        io.read_image(damaged, name="bad-vr.dcm")
+    assert_one_line_error(e, "bad-vr.dcm", words)
+
+
 # --------------------------------------------------------------------------- resizing
 
 
