@@ -202,9 +202,11 @@ def bench_training(
     return {"images_per_s": statistics.median(rates), "runs": rates, "steps": steps, "batch_size": batch_size}
 
 
-#: Where a training step's time goes: aten operator names -> the part of the network they serve.
+#: Where a training step's time goes: aten operator names, or the ``pneumolens::`` profiler scope
+#: they run in (pneumolens.conv's weight gradients, pneumolens.lstm's unrolled layer) -> the part
+#: of the network they serve.
 PROFILE_GROUPS = (
-    ("convolutions (forward and backward)", ("convolution",)),
+    ("convolutions (forward and backward)", ("convolution", "pneumolens::conv")),
     ("LSTMs (forward and backward)", ("rnn", "lstm")),
     ("BatchNorm (forward and backward)", ("batch_norm",)),
     ("ReLU, max-pool, dropout masks", ("threshold", "clamp", "relu", "max_pool", "bernoulli", "dropout")),
@@ -229,15 +231,25 @@ def profile_training(images: torch.Tensor, batch_size: int, steps: int = 4, warm
             prof.stop()
 
     fit_steps(images, batch_size, warmup + steps, [Window()])
-    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
-    total = sum(e.self_cpu_time_total for e in events) or 1.0
+
+    def scope(e) -> str:
+        """The event's own name, or that of the ``pneumolens::`` scope it ran in."""
+        p = e
+        while p is not None:
+            if p.name.startswith("pneumolens::"):
+                return p.name
+            p = p.cpu_parent
+        return e.name
+
+    events = [(scope(e), e.self_cpu_time_total) for e in prof.events() if e.name.startswith("aten::")]
+    total = sum(t for _, t in events) or 1.0
     shares: dict[str, float] = {}
     other: dict[str, float] = {}
-    for e in events:
-        group = next((g for g, keys in PROFILE_GROUPS if any(k in e.key for k in keys)), OTHER)
-        shares[group] = shares.get(group, 0.0) + e.self_cpu_time_total / total
+    for key, t in events:
+        group = next((g for g, keys in PROFILE_GROUPS if any(k in key for k in keys)), OTHER)
+        shares[group] = shares.get(group, 0.0) + t / total
         if group == OTHER:
-            other[e.key] = e.self_cpu_time_total / total
+            other[key] = other.get(key, 0.0) + t / total
     return {"batch_size": batch_size, "steps": steps, "shares": dict(sorted(shares.items(), key=lambda kv: -kv[1])),
             "largest_other": dict(sorted(other.items(), key=lambda kv: -kv[1])[:6])}
 
