@@ -27,6 +27,10 @@ from .errors import ConfigError, InvalidImageError
 from .fast import BACKENDS, FastModel, optimize
 from .io import load_image
 
+#: Files per unit of work when several threads each decode and predict (``predict_files``): small
+#: enough that the last units leave no core idle for long, large enough to fill two ONNX chunks.
+PARALLEL_STEP = 32
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -204,8 +208,13 @@ class Predictor:
         paths = [str(p) for p in paths]
         fast = self.fast_model
         workers = fast.workers if fast is not None else 1
-        step = self.batch_size if workers == 1 else max(1, min(self.batch_size, -(-len(paths) // workers)))
-        chunks = [paths[i : i + step] for i in range(0, len(paths), step)]
+        step = self.batch_size if workers == 1 else max(1, min(self.batch_size, PARALLEL_STEP, -(-len(paths) // workers)))
+        # With several workers the first unit is half size, so the workers decode at different times
+        # rather than in lock-step, queueing for the GIL (Pillow's Python-side work) while no core
+        # infers. 512 dataset files, interleaved A/B: 299 (64 in lock-step) -> 308 (staggered) -> 315
+        # images/s (units of 32).
+        first = max(1, step // 2) if workers > 1 and len(paths) > step else step
+        chunks = [paths[:first]] + [paths[i : i + step] for i in range(first, len(paths), step)] if paths else []
         predictions: list[Prediction] = []
         bad: list[tuple[str, str]] = []
         bar = tqdm(
