@@ -76,16 +76,19 @@ class _LstmLayer(torch.autograd.Function):
         b, steps, n_in = x.shape
         hidden = w_hh.shape[1]
         d_gates = torch.empty_like(gates)  # gradients of the pre-activations
-        d_h = None if d_hs is None else d_hs[:, -1].clone()
+        # The activations' derivatives for all steps at once: sigmoid' = s (1 - s) for i, f, o,
+        # tanh' = 1 - g^2 for g; and o * tanh'(c), the path from h back to c.
+        deriv = gates * (1 - gates)
+        g_all = gates[..., 2 * hidden : 3 * hidden]
+        torch.mul(g_all, g_all, out=deriv[..., 2 * hidden : 3 * hidden]).neg_().add_(1)
+        o_dtanh = gates[..., 3 * hidden :] * (1 - tanh_cs * tanh_cs)
+        d_h = d_hs[:, -1].clone() if d_hs is not None else torch.zeros_like(cs[:, -1])
         d_c = d_c_last.clone() if d_c_last is not None else torch.zeros_like(cs[:, -1])
         for t in range(steps - 1, -1, -1):
-            i, f, g, o = gates[:, t].chunk(4, 1)
+            i, f, g, _ = gates[:, t].chunk(4, 1)
             di, df, dg, do = d_gates[:, t].chunk(4, 1)
-            if d_h is None:
-                d_h = torch.zeros_like(d_c)
-            tc = tanh_cs[:, t]
-            torch.mul(d_h, tc, out=do)
-            d_c.addcmul_(d_h * o, 1 - tc * tc)  # through h = o * tanh(c)
+            torch.mul(d_h, tanh_cs[:, t], out=do)
+            d_c.addcmul_(d_h, o_dtanh[:, t])  # through h = o * tanh(c)
             torch.mul(d_c, g, out=di)
             torch.mul(d_c, i, out=dg)
             if t:
@@ -93,14 +96,12 @@ class _LstmLayer(torch.autograd.Function):
             else:
                 df.zero_()
             d_c.mul_(f)  # to the previous step's cell
-            di.mul_(i * (1 - i))  # sigmoid' = s (1 - s)
-            df.mul_(f * (1 - f))
-            dg.mul_(1 - g * g)  # tanh' = 1 - tanh^2
-            do.mul_(o * (1 - o))
+            d_gates[:, t].mul_(deriv[:, t])  # through the activations
             if t:
-                d_h = d_gates[:, t] @ w_hh
                 if d_hs is not None:
-                    d_h.add_(d_hs[:, t - 1])
+                    d_h = torch.addmm(d_hs[:, t - 1], d_gates[:, t], w_hh)
+                else:
+                    d_h = d_gates[:, t] @ w_hh
         flat = d_gates.view(b * steps, 4 * hidden)
         need_x, need_w_ih, need_w_hh, need_b_ih, need_b_hh = ctx.needs_input_grad
         d_x = (flat @ w_ih).view(b, steps, n_in) if need_x else None
