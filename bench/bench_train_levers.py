@@ -42,7 +42,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-MODES = ("written", "pool-first", "keep-memory", "fast-dropout", "no-nan-fill", "blocked-conv-grad", "unrolled-lstm")
+MODES = ("written", "pool-first", "keep-memory", "fast-dropout", "no-nan-fill", "blocked-conv-grad", "unrolled-lstm", "folded-first-block")
 HEADERS = {
     "written": "written order, glibc malloc, nn.Dropout",
     "pool-first": "+ pool before ReLU",
@@ -51,6 +51,7 @@ HEADERS = {
     "no-nan-fill": "+ no NaN fill of new tensors",
     "blocked-conv-grad": "+ blocked conv weight gradients",
     "unrolled-lstm": "+ unrolled first LSTM",
+    "folded-first-block": "+ first conv and BatchNorm folded",
 }
 
 CHILD = r"""
@@ -66,9 +67,10 @@ from torch import nn
 from pneumolens.dropout import Dropout
 from pneumolens.conv import Conv2d
 from pneumolens.lstm import LSTM
+from pneumolens import convbn
 from pneumolens.model import ConvBlock
 pool_first, fast_dropout, blocked = ConvBlock.forward, Dropout.forward, Conv2d._blocked_backward
-unrolled = LSTM._unrolled
+unrolled, folds = LSTM._unrolled, convbn.applies
 def written(self, x):
     return self.drop(self.pool(self.relu(self.bn(self.conv(x)))))
 def use(on):
@@ -77,6 +79,7 @@ def use(on):
     torch.utils.deterministic.fill_uninitialized_memory = "no-nan-fill" not in on
     Conv2d._blocked_backward = blocked if "blocked-conv-grad" in on else (lambda self, x: False)
     LSTM._unrolled = unrolled if "unrolled-lstm" in on else (lambda self, x, hx: False)
+    convbn.applies = folds if "folded-first-block" in on else (lambda *a: False)
 torch.use_deterministic_algorithms(True)  # as the Trainer's deterministic=True
 torch.set_num_threads(threads)
 from pneumolens.config import load_config

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 from torch import nn
 
+from . import convbn
 from .conv import Conv2d
 from .dropout import Dropout
 from .lstm import LSTM
@@ -99,7 +100,10 @@ class ConvBlock(nn.Sequential):
         self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.bn(self.conv(x))
+        if self.training and convbn.applies(x, self.conv, self.bn):
+            x = convbn.conv_bn(x, self.conv, self.bn)  # the first block: one folded convolution
+        else:
+            x = self.bn(self.conv(x))
         if self.training:
             # ReLU and 2x2 max-pooling commute (ReLU is monotone), so pooling first gives the
             # same values and the same gradients while the ReLU and its backward touch a quarter
