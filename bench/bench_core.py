@@ -459,6 +459,12 @@ def report(r: dict) -> str:
             else "idle machine."
         ),
         "",
+        *(
+            [f"Machine speed (`reference_gflops`: a 1024x1024 float32 matrix product on all threads): "
+             f"{r['reference_gflops']['start']:.0f} GFLOP/s at the start, {r['reference_gflops']['end']:.0f} at the end "
+             "— compare runs by it.", ""]
+            if r.get("reference_gflops") else []
+        ),
         "| figure | original, as shipped | original, float32 | PneumoLens | goal |",
         "|---|---:|---:|---:|---:|",
         f"| parameters | {o['parameters']['shipped']:,} (Keras count) | {o['parameters']['float32']:,} | "
@@ -547,6 +553,22 @@ def report(r: dict) -> str:
 # --------------------------------------------------------------------------- main
 
 
+def reference_gflops(n: int = 1024, repeats: int = 7) -> float:
+    """The machine's speed right now: GFLOP/s of an n x n float32 matrix product on all threads.
+
+    This VM's speed drifts by up to a third within minutes (the same code, idle); measured at the
+    start and end of a run, it tells a slow quarter hour from a slower program.
+    """
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
 def main(argv: list[str] | None = None) -> int:
     from pneumolens.memory import keep_freed_memory
 
@@ -572,6 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     t_start = time.time()
     load_start = os.getloadavg()
+    gflops_start = reference_gflops()
     repeats, latency_runs = (3, 10) if quick else (7, 30)
 
     files = jpeg_files(args.data, (4 if quick else 8) * BATCH) if (args.data / "train").is_dir() else []
@@ -645,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     memory["bench_peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     result["memory"] = memory
     result["load"] = {"start": list(load_start), "end": list(os.getloadavg())}
+    result["reference_gflops"] = {"start": gflops_start, "end": reference_gflops()}
     result["wall_s"] = time.time() - t_start
     text = report(result)
     print(text)
