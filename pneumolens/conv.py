@@ -31,6 +31,12 @@ from torch.profiler import record_function
 BLOCK_POSITIONS = 2048
 
 
+def patches(x: torch.Tensor) -> torch.Tensor:
+    """The zero-padded 3x3 patches of single-channel images (N, 1, H, W), as (N, 9, H·W)."""
+    n, _, h, w = x.shape
+    return F.unfold(x.reshape(n, 1, h, w).contiguous(), 3, padding=1)
+
+
 def weight_grad(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``dL/dW`` of a 3x3, stride-1, padding-1 convolution of ``x`` given ``dL/dY``.
 
@@ -41,8 +47,7 @@ def weight_grad(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     c_out = grad_out.shape[1]
     g = grad_out.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)  # (N, H, W, C_out), contiguous
     if c_in == 1:
-        cols = F.unfold(x.reshape(n, 1, h, w).contiguous(), 3, padding=1)  # (N, 9, H·W)
-        return torch.bmm(cols, g.reshape(n, h * w, c_out)).sum(0).t().reshape(c_out, 1, 3, 3)
+        return torch.bmm(patches(x), g.reshape(n, h * w, c_out)).sum(0).t().reshape(c_out, 1, 3, 3)
     xp = x.new_zeros(n, h + 2, w + 2, c_in)  # zero-padded, channels innermost
     xp[:, 1:-1, 1:-1] = x.permute(0, 2, 3, 1)
     sn, sh, sw = xp.stride()[:3]

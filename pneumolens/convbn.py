@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from .conv import Conv2d, _Conv3x3
+from .conv import Conv2d, _Conv3x3, patches
 
 
 def applies(x: torch.Tensor, conv: nn.Conv2d, bn: nn.Module) -> bool:
@@ -48,10 +47,11 @@ def applies(x: torch.Tensor, conv: nn.Conv2d, bn: nn.Module) -> bool:
 @torch.no_grad()
 def patch_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (9,) and biased covariance (9, 9) of the zero-padded 3x3 patches of (N, 1, H, W) images."""
-    n, _, h, w = x.shape
-    patches = F.unfold(x.reshape(n, 1, h, w).contiguous(), 3, padding=1)  # (N, 9, H·W)
-    mean = patches.mean((0, 2))
-    centred = (patches - mean[None, :, None]).transpose(0, 1).reshape(9, -1)
+    # The same unfold runs again in the convolution's weight gradient; keeping it from here to
+    # the backward pass would hold 9 floats per pixel (19 MB at batch 32) to save ~1 % of a step.
+    p = patches(x)
+    mean = p.mean((0, 2))
+    centred = (p - mean[None, :, None]).transpose(0, 1).reshape(9, -1)
     return mean, centred @ centred.t() / centred.shape[1]
 
 

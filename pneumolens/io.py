@@ -261,10 +261,7 @@ def _read_dicom(data: bytes, label: str) -> np.ndarray:
             f"{label}: cannot decode DICOM pixel data ({syntax}: {_reason(exc, 120)}); compressed DICOM may "
             "need a decoder: pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
         ) from exc
-    try:
-        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    except Exception as exc:
-        raise InvalidImageError(f"{label}: invalid DICOM Photometric Interpretation ({_reason(exc)})") from exc
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     try:
         if photometric == "PALETTE COLOR":
             arr = apply_color_lut(arr, ds)

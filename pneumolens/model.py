@@ -21,8 +21,8 @@ from torch import nn
 from . import convbn
 from .conv import Conv2d
 from .dropout import Dropout
-from .lstm import LSTM
 from .errors import ConfigError
+from .lstm import LSTM
 
 
 @dataclass
@@ -100,7 +100,7 @@ class ConvBlock(nn.Sequential):
         self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and convbn.applies(x, self.conv, self.bn):
+        if convbn.applies(x, self.conv, self.bn):  # training only
             x = convbn.conv_bn(x, self.conv, self.bn)  # the first block: one folded convolution
         else:
             x = self.bn(self.conv(x))
