@@ -16,7 +16,12 @@ in fresh child processes, alternating between these settings, each adding one le
 - ``blocked-conv-grad``: plus :class:`pneumolens.conv.Conv2d`'s weight gradients (one GEMM per
   block of image rows) instead of oneDNN's backward-weights kernel;
 - ``unrolled-lstm``: plus :class:`pneumolens.lstm.LSTM`'s training pass for the first LSTM (input
-  projections in one GEMM, the recurrence step by step) instead of oneDNN's LSTM layer.
+  projections in one GEMM, the recurrence step by step) instead of oneDNN's LSTM layer;
+- ``folded-first-block``: plus the first block's convolution and BatchNorm as one convolution
+  (:mod:`pneumolens.convbn`);
+- ``bias-in-product``: plus the convolutions' bias gradients as one more column of the
+  weight-gradient product, which is now ``im2col^T @ dY`` (:func:`pneumolens.conv.grads`),
+  instead of ``dY^T @ im2col`` and a separate sum over ``dY`` (the previous code, kept below).
 
 By default each setting runs in its own child processes, and the median CPU time per step is
 reported (CPU time, not wall time, so that other work on the machine disturbs it less; page
@@ -42,7 +47,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-MODES = ("written", "pool-first", "keep-memory", "fast-dropout", "no-nan-fill", "blocked-conv-grad", "unrolled-lstm", "folded-first-block")
+MODES = (
+    "written", "pool-first", "keep-memory", "fast-dropout", "no-nan-fill", "blocked-conv-grad", "unrolled-lstm",
+    "folded-first-block", "bias-in-product",
+)
 HEADERS = {
     "written": "written order, glibc malloc, nn.Dropout",
     "pool-first": "+ pool before ReLU",
@@ -52,6 +60,7 @@ HEADERS = {
     "blocked-conv-grad": "+ blocked conv weight gradients",
     "unrolled-lstm": "+ unrolled first LSTM",
     "folded-first-block": "+ first conv and BatchNorm folded",
+    "bias-in-product": "+ bias gradient in the weight-gradient product",
 }
 
 CHILD = r"""
@@ -67,10 +76,27 @@ from torch import nn
 from pneumolens.dropout import Dropout
 from pneumolens.conv import Conv2d
 from pneumolens.lstm import LSTM
-from pneumolens import convbn
+from pneumolens import conv, convbn
 from pneumolens.model import ConvBlock
 pool_first, fast_dropout, blocked = ConvBlock.forward, Dropout.forward, Conv2d._blocked_backward
-unrolled, folds = LSTM._unrolled, convbn.applies
+unrolled, folds, in_product = LSTM._unrolled, convbn.applies, conv.grads
+def separate_bias(grad_out, x, bias):  # the weight gradient as dY^T @ im2col, the bias as its own sum
+    n, c_in, h, w = x.shape
+    c_out = grad_out.shape[1]
+    if c_in == 1:
+        return in_product(grad_out, x, bias)
+    g = grad_out.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+    xp = x.new_zeros(n, h + 2, w + 2, c_in)
+    xp[:, 1:-1, 1:-1] = x.permute(0, 2, 3, 1)
+    sn, sh, sw = xp.stride()[:3]
+    rows = max(1, min(h, conv.BLOCK_POSITIONS // w))
+    dw = grad_out.new_zeros(c_out, 9 * c_in)
+    for i in range(n):
+        for y0 in range(0, h, rows):
+            r = min(rows, h - y0)
+            cols = xp.as_strided((r, w, 3, 3, c_in), (sh, sw, sh, sw, 1), i * sn + y0 * sh).reshape(r * w, 9 * c_in)
+            dw.addmm_(g[i, y0:y0 + r].reshape(r * w, c_out).t(), cols)
+    return dw.view(c_out, 3, 3, c_in).permute(0, 3, 1, 2), grad_out.sum((0, 2, 3)) if bias else None
 def written(self, x):
     return self.drop(self.pool(self.relu(self.bn(self.conv(x)))))
 def use(on):
@@ -80,6 +106,7 @@ def use(on):
     Conv2d._blocked_backward = blocked if "blocked-conv-grad" in on else (lambda self, x: False)
     LSTM._unrolled = unrolled if "unrolled-lstm" in on else (lambda self, x, hx: False)
     convbn.applies = folds if "folded-first-block" in on else (lambda *a: False)
+    conv.grads = in_product if "bias-in-product" in on else separate_bias
 torch.use_deterministic_algorithms(True)  # as the Trainer's deterministic=True
 torch.set_num_threads(threads)
 from pneumolens.config import load_config

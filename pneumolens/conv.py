@@ -43,23 +43,42 @@ def weight_grad(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     Shapes: ``grad_out`` (N, C_out, H, W), ``x`` (N, C_in, H, W); returns (C_out, C_in, 3, 3),
     laid out channels-last like the weights of a channels-last model.
     """
+    return grads(grad_out, x, bias=False)[0]
+
+
+def grads(grad_out: torch.Tensor, x: torch.Tensor, bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(dL/dW, dL/db)`` of a 3x3, stride-1, padding-1 convolution; ``dL/db`` is None unless ``bias``.
+
+    The bias gradient rides in the weight-gradient product as one more im2col column of ones,
+    instead of a separate pass over ``dY`` (which cost as much as that column's share of the GEMM
+    many times over). The product is ``im2col(X)^T @ dY``, (9·C_in) x C_out, rather than its
+    transpose: MKL ran it 7-12 % faster here, with the same bits.
+    """
     n, c_in, h, w = x.shape
     c_out = grad_out.shape[1]
     g = grad_out.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)  # (N, H, W, C_out), contiguous
     if c_in == 1:
-        return torch.bmm(patches(x), g.reshape(n, h * w, c_out)).sum(0).t().reshape(c_out, 1, 3, 3)
+        dw = torch.bmm(patches(x), g.reshape(n, h * w, c_out)).sum(0).t().reshape(c_out, 1, 3, 3)
+        return dw, g.sum((0, 1, 2)) if bias else None
     xp = x.new_zeros(n, h + 2, w + 2, c_in)  # zero-padded, channels innermost
     xp[:, 1:-1, 1:-1] = x.permute(0, 2, 3, 1)
     sn, sh, sw = xp.stride()[:3]
     rows = max(1, min(h, BLOCK_POSITIONS // w))
-    dw = grad_out.new_zeros(c_out, 9 * c_in)  # columns in (kh, kw, c_in) order
+    k = 9 * c_in
+    cols = x.new_empty(rows * w, k + 1 if bias else k)  # one block's im2col, columns in (kh, kw, c_in) order
+    if bias:
+        cols[:, k] = 1.0
+    dw_t = grad_out.new_zeros(cols.shape[1], c_out)
     for i in range(n):
         for y0 in range(0, h, rows):
             r = min(rows, h - y0)
-            # im2col of rows y0 .. y0+r of image i: each output position's 3x3xC_in window, one row each
-            cols = xp.as_strided((r, w, 3, 3, c_in), (sh, sw, sh, sw, 1), i * sn + y0 * sh).reshape(r * w, 9 * c_in)
-            dw.addmm_(g[i, y0:y0 + r].reshape(r * w, c_out).t(), cols)
-    return dw.view(c_out, 3, 3, c_in).permute(0, 3, 1, 2)
+            block = cols[: r * w]
+            # rows y0 .. y0+r of image i: each output position's 3x3xC_in window, one row each
+            window = xp.as_strided((r, w, 3, 3, c_in), (sh, sw, sh, sw, 1), i * sn + y0 * sh)
+            block[:, :k].view(r, w, 3, 3, c_in).copy_(window)
+            dw_t.addmm_(block.t(), g[i, y0 : y0 + r].reshape(r * w, c_out))
+    dw = dw_t[:k].t().reshape(c_out, 3, 3, c_in).permute(0, 3, 1, 2)
+    return dw, dw_t[k].clone() if bias else None
 
 
 class _Conv3x3(torch.autograd.Function):
@@ -81,10 +100,11 @@ class _Conv3x3(torch.autograd.Function):
             gx = torch.ops.aten.convolution_backward(
                 grad, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False]
             )[0]
+        need_b = ctx.has_bias and need_b
         if need_w:
             with record_function("pneumolens::conv_weight_grad"):  # bench_core's profile counts it as convolution
-                gw = weight_grad(grad, x)
-        if ctx.has_bias and need_b:
+                gw, gb = grads(grad, x, bias=need_b)
+        elif need_b:
             gb = grad.sum((0, 2, 3))
         return gx, gw, gb
 

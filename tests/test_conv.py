@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pneumolens import conv as conv_mod
-from pneumolens.conv import Conv2d, weight_grad
+from pneumolens.conv import Conv2d, grads, weight_grad
 
 
 def reference_grads(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -32,6 +32,22 @@ def test_weight_grad_equals_autograd_in_float64(c_in: int, c_out: int, channels_
     got = weight_grad(g, x)
     assert got.shape == (c_out, c_in, 3, 3)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("c_in", [1, 3, 8])
+@pytest.mark.parametrize("block", [7, 2048])
+def test_bias_gradient_rides_in_the_product_in_float64(c_in: int, block: int, monkeypatch) -> None:
+    monkeypatch.setattr(conv_mod, "BLOCK_POSITIONS", block)
+    torch.manual_seed(4)
+    x = torch.randn(3, c_in, 6, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(4, c_in, 3, 3, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    g = torch.randn(3, 4, 6, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    _, gw, gb = reference_grads(x, w, b, g)
+    got_w, got_b = grads(g, x, bias=True)
+    torch.testing.assert_close(got_w, gw, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got_b, gb, rtol=1e-12, atol=1e-12)
+    assert grads(g, x, bias=False)[1] is None
+    assert torch.equal(grads(g, x, bias=False)[0], got_w)  # the ones column changes no weight bit
 
 
 @pytest.mark.parametrize("block", [2048, 40, 1])
