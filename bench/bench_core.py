@@ -6,7 +6,7 @@ Run from the repository root::
     .venv/bin/python bench/bench_core.py --quick    # short run to check that everything works
 
 Prints a markdown report and writes ``bench/results/core.md`` and ``core.json``. What it measures
-(medians of several repeats, the machine and its load average named in the output):
+(medians of several repeats, the machine, its load average and the share of the cores other processes took named in the output):
 
 - parameters of the CNN-LSTM;
 - training images/s with the real Lightning module (``pneumolens.train.PneumoniaClassifier``:
@@ -442,8 +442,10 @@ def report(r: dict) -> str:
     fastest = min(r["inference"]["levers"], key=lambda x: x["one_image_ms"])
     pf = r["inference"].get("predict_files") or {}
     tr = r.get("training") or {}
-    # Judged at the start: by the end the 1-minute average mostly counts this benchmark's own two threads.
-    busy = load["start"][0] > 0.5
+    other = r.get("other_cpu_share")
+    # Without the CPU accounting, judged by the load average at the start (by the end it mostly
+    # counts this benchmark's own threads; at the start it may still count a run just finished).
+    busy = other > 0.05 if other is not None else load["start"][0] > 0.5
     lines = [
         "# PneumoLens core benchmark",
         "",
@@ -452,7 +454,9 @@ def report(r: dict) -> str:
         f"Command: `{r['command']}`; {r['date']}; {r['wall_s']:.0f} s.",
         "",
         f"Load average (1/5/15 min) at start {'/'.join(f'{x:.2f}' for x in load['start'])}, "
-        f"at end {'/'.join(f'{x:.2f}' for x in load['end'])}: "
+        f"at end {'/'.join(f'{x:.2f}' for x in load['end'])}"
+        + (f"; other processes used {100 * other:.1f} % of the cores during the run" if other is not None else "")
+        + ": "
         + (
             "**the machine was busy with other work: these numbers are depressed and noisy.**"
             if busy
@@ -553,6 +557,33 @@ def report(r: dict) -> str:
 # --------------------------------------------------------------------------- main
 
 
+def cpu_snapshot() -> dict | None:
+    """CPU seconds the whole machine and this process (with its finished children) have used so far.
+
+    The difference of two snapshots tells how much of the cores *other* processes took during a
+    run, which the load average cannot: its 1-minute average still counts a benchmark that has
+    just finished. ``None`` where ``/proc/stat`` is missing (not Linux).
+    """
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    t = os.times()
+    own = t.user + t.system + t.children_user + t.children_system
+    return {"busy_s": busy / os.sysconf("SC_CLK_TCK"), "own_s": own, "wall_s": time.monotonic()}
+
+
+def other_cpu_share(start: dict | None, end: dict | None) -> float | None:
+    """Share of all cores that processes other than this benchmark used between two snapshots."""
+    if not start or not end:
+        return None
+    capacity = (end["wall_s"] - start["wall_s"]) * (os.cpu_count() or 1)
+    other = (end["busy_s"] - start["busy_s"]) - (end["own_s"] - start["own_s"])
+    return max(0.0, other) / capacity if capacity > 0 else None
+
+
 def reference_gflops(n: int = 1024, repeats: int = 7) -> float:
     """The machine's speed right now: GFLOP/s of an n x n float32 matrix product on all threads.
 
@@ -594,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     compile_ = (not quick) if args.compile_ is None else args.compile_
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     t_start = time.time()
-    load_start = os.getloadavg()
+    load_start, cpu_start = os.getloadavg(), cpu_snapshot()
     gflops_start = reference_gflops()
     repeats, latency_runs = (3, 10) if quick else (7, 30)
 
@@ -669,6 +700,7 @@ def main(argv: list[str] | None = None) -> int:
     memory["bench_peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     result["memory"] = memory
     result["load"] = {"start": list(load_start), "end": list(os.getloadavg())}
+    result["other_cpu_share"] = other_cpu_share(cpu_start, cpu_snapshot())
     result["reference_gflops"] = {"start": gflops_start, "end": reference_gflops()}
     result["wall_s"] = time.time() - t_start
     text = report(result)
