@@ -1,11 +1,12 @@
-"""3x3 convolutions whose weight gradient is computed image by image as one matrix product.
+"""3x3 convolutions whose weight and bias gradients are computed block by block as matrix products.
 
 Why: on this project's CPUs (2-core AMD EPYC, AVX2) oneDNN's backward-weights kernel for the
 CnnLstm's 3x3 convolutions ran at 40-65 GFLOP/s, against about 140 for the forward and
 backward-data kernels and 110 for MKL's matrix products — the largest single cost of a training
 step. The weight gradient of a convolution is a sum over output positions of outer products,
-``dW = dY^T @ im2col(X)``; done block by block (a few rows of one image at a time), each
-block's im2col matrix stays in the cache and one GEMM per block accumulates into ``dW``.
+``dW^T = im2col(X)^T @ dY``; done block by block (a few rows of one image at a time), each
+block's im2col matrix stays in the cache and one GEMM per block accumulates into ``dW``; the
+bias gradient comes out of the same product (see :func:`grads`).
 For the single-channel first layer, ``F.unfold`` and one batched product do the same.
 ``bench/bench_train_levers.py`` measures what it gives to a whole training step.
 
