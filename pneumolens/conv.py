@@ -59,7 +59,7 @@ def grads(grad_out: torch.Tensor, x: torch.Tensor, bias: bool) -> tuple[torch.Te
     c_out = grad_out.shape[1]
     g = grad_out.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)  # (N, H, W, C_out), contiguous
     if c_in == 1:
-        dw = torch.bmm(patches(x), g.reshape(n, h * w, c_out)).sum(0).t().reshape(c_out, 1, 3, 3)
+        dw = torch.bmm(patches(x), g.reshape(n, h * w, c_out)).sum(0).t().contiguous().view(c_out, 1, 3, 3)
         return dw, g.sum((0, 1, 2)) if bias else None
     xp = x.new_zeros(n, h + 2, w + 2, c_in)  # zero-padded, channels innermost
     xp[:, 1:-1, 1:-1] = x.permute(0, 2, 3, 1)
@@ -78,7 +78,7 @@ def grads(grad_out: torch.Tensor, x: torch.Tensor, bias: bool) -> tuple[torch.Te
             window = xp.as_strided((r, w, 3, 3, c_in), (sh, sw, sh, sw, 1), i * sn + y0 * sh)
             block[:, :k].view(r, w, 3, 3, c_in).copy_(window)
             dw_t.addmm_(block.t(), g[i, y0 : y0 + r].reshape(r * w, c_out))
-    dw = dw_t[:k].t().reshape(c_out, 3, 3, c_in).permute(0, 3, 1, 2)
+    dw = dw_t[:k].t().contiguous().view(c_out, 3, 3, c_in).permute(0, 3, 1, 2)  # channels-last, as documented
     return dw, dw_t[k].clone() if bias else None
 
 

@@ -31,6 +31,7 @@ def test_weight_grad_equals_autograd_in_float64(c_in: int, c_out: int, channels_
     expected = reference_grads(x, w, b, g)[1]
     got = weight_grad(g, x)
     assert got.shape == (c_out, c_in, 3, 3)
+    assert got.is_contiguous(memory_format=torch.channels_last)  # the layout of a channels-last model's weights
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
