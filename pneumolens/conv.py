@@ -38,17 +38,12 @@ def patches(x: torch.Tensor) -> torch.Tensor:
     return F.unfold(x.reshape(n, 1, h, w).contiguous(), 3, padding=1)
 
 
-def weight_grad(grad_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``dL/dW`` of a 3x3, stride-1, padding-1 convolution of ``x`` given ``dL/dY``.
-
-    Shapes: ``grad_out`` (N, C_out, H, W), ``x`` (N, C_in, H, W); returns (C_out, C_in, 3, 3),
-    laid out channels-last like the weights of a channels-last model.
-    """
-    return grads(grad_out, x, bias=False)[0]
-
-
 def grads(grad_out: torch.Tensor, x: torch.Tensor, bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(dL/dW, dL/db)`` of a 3x3, stride-1, padding-1 convolution; ``dL/db`` is None unless ``bias``.
+    """``(dL/dW, dL/db)`` of a 3x3, stride-1, padding-1 convolution of ``x`` given ``dL/dY``.
+
+    Shapes: ``grad_out`` (N, C_out, H, W), ``x`` (N, C_in, H, W); ``dL/dW`` is (C_out, C_in, 3, 3),
+    laid out channels-last like the weights of a channels-last model; ``dL/db`` is (C_out,), or
+    None unless ``bias``.
 
     The bias gradient rides in the weight-gradient product as one more im2col column of ones,
     instead of a separate pass over ``dY`` (which cost as much as that column's share of the GEMM
@@ -78,12 +73,12 @@ def grads(grad_out: torch.Tensor, x: torch.Tensor, bias: bool) -> tuple[torch.Te
             window = xp.as_strided((r, w, 3, 3, c_in), (sh, sw, sh, sw, 1), i * sn + y0 * sh)
             block[:, :k].view(r, w, 3, 3, c_in).copy_(window)
             dw_t.addmm_(block.t(), g[i, y0 : y0 + r].reshape(r * w, c_out))
-    dw = dw_t[:k].t().contiguous().view(c_out, 3, 3, c_in).permute(0, 3, 1, 2)  # channels-last, as documented
+    dw = dw_t[:k].t().contiguous().view(c_out, 3, 3, c_in).permute(0, 3, 1, 2)  # channels-last
     return dw, dw_t[k].clone() if bias else None
 
 
 class _Conv3x3(torch.autograd.Function):
-    """``F.conv2d(x, weight, bias, padding=1)`` with :func:`weight_grad` in the backward pass."""
+    """``F.conv2d(x, weight, bias, padding=1)`` with :func:`grads` in the backward pass."""
 
     @staticmethod
     def forward(ctx: FunctionCtx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
