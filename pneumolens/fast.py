@@ -46,11 +46,22 @@ BACKENDS = ("auto", "eager", "compile", "onnx")
 #: automatic: it costs ~1 min of compilation per batch size and was slower than ONNX Runtime.
 AUTO_ORDER = ("onnx", "eager")
 
-#: Images per ONNX Runtime call. Batches this large run single-threaded, one per core
-#: (:class:`OnnxRunner`), where 16 ≈ 32 ≈ 64 images per call in speed, while each session's
-#: memory arena grows with the largest call: predicting 512 files peaked at 565 MB resident with
-#: 16 and 734 MB with 32 (``predict_files``, 2-core EPYC, speed the same within noise).
+#: Images per single-threaded ONNX Runtime run (:class:`OnnxRunner`): the LSTM head sees this
+#: many feature maps at once, the conv stage :data:`FEATURES_CHUNK` images at a time. With the
+#: whole graph per run, 16 ≈ 32 ≈ 64 images per call were the same speed, while the session's
+#: memory arena grew with the largest call (predicting 512 files: 565 MB resident with 16, 734
+#: MB with 32); the staged head's activations are small at any of these sizes.
 ONNX_CHUNK = 16
+
+#: Images per call of the conv stage on the single-threaded path (:meth:`OnnxRunner.serial`).
+#: One image's activations (2 MB after the first convolution) stay in the core's cache, where
+#: :data:`ONNX_CHUNK` images' (32 MB) do not: per operator on one thread, the second and third
+#: convolutions took 1.75 ms per image in calls of 1-2 images against 1.91-2.07 ms in calls of
+#: 16-32, the first block 0.31 against 0.63 ms. The LSTMs want the opposite (the first: 1.97 ms
+#: per image alone, 1.04 ms in 16), so the head runs on the whole chunk. ``predict_files`` on 512
+#: dataset files, 16 interleaved rounds (``bench/bench_onnx_stages.py``, 2-core EPYC): 292
+#: against 277 images/s for whole-graph runs, x1.05 median per round; 2 images per call: 281.
+FEATURES_CHUNK = 1
 
 #: Batches of at least this many images are split across single-threaded runs in parallel
 #: (:class:`OnnxRunner`); smaller ones, down to one image, run on all threads at once.
@@ -277,16 +288,28 @@ def _lstm_onnx_weights(lstm: nn.LSTM) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return w, r, b
 
 
-def export_onnx(folded: FoldedCnnLstm) -> bytes:
-    """The folded model as an ONNX graph (opset 17, dynamic batch), written node by node.
+#: The parts :func:`export_onnx` can write: the whole network, or its two stages on either side
+#: of the last feature map (the conv stage and the LSTM head), run by separate sessions.
+ONNX_PARTS = ("all", "features", "head")
+
+
+def export_onnx(folded: FoldedCnnLstm, part: str = "all") -> bytes:
+    """The folded model, or one of its stages, as an ONNX graph (opset 17, dynamic batch), node by node.
 
     Building the graph directly from the folded weights takes milliseconds, where tracing with
     ``torch.onnx.export`` takes about a second, and does not depend on an exporter that PyTorch
     is retiring. Conv → ReLU → MaxPool (ReLU first here, so ORT fuses it into the convolution);
     the feature map goes to the LSTMs sequence-first, as ONNX's LSTM wants it.
+
+    Args:
+        folded: the folded model.
+        part: ``all`` (``image`` → ``logit``), ``features`` (``image`` → ``features``, the last
+            pooled map (B, C, S/8, S/8)) or ``head`` (``features`` → ``logit``).
     """
     from onnx import TensorProto, helper, numpy_helper
 
+    if part not in ONNX_PARTS:
+        raise ConfigError(f"part must be one of {', '.join(ONNX_PARTS)}, got {part!r}")
     cfg = folded.config
     inits, nodes = [], []
 
@@ -299,106 +322,117 @@ def export_onnx(folded: FoldedCnnLstm) -> bytes:
         nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
         return out
 
-    x = "image"
-    for i, conv in enumerate(folded.convs, start=1):
-        w, b = const(f"conv{i}.w", conv.weight.contiguous()), const(f"conv{i}.b", conv.bias)
-        x = node("Conv", [x, w, b], f"conv{i}", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
-        x = node("Relu", [x], f"relu{i}")
-        x = node("MaxPool", [x], f"pool{i}", kernel_shape=[2, 2], strides=[2, 2])
-    h, feats = cfg.seq_len, cfg.seq_features
-    # Rows in (C, W) order, not the model's channels-last (W, C): the transpose then moves runs of
-    # W floats instead of single floats (~6 % of the run time at batch 32 as (H, B, W, C)), and
-    # lstm1's input weights are permuted to match, so the logits are the same.
-    x = node("Transpose", [x], "rows", perm=[2, 0, 1, 3])  # (B, C, H, W) → (H, B, C, W)
-    x = node("Reshape", [x, const("seq_shape", np.array([h, -1, feats], dtype=np.int64))], "seq")
-    for i, lstm in enumerate((folded.lstm1, folded.lstm2), start=1):
-        w, r, b = _lstm_onnx_weights(lstm)
-        if i == 1:  # input features w * C + c (channels-last) → c * W + w
-            c = cfg.channels[-1]
-            w = np.ascontiguousarray(w.reshape(1, -1, feats // c, c).transpose(0, 1, 3, 2).reshape(w.shape))
-        w, r, b = (const(f"lstm{i}.{k}", v) for k, v in zip("WRB", (w, r, b)))
-        outs = [f"lstm{i}.y", f"lstm{i}.h"]
-        nodes.append(helper.make_node("LSTM", [x, w, r, b], outs, name=f"lstm{i}", hidden_size=lstm.hidden_size))
-        axis = const(f"axis{i}", np.array([1 if i == 1 else 0], dtype=np.int64))
-        # lstm1: all steps (T, 1, B, H) → (T, B, H); lstm2: last hidden state (1, B, H) → (B, H)
-        x = node("Squeeze", [outs[0] if i == 1 else outs[1], axis], f"lstm{i}.out")
-    for i, lin in enumerate(folded.linears, start=1):
-        x = node("Gemm", [x, const(f"fc{i}.w", lin.weight), const(f"fc{i}.b", lin.bias)], f"fc{i}", transB=1)
-        if i < len(folded.linears):
-            x = node("Relu", [x], f"fc{i}.relu")
-    node("Reshape", [x, const("flat", np.array([-1], dtype=np.int64))], "logit")
-    s = cfg.input_size
-    graph = helper.make_graph(
-        nodes,
-        "pneumolens_cnn_lstm_folded",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, s, s])],
-        [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["batch"])],
-        initializer=inits,
-    )
+    s, h, feats = cfg.input_size, cfg.seq_len, cfg.seq_features
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, s, s])
+    fmap = helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", cfg.channels[-1], h, h])
+    logit = helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["batch"])
+    if part != "head":
+        x = "image"
+        for i, conv in enumerate(folded.convs, start=1):
+            w, b = const(f"conv{i}.w", conv.weight.contiguous()), const(f"conv{i}.b", conv.bias)
+            x = node("Conv", [x, w, b], f"conv{i}", kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+            x = node("Relu", [x], f"relu{i}")
+            last = i == len(folded.convs)
+            x = node("MaxPool", [x], "features" if last else f"pool{i}", kernel_shape=[2, 2], strides=[2, 2])
+    if part != "features":
+        # Rows in (C, W) order, not the model's channels-last (W, C): the transpose then moves runs
+        # of W floats instead of single floats (~6 % of the run time at batch 32 as (H, B, W, C)),
+        # and lstm1's input weights are permuted to match, so the logits are the same.
+        x = node("Transpose", ["features"], "rows", perm=[2, 0, 1, 3])  # (B, C, H, W) → (H, B, C, W)
+        x = node("Reshape", [x, const("seq_shape", np.array([h, -1, feats], dtype=np.int64))], "seq")
+        for i, lstm in enumerate((folded.lstm1, folded.lstm2), start=1):
+            w, r, b = _lstm_onnx_weights(lstm)
+            if i == 1:  # input features w * C + c (channels-last) → c * W + w
+                c = cfg.channels[-1]
+                w = np.ascontiguousarray(w.reshape(1, -1, feats // c, c).transpose(0, 1, 3, 2).reshape(w.shape))
+            w, r, b = (const(f"lstm{i}.{k}", v) for k, v in zip("WRB", (w, r, b)))
+            outs = [f"lstm{i}.y", f"lstm{i}.h"]
+            nodes.append(helper.make_node("LSTM", [x, w, r, b], outs, name=f"lstm{i}", hidden_size=lstm.hidden_size))
+            axis = const(f"axis{i}", np.array([1 if i == 1 else 0], dtype=np.int64))
+            # lstm1: all steps (T, 1, B, H) → (T, B, H); lstm2: last hidden state (1, B, H) → (B, H)
+            x = node("Squeeze", [outs[0] if i == 1 else outs[1], axis], f"lstm{i}.out")
+        for i, lin in enumerate(folded.linears, start=1):
+            x = node("Gemm", [x, const(f"fc{i}.w", lin.weight), const(f"fc{i}.b", lin.bias)], f"fc{i}", transB=1)
+            if i < len(folded.linears):
+                x = node("Relu", [x], f"fc{i}.relu")
+        node("Reshape", [x, const("flat", np.array([-1], dtype=np.int64))], "logit")
+    inputs, outputs = {"all": ([image], [logit]), "features": ([image], [fmap]), "head": ([fmap], [logit])}[part]
+    graph = helper.make_graph(nodes, f"pneumolens_cnn_lstm_folded_{part}", inputs, outputs, initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="pneumolens")
     model.ir_version = 8  # readable by every onnxruntime >= 1.14
     return model.SerializeToString()
 
 
+def onnx_session(folded: FoldedCnnLstm, part: str, threads: int) -> Any:
+    """An ONNX Runtime CPU session on ``export_onnx(folded, part)`` with ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(export_onnx(folded, part), opts, providers=["CPUExecutionProvider"])
+
+
 class OnnxRunner:
     """ONNX Runtime on the folded model: one multi-threaded session for latency, single-threaded runs in parallel for throughput.
 
-    A small batch runs on one session whose ``threads`` intra-op threads split every operator
-    (one image: 3.7 ms on two threads against 5.8 ms on one). A batch of at least
+    A small batch runs the whole graph on one session whose ``threads`` intra-op threads split
+    every operator (one image: 3.7 ms on two threads against 5.8 ms on one). A batch of at least
     :data:`PARALLEL_MIN` images is cut into chunks that ``threads`` workers run at the same time
-    on a second, single-threaded session: no barrier after every operator, so the cores never
-    wait for each other. On 2 cores, decoding 512 dataset files on the same threads: 331 against
-    275 images/s in an interleaved A/B; on decoded arrays within noise of the 2-thread session.
+    on single-threaded sessions: no barrier after every operator, so the cores never wait for
+    each other. On 2 cores, decoding 512 dataset files on the same threads: 331 against 275
+    images/s in an interleaved A/B; on decoded arrays within noise of the 2-thread session.
     :meth:`serial` is that single-threaded run for callers that bring their own threads
     (``Predictor.predict_files``).
 
-    ORT keeps its activations in an arena that only grows with the largest chunk seen (~100 MB at
-    :data:`ONNX_CHUNK` images), per session.
+    The single-threaded run is staged in two sessions: the conv stage sees
+    :data:`FEATURES_CHUNK` images per call, so its activations stay in the core's cache, and the
+    LSTM head sees the chunk's feature maps together, so its matrix products stay wide. The
+    logits are the whole graph's, bit for bit (tested).
+
+    ORT keeps its activations in an arena that only grows with the largest batch seen, per
+    session: the staged sessions' arenas stay small, and the multi-threaded one sees fewer than
+    :data:`PARALLEL_MIN` images at a time.
     """
 
     def __init__(self, folded: FoldedCnnLstm, threads: int | None = None, chunk: int | None = None) -> None:
-        import onnxruntime as ort
-
-        model_bytes = export_onnx(folded)
         self.threads = max(1, int(threads or torch.get_num_threads()))
         self.chunk = int(chunk or ONNX_CHUNK)
-
-        def session(n_threads: int) -> "ort.InferenceSession":
-            opts = ort.SessionOptions()
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            opts.intra_op_num_threads = n_threads
-            opts.inter_op_num_threads = 1
-            opts.log_severity_level = 3
-            return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
-
-        self._wide = session(self.threads)
-        self._narrow = session(1) if self.threads > 1 else self._wide
+        self._wide = onnx_session(folded, "all", self.threads)
+        self._features = onnx_session(folded, "features", 1)
+        self._head = onnx_session(folded, "head", 1)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
     @staticmethod
     def _run(session: Any, arr: np.ndarray) -> np.ndarray:
-        return session.run(None, {"image": arr})[0]
+        return session.run(None, {session.get_inputs()[0].name: arr})[0]
 
     @staticmethod
-    def _split(x: torch.Tensor, size: int) -> list[np.ndarray]:
-        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+    def _split(x: torch.Tensor | np.ndarray, size: int) -> list[np.ndarray]:
+        arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
         return [arr[i : i + size] for i in range(0, len(arr), size)]
 
-    def _in_turn(self, session: Any, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(np.concatenate([self._run(session, c) for c in self._split(x, self.chunk)]))
+    def _staged(self, arr: np.ndarray) -> np.ndarray:
+        """Logits of one chunk on the calling thread: conv stage a few images at a time, then the head."""
+        fmaps = [self._run(self._features, part) for part in self._split(arr, FEATURES_CHUNK)]
+        return self._run(self._head, np.concatenate(fmaps))
 
     def serial(self, x: torch.Tensor) -> torch.Tensor:
         """Logits computed on the calling thread only (several threads may call this at once)."""
-        return self._in_turn(self._narrow, x)
+        return torch.from_numpy(np.concatenate([self._staged(c) for c in self._split(x, self.chunk)]))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        if self.threads == 1 or n < PARALLEL_MIN:
-            return self._in_turn(self._wide, x)
+        if n < PARALLEL_MIN:
+            return torch.from_numpy(np.concatenate([self._run(self._wide, c) for c in self._split(x, self.chunk)]))
+        if self.threads == 1:
+            return self.serial(x)
         size = min(self.chunk, -(-n // self.threads))  # every worker gets at least one chunk
-        parts = self._executor().map(lambda c: self._run(self._narrow, c), self._split(x, size))
-        return torch.from_numpy(np.concatenate(list(parts)))
+        return torch.from_numpy(np.concatenate(list(self._executor().map(self._staged, self._split(x, size)))))
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:

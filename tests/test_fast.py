@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -163,30 +164,56 @@ def test_onnx_parallel_runs_and_serial_match_reference(threads, monkeypatch):
         assert (f.serial(x) - expected).abs().max() < TOL, n
 
 
-def test_parallel_path_uses_the_single_threaded_session_on_several_threads(monkeypatch):
+def test_parallel_path_uses_the_single_threaded_sessions_on_several_threads(monkeypatch):
+    """Small batches: the multi-threaded whole-network session. Large ones and ``serial``: the
+    single-threaded staged sessions, conv stage FEATURES_CHUNK images per call, head per chunk."""
     if not fast.onnx_available():
         pytest.skip("onnx / onnxruntime not installed (pip install pneumolens[fast])")
     import threading
 
+    monkeypatch.setattr(fast, "FEATURES_CHUNK", 3)
     runner = fast.OnnxRunner(FoldedCnnLstm(reference(TINY)), threads=2, chunk=4)
+    names = {id(runner._wide): "wide", id(runner._features): "features", id(runner._head): "head"}
     seen: list[tuple[str, int, int]] = []
     real = fast.OnnxRunner._run
 
     def spy(session, arr):
-        name = "narrow" if session is runner._narrow else "wide"
-        seen.append((name, len(arr), threading.get_ident()))
+        seen.append((names[id(session)], len(arr), threading.get_ident()))
         return real(session, arr)
 
     monkeypatch.setattr(fast.OnnxRunner, "_run", staticmethod(spy))
     runner(images(TINY, 3))
     assert [(s, n) for s, n, _ in seen] == [("wide", 3)]
     seen.clear()
-    runner(images(TINY, fast.PARALLEL_MIN + 2))  # 18 images: chunks of 4
-    assert {s for s, _, _ in seen} == {"narrow"} and sorted(n for _, n, _ in seen) == [2, 4, 4, 4, 4]
+    runner(images(TINY, fast.PARALLEL_MIN + 2))  # 18 images: chunks of 4, 4, 4, 4, 2
+    assert sorted(n for s, n, _ in seen if s == "head") == [2, 4, 4, 4, 4]
+    assert sorted(n for s, n, _ in seen if s == "features") == [1, 1, 1, 1, 2, 3, 3, 3, 3]
     assert threading.get_ident() not in {t for _, _, t in seen}
     seen.clear()
     runner.serial(images(TINY, 9))
-    assert seen == [("narrow", 4, threading.get_ident()), ("narrow", 4, threading.get_ident()), ("narrow", 1, threading.get_ident())]
+    me = threading.get_ident()
+    assert seen == [(s, n, me) for s, n in [("features", 3), ("features", 1), ("head", 4)] * 2 + [("features", 1), ("head", 1)]]
+
+
+def test_onnx_stages_compose_to_the_whole_graph():
+    """``features`` then ``head`` gives the whole graph's logits; a wrong part name is a ConfigError."""
+    if not fast.onnx_available():
+        pytest.skip("onnx / onnxruntime not installed (pip install pneumolens[fast])")
+    import onnxruntime as ort
+
+    folded = FoldedCnnLstm(reference(TINY))
+    run = {p: ort.InferenceSession(fast.export_onnx(folded, p), providers=["CPUExecutionProvider"]) for p in fast.ONNX_PARTS}
+    x = images(TINY, 5, seed=3).numpy()
+    fmap = run["features"].run(None, {"image": x})[0]
+    c, s = TINY.channels[-1], TINY.input_size // 2 ** len(TINY.channels)
+    assert fmap.shape == (5, c, s, s)
+    staged = run["head"].run(None, {"features": fmap})[0]
+    whole = run["all"].run(None, {"image": x})[0]
+    assert np.array_equal(staged, whole)
+    serial = fast.OnnxRunner(folded, threads=1).serial(torch.from_numpy(x))  # conv stage one image per call
+    assert np.array_equal(serial.numpy(), whole)
+    with pytest.raises(ConfigError, match="part must be one of"):
+        fast.export_onnx(folded, "lstm")
 
 
 def test_pytorch_backends_have_one_worker():
@@ -196,11 +223,12 @@ def test_pytorch_backends_have_one_worker():
     assert torch.equal(f.serial(x), f(x))
 
 
-def test_onnx_graph_is_valid_onnx():
+@pytest.mark.parametrize("part, output", [("all", "logit"), ("features", "features"), ("head", "logit")])
+def test_onnx_graph_is_valid_onnx(part, output):
     onnx = pytest.importorskip("onnx")
-    model = onnx.load_from_string(fast.export_onnx(FoldedCnnLstm(reference(TINY))))
+    model = onnx.load_from_string(fast.export_onnx(FoldedCnnLstm(reference(TINY)), part))
     onnx.checker.check_model(model, full_check=True)
-    assert [o.name for o in model.graph.output] == ["logit"]
+    assert [o.name for o in model.graph.output] == [output]
 
 
 @pytest.mark.slow
