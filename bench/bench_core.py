@@ -466,7 +466,10 @@ def report(r: dict) -> str:
         *(
             [f"Machine speed (`reference_gflops`: a 1024x1024 float32 matrix product on all threads): "
              f"{r['reference_gflops']['start']:.0f} GFLOP/s at the start, {r['reference_gflops']['end']:.0f} at the end "
-             "— compare runs by it.", ""]
+             "— compare runs by it."
+             + (f" On one thread: {one['start']:.0f} and {one['end']:.0f} GFLOP/s, so all threads together gave "
+                f"x{r['reference_gflops']['start'] / one['start']:.2f} and x{r['reference_gflops']['end'] / one['end']:.2f} "
+                "one thread's speed." if (one := r.get("reference_gflops_one_thread")) else ""), ""]
             if r.get("reference_gflops") else []
         ),
         "| figure | original, as shipped | original, float32 | PneumoLens | goal |",
@@ -584,20 +587,27 @@ def other_cpu_share(start: dict | None, end: dict | None) -> float | None:
     return max(0.0, other) / capacity if capacity > 0 else None
 
 
-def reference_gflops(n: int = 1024, repeats: int = 7) -> float:
-    """The machine's speed right now: GFLOP/s of an n x n float32 matrix product on all threads.
+def reference_gflops(n: int = 1024, repeats: int = 7, threads: int | None = None) -> float:
+    """The machine's speed right now: GFLOP/s of an n x n float32 matrix product (all threads, or ``threads``).
 
     This VM's speed drifts by up to a third within minutes (the same code, idle); measured at the
-    start and end of a run, it tells a slow quarter hour from a slower program.
+    start and end of a run, it tells a slow quarter hour from a slower program. Measured on one
+    thread as well, it tells how much the second core adds: on this VM, often far less than 2x.
     """
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):  # thread pool and caches warm
-        torch.mm(a, b)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t)
+    saved = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        for _ in range(3):  # thread pool and caches warm
+            torch.mm(a, b)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            torch.mm(a, b)
+            times.append(time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(saved)
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
@@ -626,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     t_start = time.time()
     load_start, cpu_start = os.getloadavg(), cpu_snapshot()
-    gflops_start = reference_gflops()
+    gflops_start, gflops1_start = reference_gflops(), reference_gflops(threads=1)
     repeats, latency_runs = (3, 10) if quick else (7, 30)
 
     files = jpeg_files(args.data, (4 if quick else 8) * BATCH) if (args.data / "train").is_dir() else []
@@ -702,6 +712,7 @@ def main(argv: list[str] | None = None) -> int:
     result["load"] = {"start": list(load_start), "end": list(os.getloadavg())}
     result["other_cpu_share"] = other_cpu_share(cpu_start, cpu_snapshot())
     result["reference_gflops"] = {"start": gflops_start, "end": reference_gflops()}
+    result["reference_gflops_one_thread"] = {"start": gflops1_start, "end": reference_gflops(threads=1)}
     result["wall_s"] = time.time() - t_start
     text = report(result)
     print(text)
