@@ -679,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = save_checkpoint(Checkpoint(model=model, config=model.config), Path(tmp) / "model.pt")
             section("Predictor.predict_files")
-            result["inference"]["predict_files"] = pf = bench_predictor(ckpt, files, max(2, repeats // 2))
+            result["inference"]["predict_files"] = pf = bench_predictor(ckpt, files, repeats)
             print(
                 f"predict_files {pf['images_per_s']:.1f} img/s ({pf['backend']}), one file {pf['one_file_ms']:.1f} ms",
                 file=sys.stderr,
