@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         predictor.predict_files(files[:64], progress=False)
 
     gflops_start, snap = reference_gflops(), cpu_snapshot()
-    rates: dict[str, dict[str, list[float]]] = {n: {"predict_files": [], "predict_files_cpu": [], "decoded_b64": []} for n in runners}
+    keys = ("predict_files", "predict_files_cpu", "decoded_b64")
+    rates: dict[str, dict[str, list[float]]] = {n: {k: [] for k in keys} for n in runners}
     for r in range(args.rounds):
         for name in runners:
             runner = use(name)
@@ -118,23 +119,24 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "rates": rates,
     }
-    base = rates["whole"]
+    base, mach = rates["whole"], result["machine"]
     lines = [
         "# Staged ONNX Runtime runs vs whole-graph runs (`bench/bench_onnx_stages.py`)",
         "",
-        f"{result['machine']['cpu']}, {result['machine']['cores']} cores, onnxruntime {result['machine']['onnxruntime']}; "
+        f"{mach['cpu']}, {mach['cores']} cores, onnxruntime {mach['onnxruntime']}; "
         f"machine speed {gflops_start:.0f} → {gflops_end:.0f} GFLOP/s (1024x1024 matrix product); "
         f"other processes took {100 * (other or 0):.1f} % of the cores. {args.rounds} interleaved rounds; "
         f"`predict_files` on {len(files)} dataset JPEG files (decoding included; images per second of wall time, "
         "and per CPU-second of the process), decoded: the runner on 64 arrays. Ratios: each round's figure over "
         "`whole`'s in the same round.",
         "",
-        "| setting | predict_files, images/s (median) | ratio to whole, per round | predict_files, images per CPU-second | ratio | decoded batch 64, images/s | ratio |",
+        "| setting | predict_files, images/s (median) | ratio to whole, per round "
+        "| predict_files, images per CPU-second | ratio | decoded batch 64, images/s | ratio |",
         "|---|---:|---|---:|---|---:|---|",
     ]
     for name, v in rates.items():
         cells = []
-        for key in ("predict_files", "predict_files_cpu", "decoded_b64"):
+        for key in keys:
             ratios = [a / b for a, b in zip(v[key], base[key])]
             cells += [f"{statistics.median(v[key]):.0f}", " ".join(f"{x:.2f}" for x in ratios)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

@@ -379,7 +379,7 @@ class OnnxRunner:
     """ONNX Runtime on the folded model: one multi-threaded session for latency, single-threaded runs in parallel for throughput.
 
     A small batch runs the whole graph on one session whose ``threads`` intra-op threads split
-    every operator (one image: 3.7 ms on two threads against 5.8 ms on one). A batch of at least
+    every operator (one image: 3.7-4.0 ms on two threads against 5.8-7.0 ms on one). A batch of at least
     :data:`PARALLEL_MIN` images is cut into chunks that ``threads`` workers run at the same time
     on single-threaded sessions: no barrier after every operator, so the cores never wait for
     each other. On 2 cores, decoding 512 dataset files on the same threads: 331 against 275

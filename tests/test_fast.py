@@ -192,7 +192,8 @@ def test_parallel_path_uses_the_single_threaded_sessions_on_several_threads(monk
     seen.clear()
     runner.serial(images(TINY, 9))
     me = threading.get_ident()
-    assert seen == [(s, n, me) for s, n in [("features", 3), ("features", 1), ("head", 4)] * 2 + [("features", 1), ("head", 1)]]
+    calls = [("features", 3), ("features", 1), ("head", 4)] * 2 + [("features", 1), ("head", 1)]
+    assert seen == [(s, n, me) for s, n in calls]
 
 
 def test_onnx_stages_compose_to_the_whole_graph():
@@ -202,7 +203,8 @@ def test_onnx_stages_compose_to_the_whole_graph():
     import onnxruntime as ort
 
     folded = FoldedCnnLstm(reference(TINY))
-    run = {p: ort.InferenceSession(fast.export_onnx(folded, p), providers=["CPUExecutionProvider"]) for p in fast.ONNX_PARTS}
+    cpu = ["CPUExecutionProvider"]
+    run = {p: ort.InferenceSession(fast.export_onnx(folded, p), providers=cpu) for p in fast.ONNX_PARTS}
     x = images(TINY, 5, seed=3).numpy()
     fmap = run["features"].run(None, {"image": x})[0]
     c, s = TINY.channels[-1], TINY.input_size // 2 ** len(TINY.channels)
