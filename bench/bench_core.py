@@ -6,7 +6,8 @@ Run from the repository root::
     .venv/bin/python bench/bench_core.py --quick    # short run to check that everything works
 
 Prints a markdown report and writes ``bench/results/core.md`` and ``core.json``. What it measures
-(medians of several repeats, the machine, its load average and the share of the cores other processes took named in the output):
+(medians of several repeats; the output names the machine, its speed, its load average and the
+share of the cores other processes took):
 
 - parameters of the CNN-LSTM;
 - training images/s with the real Lightning module (``pneumolens.train.PneumoniaClassifier``:
@@ -434,6 +435,23 @@ def fmt(v: float | None, digits: int = 0) -> str:
     return "—" if v is None else f"{v:,.{digits}f}"
 
 
+def speed_lines(r: dict) -> list[str]:
+    """The report's paragraph on the machine's speed (none for results written before it was measured)."""
+    two, one = r.get("reference_gflops"), r.get("reference_gflops_one_thread")
+    if not two:
+        return []
+    text = (
+        "Machine speed (`reference_gflops`: a 1024x1024 float32 matrix product on all threads): "
+        f"{two['start']:.0f} GFLOP/s at the start, {two['end']:.0f} at the end — compare runs by it."
+    )
+    if one:
+        text += (
+            f" On one thread: {one['start']:.0f} and {one['end']:.0f} GFLOP/s, so all threads together gave "
+            f"x{two['start'] / one['start']:.2f} and x{two['end'] / one['end']:.2f} one thread's speed."
+        )
+    return [text, ""]
+
+
 def report(r: dict) -> str:
     m, load = r["machine"], r["load"]
     o = ORIGINAL
@@ -463,15 +481,7 @@ def report(r: dict) -> str:
             else "idle machine."
         ),
         "",
-        *(
-            [f"Machine speed (`reference_gflops`: a 1024x1024 float32 matrix product on all threads): "
-             f"{r['reference_gflops']['start']:.0f} GFLOP/s at the start, {r['reference_gflops']['end']:.0f} at the end "
-             "— compare runs by it."
-             + (f" On one thread: {one['start']:.0f} and {one['end']:.0f} GFLOP/s, so all threads together gave "
-                f"x{r['reference_gflops']['start'] / one['start']:.2f} and x{r['reference_gflops']['end'] / one['end']:.2f} "
-                "one thread's speed." if (one := r.get("reference_gflops_one_thread")) else ""), ""]
-            if r.get("reference_gflops") else []
-        ),
+        *speed_lines(r),
         "| figure | original, as shipped | original, float32 | PneumoLens | goal |",
         "|---|---:|---:|---:|---:|",
         f"| parameters | {o['parameters']['shipped']:,} (Keras count) | {o['parameters']['float32']:,} | "

@@ -208,7 +208,9 @@ class Predictor:
         paths = [str(p) for p in paths]
         fast = self.fast_model
         workers = fast.workers if fast is not None else 1
-        step = self.batch_size if workers == 1 else max(1, min(self.batch_size, PARALLEL_STEP, -(-len(paths) // workers)))
+        step = self.batch_size
+        if workers > 1:
+            step = max(1, min(step, PARALLEL_STEP, -(-len(paths) // workers)))
         # With several workers the first unit is half size, so the workers decode at different times
         # rather than in lock-step, queueing for the GIL (Pillow's Python-side work) while no core
         # infers. 512 dataset files, interleaved A/B: 299 (64 in lock-step) -> 308 (staggered) -> 315

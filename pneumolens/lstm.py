@@ -29,14 +29,24 @@ class _LstmLayer(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: FunctionCtx, x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor
+        ctx: FunctionCtx,
+        x: torch.Tensor,
+        w_ih: torch.Tensor,
+        w_hh: torch.Tensor,
+        b_ih: torch.Tensor,
+        b_hh: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         with record_function("pneumolens::lstm_forward"):  # bench_core's profile counts it as LSTM
             return _LstmLayer._forward(ctx, x, w_ih, w_hh, b_ih, b_hh)
 
     @staticmethod
     def _forward(
-        ctx: FunctionCtx, x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor
+        ctx: FunctionCtx,
+        x: torch.Tensor,
+        w_ih: torch.Tensor,
+        w_hh: torch.Tensor,
+        b_ih: torch.Tensor,
+        b_hh: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         b, steps, n_in = x.shape
         hidden = w_hh.shape[1]
@@ -66,12 +76,16 @@ class _LstmLayer(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, d_hs: torch.Tensor | None, d_c_last: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    def backward(
+        ctx: FunctionCtx, d_hs: torch.Tensor | None, d_c_last: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
         with record_function("pneumolens::lstm_backward"):
             return _LstmLayer._backward(ctx, d_hs, d_c_last)
 
     @staticmethod
-    def _backward(ctx: FunctionCtx, d_hs: torch.Tensor | None, d_c_last: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    def _backward(
+        ctx: FunctionCtx, d_hs: torch.Tensor | None, d_c_last: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
         x, w_ih, w_hh, gates, cs, tanh_cs, hs = ctx.saved_tensors
         b, steps, n_in = x.shape
         hidden = w_hh.shape[1]

@@ -23,7 +23,8 @@ def test_outputs_and_every_gradient_equal_nn_lstm_in_float64(steps: int) -> None
     torch.manual_seed(0)
     ours = LSTM(7, 4, batch_first=True).double().train()
     x = torch.randn(3, steps, 7, dtype=torch.float64)
-    g, g_h, g_c = torch.randn(3, steps, 4, dtype=torch.float64), torch.randn(1, 3, 4, dtype=torch.float64), torch.randn(1, 3, 4, dtype=torch.float64)
+    g = torch.randn(3, steps, 4, dtype=torch.float64)
+    g_h, g_c = torch.randn(1, 3, 4, dtype=torch.float64), torch.randn(1, 3, 4, dtype=torch.float64)
     got = outputs_and_grads(ours, x, g, g_h, g_c)
     expected = outputs_and_grads(ours, x, g, g_h, g_c, module_forward=lambda t: nn.LSTM.forward(ours, t))
     for a, b in zip(got, expected):
