@@ -28,16 +28,10 @@ class _LstmLayer(torch.autograd.Function):
     """One LSTM layer over a (B, T, I) batch from zero state: returns all hidden states and the last cell state."""
 
     @staticmethod
-    def forward(
-        ctx: FunctionCtx,
-        x: torch.Tensor,
-        w_ih: torch.Tensor,
-        w_hh: torch.Tensor,
-        b_ih: torch.Tensor,
-        b_hh: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(ctx: FunctionCtx, *tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``tensors``: x, w_ih, w_hh, b_ih, b_hh (see :meth:`_forward`)."""
         with record_function("pneumolens::lstm_forward"):  # bench_core's profile counts it as LSTM
-            return _LstmLayer._forward(ctx, x, w_ih, w_hh, b_ih, b_hh)
+            return _LstmLayer._forward(ctx, *tensors)
 
     @staticmethod
     def _forward(
