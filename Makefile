@@ -33,12 +33,13 @@ browser:
 test: setup browser
 	$(BIN)/python -m pytest -q
 
+# Target: under a minute on 2 idle cores. Leaves out tests marked slow (seconds long or timing-dependent) and the browser.
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow and not browser"
+	$(BIN)/python -m pytest -q -m "not slow and not browser" --durations=10
 
 bench: setup
 	$(BIN)/python bench/bench_core.py
-	$(BIN)/python bench/bench_train_levers.py --json bench/results/train-levers.json > bench/results/train-levers.md
+	$(BIN)/python bench/bench_accel.py --out bench/results/accel-ab.md --json bench/results/accel-ab.json
 	$(BIN)/python bench/bench_explain.py --checkpoint pneumolens/weights/model.pt --json bench/results/explain.json
 	$(BIN)/python bench/bench_service.py --checkpoint pneumolens/weights/model.pt --out bench/results/service.json
 

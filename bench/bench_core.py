@@ -10,9 +10,10 @@ Prints a markdown report and writes ``bench/results/core.md`` and ``core.json``.
 share of the cores other processes took):
 
 - parameters of the CNN-LSTM;
-- training images/s with the real Lightning module (``pneumolens.train.PneumoniaClassifier``:
-  augmentation, forward, class-weighted focal loss, metrics, backward, Adam step) on decoded
-  uint8 arrays held in memory, at batch 8 (the seed recipe) and batch 32;
+- training images/s with the real Lightning module and Trainer of ``pneumolens train``
+  (``pneumolens.training``: augmentation, forward, class-weighted focal loss, metrics, backward,
+  Adam step) on decoded uint8 arrays held in memory, at batch 8 (the seed recipe) and batch 32,
+  with the CPU-training accelerator (the default) and at batch 32 with stock layers alone;
 - inference images/s at batch 64 on decoded arrays and including JPEG decoding of files of the
   real dataset (not from the decoded-array cache), and one-image latency, for each lever:
   plain eager, channels-last, BatchNorm folding, chunked convolutions, ``torch.compile``,
@@ -50,10 +51,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pneumolens.fast import FoldedCnnLstm, onnx_available, optimize  # noqa: E402
+from pneumolens.backends import optimize  # noqa: E402
+from pneumolens.folding import FoldedCnnLstm  # noqa: E402
 from pneumolens.inference import Predictor, to_input  # noqa: E402
 from pneumolens.io import load_image, read_image, resize_square  # noqa: E402
 from pneumolens.model import CnnLstm, ModelConfig, count_parameters  # noqa: E402
+from pneumolens.onnx_export import onnx_available  # noqa: E402
 
 #: The original implementation on a machine of our kind: ../shared/reference/seed_baseline.md.
 ORIGINAL = {
@@ -65,7 +68,7 @@ ORIGINAL = {
     "one_image_ms": {"shipped": 122.0, "float32": 94.0},
     "peak_rss_gb": {"shipped": 1.76, "float32": 1.76},
 }
-GOALS = {"train": 60.0, "infer_with_decoding": 300.0, "one_image_ms": 5.0}
+GOALS = {"train": 55.0, "train_stock": 40.0, "infer_with_decoding": 300.0, "one_image_ms": 5.0}
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "chest_xray"
 BATCH = 64
 
@@ -139,34 +142,33 @@ def section(title: str) -> None:
 
 
 def fit_steps(
-    images: torch.Tensor, batch_size: int, max_steps: int, callbacks: list, seed: int = 0, accelerator: str = "cpu"
+    images: torch.Tensor,
+    batch_size: int,
+    max_steps: int,
+    callbacks: list,
+    seed: int = 0,
+    accelerator: str = "cpu",
+    accelerate: bool = True,
 ) -> None:
-    """Run ``max_steps`` real Lightning training steps of the seed recipe (no validation) on ``accelerator``."""
-    import lightning as L
+    """Run ``max_steps`` real training steps of the seed recipe (no validation) on ``accelerator``.
 
+    The LightningModule and the Trainer are ``pneumolens train``'s own
+    (:func:`pneumolens.training.trainer.build_trainer` without a run folder: no files, no
+    validation); ``accelerate=False`` trains the stock layers alone, as ``--no-accel`` does.
+    """
     from pneumolens.config import load_config
     from pneumolens.datamodule import ResumableBatches
-    from pneumolens.train import PneumoniaClassifier
+    from pneumolens.training.module import PneumoniaClassifier
+    from pneumolens.training.trainer import build_trainer
 
     class Module(PneumoniaClassifier):
         def configure_optimizers(self):  # the recipe's optimiser, without the val-loss scheduler (no validation here)
             return super().configure_optimizers()["optimizer"]
 
-    config = load_config("seed", overrides={"batch_size": batch_size})
+    config = load_config("seed", overrides={"batch_size": batch_size, "accelerate": accelerate})
     labels = (torch.arange(len(images)) % 2).float()
-    trainer = L.Trainer(
-        max_steps=max_steps,
-        accelerator=accelerator,
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=callbacks,
-    )
+    trainer = build_trainer(config, None, accelerator=accelerator, progress=False, max_steps=max_steps,
+                            extra_callbacks=callbacks)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(Module(config, class_weight=(1.486, 0.514)),
@@ -174,7 +176,13 @@ def fit_steps(
 
 
 def bench_training(
-    images: torch.Tensor, batch_size: int, steps: int, warmup: int, repeats: int, accelerator: str = "cpu"
+    images: torch.Tensor,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    repeats: int,
+    accelerator: str = "cpu",
+    accelerate: bool = True,
 ) -> dict:
     """Images/s of real Lightning training steps (median over ``repeats`` runs of ``steps`` steps)."""
     import lightning as L
@@ -197,15 +205,16 @@ def bench_training(
     rates = []
     for r in range(repeats):
         timer = Timer()
-        fit_steps(images, batch_size, warmup + steps, [timer], seed=r, accelerator=accelerator)
+        fit_steps(images, batch_size, warmup + steps, [timer], seed=r, accelerator=accelerator, accelerate=accelerate)
         t = timer.starts
         rates.append(steps * batch_size / (t[-1] - t[warmup]))
-    return {"images_per_s": statistics.median(rates), "runs": rates, "steps": steps, "batch_size": batch_size}
+    return {"images_per_s": statistics.median(rates), "runs": rates, "steps": steps, "batch_size": batch_size,
+            "accelerate": accelerate}
 
 
 #: Where a training step's time goes: aten operator names, or the ``pneumolens::`` profiler scope
-#: they run in (pneumolens.conv's weight gradients, pneumolens.lstm's unrolled layer) -> the part
-#: of the network they serve.
+#: they run in (pneumolens.accel.conv's weight gradients, pneumolens.accel.lstm's unrolled layer)
+#: -> the part of the network they serve.
 PROFILE_GROUPS = (
     ("convolutions (forward and backward)", ("convolution", "pneumolens::conv")),
     ("LSTMs (forward and backward)", ("rnn", "lstm")),
@@ -495,6 +504,11 @@ def report(r: dict) -> str:
         lines.append(
             f"| training, batch 32, images/s | — | — | {fmt(tr['b32']['images_per_s'], 1)} | ≥ {GOALS['train']:.0f} |"
         )
+        if "b32_stock" in tr:
+            lines.append(
+                f"| training, batch 32, stock layers (`--no-accel`), images/s | — | — | "
+                f"{fmt(tr['b32_stock']['images_per_s'], 1)} | ≥ {GOALS['train_stock']:.0f} |"
+            )
     lines += [
         f"| inference, batch 64, decoded, images/s | {o['infer_b64_decoded']['shipped']:.0f} | "
         f"{o['infer_b64_decoded']['float32']:.0f} | {fmt(best['decoded_images_per_s'])} ({best['name']}) | |",
@@ -555,8 +569,8 @@ def report(r: dict) -> str:
         lines += [
             "",
             f"Training: the real `PneumoniaClassifier` training step (augmentation, forward, focal loss, metrics, "
-            f"backward, Adam) under a Lightning Trainer (deterministic=True), {tr['b8']['steps']} timed steps after "
-            "warm-up, median of runs; data are decoded uint8 arrays in memory.",
+            f"backward, Adam) under `pneumolens train`'s Lightning Trainer (`build_trainer`, deterministic=True), "
+            f"{tr['b8']['steps']} timed steps after warm-up, median of runs; data are decoded uint8 arrays in memory.",
         ]
         prof = tr.get("profile")
         if prof:
@@ -622,9 +636,6 @@ def reference_gflops(n: int = 1024, repeats: int = 7, threads: int | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pneumolens.memory import keep_freed_memory
-
-    keep_freed_memory()  # as the command line does (pneumolens/memory.py)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short run: fewer repeats and steps (a sanity check)")
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("PNEUMOLENS_DATA", DEFAULT_DATA)))
@@ -701,6 +712,11 @@ def main(argv: list[str] | None = None) -> int:
         result["decoding"] = bench_decoding(files[: 2 * BATCH])
 
     if not args.no_train:
+        from pneumolens.accel import keep_freed_memory
+
+        # As `pneumolens train` does, and only for training: inference above ran with glibc's
+        # defaults, as `predict` and `serve` do (pneumolens/accel/memory.py).
+        keep_freed_memory()
         images = (
             torch.from_numpy(decode(files[: 4 * BATCH]))
             if files
@@ -708,12 +724,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         steps, warmup, runs = (8, 2, 1) if quick else (40, 5, 3)
         result["training"] = {}
-        for key, bs in (("b8", 8), ("b32", 32)):
-            section(f"training, batch {bs}")
+        for key, bs, accelerate in (("b8", 8, True), ("b32", 32, True), ("b32_stock", 32, False)):
+            kind = "" if accelerate else ", stock layers (--no-accel)"
+            section(f"training, batch {bs}{kind}")
             result["training"][key] = res = bench_training(
-                images, bs, steps if bs == 8 else max(4, steps // 2), warmup, runs
+                images, bs, steps if bs == 8 else max(4, steps // 2), warmup, runs, accelerate=accelerate
             )
-            print(f"training batch {bs}: {res['images_per_s']:.1f} img/s", file=sys.stderr, flush=True)
+            print(f"training batch {bs}{kind}: {res['images_per_s']:.1f} img/s", file=sys.stderr, flush=True)
         section("training step profile, batch 8")
         result["training"]["profile"] = profile_training(images, 8)
 

@@ -68,9 +68,10 @@ def bench_images(n: int, data: str | None, size: int = 128) -> np.ndarray:
     """``n`` images: real films when the dataset is there, else synthetic ones (costs are the same)."""
     try:
         from pneumolens.cache import load_images
-        from pneumolens.data import find_split, resolve_data_root
+        from pneumolens.commands._common import data_root
+        from pneumolens.data import find_split
 
-        records = find_split(resolve_data_root(data), "train")
+        records = find_split(data_root(data), "train")
         step = max(1, len(records) // n)
         res = load_images([r.path for r in records[::step][:n]], size, progress=False)
         if res.images.shape[0] == n:

@@ -26,7 +26,7 @@ from bench_core import bench_training  # noqa: E402
 from bench_explain import bench_images  # noqa: E402
 
 from pneumolens.memory import keep_freed_memory  # noqa: E402
-from pneumolens.train import PneumoniaClassifier  # noqa: E402
+from pneumolens.training.module import PneumoniaClassifier  # noqa: E402
 
 
 def _compile_model(self: PneumoniaClassifier) -> None:

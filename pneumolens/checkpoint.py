@@ -8,7 +8,8 @@ tensors and plain Python values, so it loads with ``torch.load(weights_only=True
 from __future__ import annotations
 
 import datetime as _dt
-import json
+import math
+import pickle
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -20,7 +21,9 @@ import torch
 from .cache import preprocess_tag
 from .data import CLASS_NAMES
 from .errors import CheckpointError
+from .jsonable import jsonable
 from .model import CnnLstm, ModelConfig, count_parameters
+from .ood import OodGuard
 
 FORMAT = "pneumolens-checkpoint"
 FORMAT_VERSION = 1
@@ -41,6 +44,8 @@ class Checkpoint:
         preprocessing: how files become inputs (grayscale, size, resize filter, scaling).
         provenance: data manifest hash, git commit, command, date, recipe.
         metrics: validation metrics recorded at training time.
+        ood: the out-of-distribution guard fitted on the training films (``None`` for a
+            checkpoint written before guards existed, or by a run that could not fit one).
     """
 
     model: CnnLstm
@@ -52,6 +57,7 @@ class Checkpoint:
     preprocessing: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    ood: OodGuard | None = None
 
     @property
     def input_size(self) -> int:
@@ -71,6 +77,10 @@ class Checkpoint:
             "preprocessing": self.preprocessing,
             "provenance": self.provenance,
             "metrics": self.metrics,
+            "ood": None if self.ood is None else {
+                "method": "pca-shape+statistics/v1", "threshold": self.ood.threshold,
+                "validation_flagged": self.ood.flagged_share,
+            },
         }
 
 
@@ -99,19 +109,6 @@ def base_provenance(**extra: Any) -> dict[str, Any]:
     }
 
 
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
-        return obj.item()  # numpy / torch scalars
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return str(obj)  # paths, enums, anything else: their text
-
-
-def plain(obj: Any) -> Any:
-    """Metadata as plain JSON types, so the file loads with ``weights_only=True``."""
-    return json.loads(json.dumps(obj, default=_json_default))
-
-
 def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
     """Write the checkpoint atomically (a temp file renamed into place)."""
     path = Path(path)
@@ -126,14 +123,30 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
         "threshold_rule": ckpt.threshold_rule,
         "temperature": float(ckpt.temperature),
         "class_names": list(ckpt.class_names),
-        "preprocessing": plain(ckpt.preprocessing or default_preprocessing(ckpt.config.input_size)),
-        "provenance": plain(ckpt.provenance),
-        "metrics": plain(ckpt.metrics),
+        "preprocessing": jsonable(ckpt.preprocessing or default_preprocessing(ckpt.config.input_size)),
+        "provenance": jsonable(ckpt.provenance),
+        "metrics": jsonable(ckpt.metrics),
     }
+    if ckpt.ood is not None:
+        payload["ood"] = ckpt.ood.state()
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
     return path
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words.
+
+    Never torch's own advice for a pickle: it suggests loading the file with
+    ``weights_only=False``, which would run whatever code the file carries.
+    """
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "weights only load failed" in text.lower():
+        return ("it holds Python objects besides tensors and plain values, which PneumoLens never loads: "
+                "not a file PneumoLens wrote, or one altered since")
+    first = text.strip().splitlines()[0] if text.strip() else exc.__class__.__name__
+    return first if len(first) <= 200 else first[:197] + "..."
 
 
 def load_checkpoint(path: str | Path | None = None, map_location: str | torch.device = "cpu") -> Checkpoint:
@@ -157,8 +170,7 @@ def load_checkpoint(path: str | Path | None = None, map_location: str | torch.de
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        reason = str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__
-        raise CheckpointError(f"{path}: not a readable PneumoLens checkpoint ({reason})") from exc
+        raise CheckpointError(f"{path}: not a readable PneumoLens checkpoint ({_load_failure(exc)})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a PneumoLens checkpoint (no '{FORMAT}' marker; a Lightning .ckpt? use model.pt)")
     try:
@@ -171,8 +183,29 @@ def load_checkpoint(path: str | Path | None = None, map_location: str | torch.de
         raise CheckpointError(f"{path}: checkpoint metadata is malformed ({exc})") from exc
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {version} is newer than this PneumoLens reads")
-    if not 0.0 <= threshold <= 1.0 or not temperature > 0.0 or len(class_names) != 2:
-        raise CheckpointError(f"{path}: checkpoint metadata is invalid (threshold {threshold}, temperature {temperature})")
+    if len(class_names) != 2:
+        raise CheckpointError(
+            f"{path}: the checkpoint has {len(class_names)} classes ({', '.join(class_names)}); PneumoLens models "
+            f"have exactly 2 ({', '.join(CLASS_NAMES)})"
+        )
+    if not math.isfinite(threshold) or not 0.0 <= threshold <= 1.0:
+        raise CheckpointError(f"{path}: the decision threshold {threshold} is not a probability in [0, 1]")
+    if not math.isfinite(temperature) or not temperature > 0.0:
+        raise CheckpointError(f"{path}: the temperature {temperature} is not a finite positive number")
+    state_dict = payload.get("state_dict")
+    if isinstance(state_dict, dict):
+        bad = [k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise CheckpointError(f"{path}: the weights hold NaN or infinite values ({', '.join(bad[:3])}{more})")
+    ood = None
+    if payload.get("ood") is not None:
+        if not isinstance(payload["ood"], dict):
+            raise CheckpointError(f"{path}: out-of-distribution guard is malformed")
+        try:
+            ood = OodGuard.from_state(payload["ood"])
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
     try:
         config = ModelConfig.from_dict(payload["config"])
         model = CnnLstm(config)
@@ -187,5 +220,6 @@ def load_checkpoint(path: str | Path | None = None, map_location: str | torch.de
         threshold_rule=str(payload.get("threshold_rule", "fixed")),
         temperature=temperature,
         class_names=class_names,
+        ood=ood,
         **meta,
     )

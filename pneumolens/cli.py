@@ -2,7 +2,8 @@
 
 Each subcommand lives in ``pneumolens/commands/<name>.py`` and exposes
 ``add_parser(subparsers)``; its handler returns an exit code. Every
-:class:`~pneumolens.errors.PneumoLensError` becomes one line on stderr and exit code 2.
+:class:`~pneumolens.errors.PneumoLensError` becomes one line on stderr and exit code 2; that
+line and every log message have their control characters escaped (:mod:`pneumolens.printable`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import sys
 
 from . import __version__
 from .errors import PneumoLensError
+from .printable import PrintableFormatter, printable
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = ("demo", "train", "evaluate", "predict", "explain", "explain_eval", "info", "serve")
+COMMANDS = ("demo", "train", "cv", "evaluate", "predict", "explain", "explain_eval", "audit", "ood_eval", "info", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,19 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .memory import keep_freed_memory
-
-    keep_freed_memory()  # before the first large tensor: see pneumolens/memory.py
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s", stream=sys.stderr
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(PrintableFormatter("%(levelname)s: %(message)s"))  # file names may hold control characters
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     logging.getLogger("lightning.pytorch").propagate = False  # Lightning prints its own INFO lines
     try:
         return int(args.func(args) or 0)
     except PneumoLensError as exc:
-        print(f"pneumolens {args.command}: error: {exc}", file=sys.stderr)
+        print(f"pneumolens {args.command}: error: {printable(exc)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()

@@ -38,9 +38,15 @@ class TrainConfig:
         focal_gamma, focal_alpha: focal loss. class_weighting: the original's class weights.
         label_smoothing: 0 = off.
         val_fraction, split_seed: the patient-level validation split of ``train``.
+        folds, fold: patient-level K-fold cross-validation of ``train`` instead of that split:
+            fold ``fold`` of ``folds`` (stratified by class, drawn with ``split_seed``) validates,
+            the others train. ``folds = 0`` (the default) keeps the single validation split.
         seed: seeds weights, shuffling and augmentation.
         threshold_rule: how the decision threshold is chosen on validation (youden, f1, ...).
         calibrate: fit a temperature on validation (changes probabilities, not the ranking).
+        accelerate: on CPU, swap the accelerator's training kernels into the model
+            (:func:`pneumolens.accel.accelerate_cpu_training`); False trains the stock layers.
+            The same weights either way, within float tolerance.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -63,9 +69,12 @@ class TrainConfig:
     label_smoothing: float = 0.0
     val_fraction: float = 0.1
     split_seed: int = 0
+    folds: int = 0
+    fold: int = 0
     seed: int = 0
     threshold_rule: str = "youden"
     calibrate: bool = True
+    accelerate: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -82,6 +91,10 @@ class TrainConfig:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.folds == 1 or self.folds < 0:
+            raise ConfigError(f"folds must be 0 (one validation split) or at least 2, got {self.folds}")
+        if not (0 <= self.fold < self.folds or self.folds == self.fold == 0):
+            raise ConfigError(f"fold must be in [0, {max(self.folds - 1, 0)}] for folds={self.folds}, got {self.fold}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -96,7 +109,8 @@ class TrainConfig:
         return cls(**copy.deepcopy(d))
 
 
-#: Named recipes. ``seed`` = the original exactly; ``default`` = the project's recipe.
+#: Named recipes. ``seed`` = the original exactly; ``default`` = the project's recipe; ``robust``
+#: (defined below) = ``default`` with the shortcut-breaking augmentation.
 PRESETS: dict[str, dict[str, Any]] = {
     "seed": {},
     "default": {
@@ -127,6 +141,19 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
+
+
+#: ``default`` plus the shortcut breakers of pneumolens/augment.py: random resized crops,
+#: border/corner erasing, pasted letters and markers, stronger contrast, gamma and noise.
+PRESETS["robust"] = _merge(
+    PRESETS["default"],
+    {
+        "augment": {
+            "contrast": 0.25, "crop": 0.5, "crop_scale": 0.6, "erase": 0.5, "erase_size": 0.08,
+            "marker": 0.5, "marker_size": 0.15, "gamma": 0.4, "noise": 0.03,
+        }
+    },
+)
 
 
 def load_config(preset: str = "default", yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -9,20 +9,23 @@ own patient, so it can never leak across a split.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
 from .errors import DatasetError
 from .io import IMAGE_SUFFIXES
 
+log = logging.getLogger(__name__)
+
 CLASS_NAMES: tuple[str, str] = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "val", "test")
-DEFAULT_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_xray"
 DATASET_HINT = (
     "get the dataset from Kaggle (paultimothymooney/chest-xray-pneumonia) and pass its "
     "chest_xray folder with --data or $PNEUMOLENS_DATA"
@@ -59,8 +62,16 @@ def parse_name(filename: str, label: int) -> tuple[str, str]:
     return stem, ("pneumonia" if label == 1 else "normal")
 
 
-def resolve_data_root(data: str | Path | None) -> Path:
-    """Pick the data root: ``data``, else ``$PNEUMOLENS_DATA``, else the shared copy, else ``./chest_xray``.
+def resolve_data_root(data: str | Path | None, fallbacks: Sequence[str | Path] = ("chest_xray",)) -> Path:
+    """Pick the data root: ``data``, else ``$PNEUMOLENS_DATA``, else the first folder of ``fallbacks`` that exists.
+
+    An explicit folder (``data`` or the variable) that does not exist is an error, never a reason to
+    look elsewhere. The command line passes its own ``fallbacks``
+    (:func:`pneumolens.commands._common.data_fallbacks`).
+
+    Args:
+        data: the dataset root, or None to use the variable or the fallbacks.
+        fallbacks: folders tried in order. Default: ``./chest_xray``.
 
     Raises:
         DatasetError: when the chosen folder does not exist, with where to get the dataset.
@@ -76,10 +87,16 @@ def resolve_data_root(data: str | Path | None) -> Path:
         if not root.is_dir():
             raise DatasetError(f"{root} ($PNEUMOLENS_DATA): data folder does not exist; {DATASET_HINT}")
         return root
-    for candidate in (DEFAULT_SHARED_DATA, Path.cwd().parent / "shared" / "data" / "chest_xray", Path("chest_xray")):
+    for candidate in map(Path, fallbacks):
         if candidate.is_dir():
             return candidate
-    raise DatasetError(f"no dataset found (looked for ../shared/data/chest_xray and ./chest_xray); {DATASET_HINT}")
+    looked = ", ".join(_shown(Path(c)) for c in fallbacks) or "no default folder"
+    raise DatasetError(f"no dataset found (looked for {looked}); {DATASET_HINT}")
+
+
+def _shown(path: Path) -> str:
+    """A folder as a message names it: ``./chest_xray`` for a plain relative name."""
+    return path.as_posix() if path.is_absolute() or path.parts[:1] == ("..",) else f"./{path.as_posix()}"
 
 
 def find_split(root: str | Path, split: str) -> list[Record]:
@@ -125,10 +142,7 @@ def patient_split(records: list[Record], fraction: float = 0.1, seed: int = 0) -
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
-    by_patient: dict[str, list[int]] = defaultdict(list)
-    for i, r in enumerate(records):
-        by_patient[r.patient_id].append(i)
-    klass = {pid: int(2 * sum(records[i].label for i in idx) >= len(idx)) for pid, idx in by_patient.items()}
+    by_patient, klass = _patients(records)
     rng = np.random.default_rng(seed)
     val_idx: set[int] = set()
     for label in (0, 1):
@@ -149,23 +163,92 @@ def patient_split(records: list[Record], fraction: float = 0.1, seed: int = 0) -
     return train, val
 
 
-def find_images(inputs: list[str | Path]) -> tuple[list[Path], dict[Path, int]]:
+def _patients(records: list[Record]) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """(record indices of each patient, each patient's class): its majority label, ties to PNEUMONIA."""
+    by_patient: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        by_patient[r.patient_id].append(i)
+    klass = {pid: int(2 * sum(records[i].label for i in idx) >= len(idx)) for pid, idx in by_patient.items()}
+    return by_patient, klass
+
+
+def patient_folds(records: list[Record], folds: int, seed: int = 0) -> list[int]:
+    """The cross-validation fold (0 .. ``folds`` - 1) of each record: by patient, stratified by class.
+
+    Patients of each class (grouped as in :func:`patient_split`) are shuffled with ``seed`` and
+    dealt one at a time to the fold that holds the fewest images of that class so far (ties to
+    the lowest fold), so every patient lies in exactly one fold, the folds' class counts differ
+    by at most one patient's films, and the same records and seed always give the same folds.
+
+    Raises:
+        ValueError: ``folds`` is below 2.
+        DatasetError: a class has fewer patients than folds (some fold would lack that class).
+    """
+    if folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
+    by_patient, klass = _patients(records)
+    rng = np.random.default_rng(seed)
+    fold_of = [0] * len(records)
+    for label in (0, 1):
+        patients = sorted(pid for pid in by_patient if klass[pid] == label)
+        if len(patients) < folds:
+            raise DatasetError(
+                f"cannot make {folds} folds: class {CLASS_NAMES[label]} has only {len(patients)} patients"
+            )
+        images = [0] * folds
+        for j in rng.permutation(len(patients)):
+            idx = by_patient[patients[j]]
+            k = min(range(folds), key=lambda f: (images[f], f))
+            images[k] += len(idx)
+            for i in idx:
+                fold_of[i] = k
+    return fold_of
+
+
+def fold_split(records: list[Record], folds: int, fold: int, seed: int = 0) -> tuple[list[Record], list[Record]]:
+    """(train, validation) for cross-validation fold ``fold`` of :func:`patient_folds`: that fold validates.
+
+    Raises:
+        ValueError: ``fold`` is not in [0, folds).
+    """
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold must be in [0, {folds - 1}], got {fold}")
+    fold_of = patient_folds(records, folds, seed)
+    train = [r for r, f in zip(records, fold_of) if f != fold]
+    val = [r for r, f in zip(records, fold_of) if f == fold]
+    return train, val
+
+
+def find_images(
+    inputs: Sequence[str | Path], on_warning: Callable[[Path, str], None] | None = None
+) -> tuple[list[Path], dict[Path, int]]:
     """Expand files and folders into the files to predict, in the order given.
 
     A file named on the command line is kept whatever its suffix (and whether or not it
-    exists), so that decoding reports it by name instead of dropping it silently. A folder is
-    walked recursively for ``.jpeg .jpg .png .dcm .dicom`` files (any case), hidden files and
-    folders skipped, sorted. A file reached twice is listed once.
+    exists, or is a symlink loop), so that decoding reports it by name instead of dropping it
+    silently. A folder is walked recursively for ``.jpeg .jpg .png .dcm .dicom`` files (any
+    case), hidden files and folders skipped, sorted. Symlinked subfolders are followed, each
+    folder searched once however many links lead to it (so a link back up the tree is no
+    loop). A file reached twice is listed once.
+
+    Args:
+        inputs: files and folders.
+        on_warning: called as ``on_warning(folder_given, message)`` for each subfolder that
+            could not be read (its files are missing from the result). Default: a logged warning.
 
     Returns:
         (files, images found per folder).
     """
+    warn = on_warning or (lambda root, message: log.warning("%s", message))
     files: list[Path] = []
     found: dict[Path, int] = {}
     seen: set[Path] = set()
 
     def add(path: Path) -> None:
-        key = path.resolve()
+        try:
+            key = path.resolve()
+        except (OSError, RuntimeError):  # a symlink loop: listed, so that reading it reports the loop
+            key = path.absolute()
         if key not in seen:
             seen.add(key)
             files.append(path)
@@ -174,16 +257,38 @@ def find_images(inputs: list[str | Path]) -> tuple[list[Path], dict[Path, int]]:
         if not item.is_dir():
             add(item)
             continue
-        walked = []
-        for dirpath, dirnames, filenames in os.walk(item):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            walked += [
-                Path(dirpath) / f for f in filenames if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES)
-            ]
-        found[item] = len(walked)
-        for path in sorted(walked):
+        found[item] = 0
+        for path in sorted(_walk_images(item, lambda message, root=item: warn(root, message))):
+            found[item] += 1
             add(path)
     return files, found
+
+
+def _walk_images(top: Path, warn: Callable[[str], None]) -> list[Path]:
+    """Image files under ``top``, following symlinked folders; each real folder searched once."""
+    images: list[Path] = []
+    searched: set[tuple[int, int]] = set()
+
+    def unreadable(exc: OSError) -> None:
+        warn(f"{exc.filename or top}: folder could not be read ({exc.strerror or exc}); its images are left out")
+
+    for dirpath, dirnames, filenames in os.walk(top, onerror=unreadable, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError as exc:
+            unreadable(exc)
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in searched:  # reached again through a link: already searched
+            log.debug("%s: already searched through another path", dirpath)
+            dirnames[:] = []
+            continue
+        searched.add((st.st_dev, st.st_ino))
+        # real folders before links to folders, so that a file is listed by its own path when it can be
+        dirnames[:] = sorted((d for d in dirnames if not d.startswith(".")),
+                             key=lambda d: (os.path.islink(os.path.join(dirpath, d)), d))
+        images += [Path(dirpath) / f for f in filenames if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES)]
+    return images
 
 
 def manifest_hash(records: list[Record]) -> str:

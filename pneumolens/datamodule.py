@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from .cache import load_images
-from .data import Record, class_counts, find_split, manifest_hash, patient_split
+from .data import Record, class_counts, find_split, fold_split, manifest_hash, patient_split
 from .errors import InvalidImageError
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -107,13 +111,16 @@ class ResumableBatches:
 
 
 class PneumoniaDataModule(L.LightningDataModule):
-    """Train/validation data from ``ROOT/train``, split by patient.
+    """Train/validation data from ``ROOT/train``, split by patient (one split, or one cross-validation fold).
 
     Args:
         root: dataset root (Kaggle layout).
         input_size: side of the square input.
         batch_size: training batch size (validation uses 128).
         val_fraction, split_seed: the patient-level validation split.
+        folds, fold: when ``folds`` >= 2, fold ``fold`` of the patient-level K-fold split
+            (:func:`pneumolens.data.fold_split`, drawn with ``split_seed``) validates instead of
+            the ``val_fraction`` split.
         seed: shuffling seed.
         skip_bad: warn about unreadable files and go on; otherwise the first one is an error.
         max_images: keep only the first patients up to this many images per class (tests, demos).
@@ -131,27 +138,42 @@ class PneumoniaDataModule(L.LightningDataModule):
         skip_bad: bool = False,
         max_images: int | None = None,
         cache_dir: str | Path | None = None,
+        folds: int = 0,
+        fold: int = 0,
     ) -> None:
         super().__init__()
         self.root = Path(root)
         self.input_size, self.batch_size = input_size, batch_size
         self.val_fraction, self.split_seed, self.seed = val_fraction, split_seed, seed
         self.skip_bad, self.max_images, self.cache_dir = skip_bad, max_images, cache_dir
+        self.folds, self.fold = folds, fold
         self.train_records: list[Record] = []
         self.val_records: list[Record] = []
         self.bad: list[tuple[str, str]] = []
         self._train: ResumableBatches | None = None
         self._prepared = False
 
+    @classmethod
+    def from_config(cls, config: "TrainConfig", root: str | Path, **kwargs: object) -> "PneumoniaDataModule":
+        """The data a training config asks for: input and batch size, its split or fold, its seed.
+
+        ``kwargs`` are the other constructor arguments (``skip_bad``, ``max_images``, ``cache_dir``).
+        """
+        return cls(
+            root, config.model.input_size, config.batch_size, config.val_fraction, config.split_seed, config.seed,
+            folds=config.folds, fold=config.fold, **kwargs,  # type: ignore[arg-type]
+        )
+
     # --- one-off work in one process: decode everything into the on-disk cache -----------------
     def prepare_data(self) -> None:
         if self._prepared:
             return  # fit() prepares before the Trainer does: hash and decode the files once
         self._prepared = True
-        records = self._records()
+        records = self.records()
         load_images([r.path for r in records], self.input_size, cache_dir=self.cache_dir, desc="decoding train")
 
-    def _records(self) -> list[Record]:
+    def records(self) -> list[Record]:
+        """Every record of ``ROOT/train`` this module splits (whole patients up to ``max_images`` per class)."""
         records = find_split(self.root, "train")
         if self.max_images:
             records = subset_by_patient(records, self.max_images)
@@ -173,7 +195,7 @@ class PneumoniaDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._train is not None:
             return
-        train, val = patient_split(self._records(), self.val_fraction, self.split_seed)
+        train, val = self.split(self.records())
         self.train_records, x_tr, y_tr = self._load(train, "loading train")
         self.val_records, x_va, y_va = self._load(val, "loading validation")
         rank = self.trainer.global_rank if self.trainer is not None else 0
@@ -181,12 +203,23 @@ class PneumoniaDataModule(L.LightningDataModule):
         self._train = ResumableBatches(x_tr, y_tr, self.batch_size, self.seed, rank, world)
         self._val = TensorDataset(x_va, y_va)
 
+    def split(self, records: list[Record]) -> tuple[list[Record], list[Record]]:
+        """(train, validation) records: the cross-validation fold if ``folds`` is set, else the one split."""
+        if self.folds:
+            return fold_split(records, self.folds, self.fold, self.split_seed)
+        return patient_split(records, self.val_fraction, self.split_seed)
+
     def train_dataloader(self) -> ResumableBatches:
         assert self._train is not None, "setup() must run first"
         return self._train
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self._val, batch_size=128, shuffle=False)
+
+    def images(self) -> tuple[np.ndarray, np.ndarray]:
+        """The (training, validation) films as uint8 (N, S, S) arrays, after :meth:`setup`."""
+        assert self._train is not None and self._val is not None, "setup() must run first"
+        return self._train.images.numpy(), self._val.tensors[0].numpy()
 
     @property
     def counts(self) -> dict[str, tuple[int, int]]:

@@ -6,7 +6,6 @@ minutes) so the demo still shows the whole pipeline end to end.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 from .checkpoint import SHIPPED
 from .data import find_split, resolve_data_root
+from .jsonable import dumps
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     if checkpoint is None and not SHIPPED.exists():
         from .config import load_config
-        from .train import fit
+        from .training import fit
 
         log.warning("no shipped model in this install: training a short demo model first (about 2-5 minutes)")
         checkpoint = fit(load_config("debug"), root, out / "model", max_images=300, progress=progress, preset="debug").model_path
@@ -57,7 +57,7 @@ def run_demo(
     if n_explain > 0:
         summary["explanations"] = _explain_examples(root, checkpoint, out / "explanations", n_explain, progress)
     summary["wall_s"] = round(time.time() - t0, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (out / "summary.json").write_text(dumps(summary, indent=2) + "\n")
     _write_summary_md(out, summary)
     return summary
 

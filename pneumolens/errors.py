@@ -34,3 +34,11 @@ class CheckpointError(PneumoLensError):
 
 class ConfigError(PneumoLensError):
     """An invalid configuration value or an unknown key."""
+
+
+class SettingError(ConfigError, ValueError):
+    """A method setting of the wrong type or out of its range (``lime:n_samples=0``).
+
+    Also a ValueError, so code that already turned a method's ValueError into a one-line
+    refusal keeps doing so.
+    """

@@ -10,7 +10,6 @@ data being evaluated.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -20,9 +19,10 @@ import numpy as np
 
 from .cache import load_images
 from .checkpoint import Checkpoint, load_checkpoint
-from .data import Record, find_split, patient_split, resolve_data_root
+from .data import Record, find_split, fold_split, patient_split, resolve_data_root
 from .errors import ConfigError, InvalidImageError
 from .inference import Predictor
+from .jsonable import dumps
 from .metrics import binary_metrics, bootstrap_ci, subtype_recall
 from .report import plot_confusion, plot_pr, plot_reliability, plot_roc, write_report
 
@@ -143,18 +143,33 @@ def evaluate_arrays(
         for i in range(len(y))
     ]
     _write_predictions(out / "predictions.csv", rows)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / "metrics.json").write_text(dumps(metrics, indent=2) + "\n")
     write_report(metrics, out, FIGURES, title)
     return metrics
 
 
+def training_split(root: str | Path, provenance: dict[str, Any] | None = None) -> tuple[list[Record], list[Record]]:
+    """The (training, validation) records a checkpoint was trained with, recreated from its provenance.
+
+    ``provenance["val_fraction"]`` and ``["split_seed"]`` (defaults 0.1 and 0) give the patient-level
+    split; a cross-validation fold's model (``train_config.folds`` set) validated on its fold.
+    """
+    prov = provenance or {}
+    seed = int(prov.get("split_seed", 0))
+    recipe = prov.get("train_config") or {}
+    records = find_split(root, "train")
+    if int(recipe.get("folds") or 0):
+        return fold_split(records, int(recipe["folds"]), int(recipe.get("fold", 0)), seed)
+    return patient_split(records, float(prov.get("val_fraction", 0.1)), seed)
+
+
 def split_records(root: str | Path, split: str, provenance: dict[str, Any] | None = None) -> list[Record]:
-    """The records of ``split`` (see :data:`SPLITS`); ``validation`` is recreated from the training provenance."""
+    """The records of ``split`` (see :data:`SPLITS`); ``validation`` is recreated from the training provenance.
+
+    A cross-validation fold's model (``train_config.folds`` set) validated on its fold: that fold it is.
+    """
     if split == "validation":
-        prov = provenance or {}
-        fraction = float(prov.get("val_fraction", 0.1))
-        seed = int(prov.get("split_seed", 0))
-        return patient_split(find_split(root, "train"), fraction, seed)[1]
+        return training_split(root, provenance)[1]
     if split in ("val", "test"):
         return find_split(root, split)
     raise ConfigError(f"split '{split}' is not one of {', '.join(SPLITS)}")

@@ -6,7 +6,7 @@ class, so preprocessing, temperature and threshold are applied the same way ever
 Two copies of the network live here: ``predictor.model`` is the checkpoint's own
 :class:`~pneumolens.model.CnnLstm`, untouched (explanations need gradients through its
 modules); plain predictions on CPU go through ``predictor.fast_model``, a BatchNorm-folded
-copy computing the same logits faster (:mod:`pneumolens.fast`), built on first use.
+copy computing the same logits faster (:mod:`pneumolens.backends`), built on first use.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .cache import LoadResult, load_images
 from .checkpoint import Checkpoint, load_checkpoint
 from .errors import ConfigError, InvalidImageError
-from .fast import BACKENDS, FastModel, optimize
+from .backends import BACKENDS, FastModel, optimize
 from .io import load_image
 
 #: Files per unit of work when several threads each decode and predict (``predict_files``): small

@@ -8,6 +8,11 @@ BatchNorm, ReLU and Dropout, and one output. 2,719,681 parameters at 128x128.
 
 The module returns the *logit* of PNEUMONIA; the sigmoid lives in the loss and the predictor,
 which is numerically safer and what every attribution method should explain.
+
+Every leaf module is a stock ``torch.nn`` layer and ``forward`` runs them in the written order,
+so autocast, double backward, other devices, hooks and exporters work as they do for any
+PyTorch model. CPU training may swap in faster kernels explicitly with
+:func:`pneumolens.accel.accelerate_cpu_training`; the model does not depend on it.
 """
 
 from __future__ import annotations
@@ -18,11 +23,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 from torch import nn
 
-from . import convbn
-from .conv import Conv2d
-from .dropout import Dropout
 from .errors import ConfigError
-from .lstm import LSTM
 
 
 @dataclass
@@ -93,24 +94,11 @@ class ConvBlock(nn.Sequential):
 
     def __init__(self, c_in: int, c_out: int, dropout: float, momentum: float = 0.01) -> None:
         super().__init__()
-        self.conv = Conv2d(c_in, c_out, kernel_size=3, padding=1)
+        self.conv = nn.Conv2d(c_in, c_out, kernel_size=3, padding=1)
         self.bn = nn.BatchNorm2d(c_out, eps=1e-3, momentum=momentum)
         self.relu = nn.ReLU()
         self.pool = nn.MaxPool2d(2)
-        self.drop = Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if convbn.applies(x, self.conv, self.bn):  # training only
-            x = convbn.conv_bn(x, self.conv, self.bn)  # the first block: one folded convolution
-        else:
-            x = self.bn(self.conv(x))
-        if self.training:
-            # ReLU and 2x2 max-pooling commute (ReLU is monotone), so pooling first gives the
-            # same values and the same gradients while the ReLU and its backward touch a quarter
-            # of the memory (bench/bench_train_levers.py: x1.13 per step at batch 32). In eval mode the
-            # written order stays, so a hook on ``relu`` (Grad-CAM) sees the full-size map.
-            return self.drop(self.relu(self.pool(x)))
-        return self.drop(self.pool(self.relu(x)))
+        self.drop = nn.Dropout(dropout)
 
 
 class DenseBlock(nn.Sequential):
@@ -121,7 +109,7 @@ class DenseBlock(nn.Sequential):
         self.fc = nn.Linear(n_in, n_out)
         self.bn = nn.BatchNorm1d(n_out, eps=1e-3, momentum=momentum)
         self.relu = nn.ReLU()
-        self.drop = Dropout(dropout)
+        self.drop = nn.Dropout(dropout)
 
 
 class CnnLstm(nn.Module):
@@ -153,14 +141,12 @@ class CnnLstm(nn.Module):
             c_in = c
         self.features = nn.Sequential(OrderedDict(blocks))
         u1, u2 = cfg.lstm_units
-        # lstm1's training pass runs unrolled around big GEMMs (pneumolens.lstm: 75 -> 58 ms per
-        # batch-32 step on 2 cores); lstm2 is too small to gain from it (6.6 -> 10.3 ms), so stays.
-        self.lstm1 = LSTM(cfg.seq_features, u1, batch_first=True)
+        self.lstm1 = nn.LSTM(cfg.seq_features, u1, batch_first=True)
         self.bn1 = nn.BatchNorm1d(u1, eps=1e-3, momentum=cfg.bn_momentum)
-        self.drop1 = Dropout(cfg.lstm_dropout)
+        self.drop1 = nn.Dropout(cfg.lstm_dropout)
         self.lstm2 = nn.LSTM(u1, u2, batch_first=True)
         self.bn2 = nn.BatchNorm1d(u2, eps=1e-3, momentum=cfg.bn_momentum)
-        self.drop2 = Dropout(cfg.lstm_dropout)
+        self.drop2 = nn.Dropout(cfg.lstm_dropout)
         dense, n_in = [], u2
         for i, n in enumerate(cfg.dense_units, start=1):
             dense.append((f"dense{i}", DenseBlock(n_in, n, cfg.dense_dropout, cfg.bn_momentum)))

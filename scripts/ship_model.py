@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from pneumolens.checkpoint import SHIPPED, load_checkpoint
-from pneumolens.data import resolve_data_root
+from pneumolens.commands._common import data_root
 from pneumolens.evaluate import evaluate_split
 from results_table import training_time_s  # scripts/ is on sys.path when this file runs as a script
 
@@ -115,7 +115,7 @@ def main() -> None:
     ap.add_argument("--note", default="", help="a line at the top of the card (e.g. an interim model)")
     args = ap.parse_args()
     ck = load_checkpoint(args.checkpoint)
-    root = resolve_data_root(args.data)
+    root = data_root(args.data)  # as the CLI finds it
     SHIPPED.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(args.checkpoint, SHIPPED)
     val = evaluate_split(SHIPPED, root, "validation", FIGS / "validation", progress=False)

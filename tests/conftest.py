@@ -10,10 +10,13 @@
   images carrying a bright blob so that a model can learn something. Session-scoped, read-only.
 - ``synthetic_dataset_factory``: builds another such dataset under tmp_path (other counts, sizes).
 - ``real_data_root``: ``../shared/data/chest_xray`` next to the repo; skips when absent.
+- ``wait_until``: ``wait_until(condition, what, timeout_s=5.0)`` polls ``condition()`` and fails the
+  test, naming ``what``, when it is still false at the deadline: no test waits without one.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -162,3 +165,18 @@ def real_data_root() -> Path:
     if not (REAL_DATA / "train").is_dir():
         pytest.skip(f"real dataset not found at {REAL_DATA} (Kaggle paultimothymooney/chest-xray-pneumonia)")
     return REAL_DATA
+
+
+def poll_until(condition: Callable[[], object], what: str, timeout_s: float = 5.0, interval_s: float = 0.001) -> None:
+    """Return as soon as ``condition()`` is true; fail the test naming ``what`` after ``timeout_s`` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout_s:g} s for {what}; it never happened", pytrace=False)
+        time.sleep(interval_s)
+
+
+@pytest.fixture
+def wait_until() -> Callable[..., None]:
+    """:func:`poll_until`: wait for a condition with a deadline (a clear failure instead of a hang)."""
+    return poll_until

@@ -55,3 +55,184 @@ def test_bad_settings_are_config_errors() -> None:
         AugmentConfig(padding_mode="wrap")
     with pytest.raises(ConfigError, match="unknown"):
         AugmentConfig.from_dict({"shear": 0.1})
+
+
+# --- the shortcut breakers -----------------------------------------------------------------------
+from pneumolens.augment import compose, erase_border, glyph_bank, paste_markers, random_crop  # noqa: E402
+from pneumolens.config import load_config  # noqa: E402
+
+NO_GEOMETRY = {"hflip": 0.0, "degrees": 0.0, "zoom": 0.0, "translate": 0.0}
+
+
+@pytest.mark.parametrize("knob", ["crop", "erase", "marker", "gamma", "noise"])
+def test_each_breaker_at_zero_is_the_identity(knob: str) -> None:
+    x = torch.rand(4, 1, 16, 16)
+    aug = Augment(AugmentConfig(**NO_GEOMETRY, **{knob: 0.0}))
+    assert not aug.active and aug(x) is x
+
+
+@pytest.mark.parametrize("knob", ["crop", "erase", "marker"])
+def test_probability_zero_breakers_draw_nothing_and_change_nothing(knob: str) -> None:
+    """With only a size set and its probability 0, the batch and the random stream are untouched."""
+    x = torch.rand(4, 1, 16, 16)
+    g = torch.Generator().manual_seed(1)
+    out = {"crop": random_crop, "erase": erase_border, "marker": paste_markers}
+    cfg = AugmentConfig(**NO_GEOMETRY)
+    if knob == "crop":
+        theta = random_crop(4, cfg, g)
+        torch.testing.assert_close(theta, torch.eye(2, 3).expand(4, 2, 3))
+    else:
+        assert torch.equal(out[knob](x, cfg, g), x)
+
+
+def test_existing_presets_draw_exactly_what_they_drew_before() -> None:
+    """seed and default: the affine draws (B x 5) and, for default, brightness/contrast (B x 2), nothing else."""
+    x = torch.rand(4, 1, 16, 16)
+    for preset, draws in (("seed", [(4, 5)]), ("default", [(4, 5), (4, 2, 1, 1, 1)])):
+        g = torch.Generator().manual_seed(7)
+        Augment(load_config(preset).augment)(x, generator=g)
+        expected = torch.Generator().manual_seed(7)
+        for shape in draws:
+            torch.rand(*shape, generator=expected)
+        assert torch.equal(g.get_state(), expected.get_state()), preset
+
+
+def test_a_crop_keeps_at_least_crop_scale_of_the_area_inside_the_image() -> None:
+    cfg = AugmentConfig(crop=1.0, crop_scale=0.5)
+    theta = random_crop(1000, cfg, torch.Generator().manual_seed(0))
+    sx, sy, cx, cy = theta[:, 0, 0], theta[:, 1, 1], theta[:, 0, 2], theta[:, 1, 2]
+    area = sx * sy
+    assert area.min() >= 0.5 - 1e-6 and area.max() <= 1.0 + 1e-6
+    # the crop's edges (centre ± half side, in [-1, 1] coordinates) stay inside the image
+    assert (cx.abs() + sx).max() <= 1 + 1e-6 and (cy.abs() + sy).max() <= 1 + 1e-6
+    assert (theta[:, 0, 1] == 0).all() and (theta[:, 1, 0] == 0).all()
+
+
+def test_a_crop_of_the_left_half_stretches_it_over_the_output() -> None:
+    """sx=0.5, cx=-0.5 keeps the left half: output column j samples input column (2j - 1) / 4."""
+    x = torch.arange(8.0).expand(1, 1, 4, 8)  # each pixel holds its column index
+    theta = torch.tensor([[[0.5, 0.0, -0.5], [0.0, 1.0, 0.0]]])
+    grid = torch.nn.functional.affine_grid(theta, [1, 1, 4, 8], align_corners=False)
+    out = torch.nn.functional.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    expected = (2 * torch.arange(1.0, 8.0) - 1) / 4  # 0.25, 0.75, ..., 3.25: the left half only
+    torch.testing.assert_close(out[0, 0, 0, 1:], expected)
+
+
+def test_compose_applies_inner_then_outer() -> None:
+    inner = torch.tensor([[[0.0, -1.0, 0.1], [1.0, 0.0, 0.2]]])  # a quarter turn and a shift
+    outer = torch.tensor([[[0.5, 0.0, 0.3], [0.0, 2.0, -0.4]]])
+    p = torch.tensor([0.7, -0.2, 1.0])
+    via_inner = inner[0] @ p
+    expected = outer[0] @ torch.cat([via_inner, torch.ones(1)])
+    torch.testing.assert_close(compose(outer, inner)[0] @ p, expected)
+
+
+def test_erased_pixels_share_one_grey_and_sit_on_the_border() -> None:
+    x = torch.full((64, 1, 32, 32), 0.5)
+    # Bands reach 0.2 of the side (6.4 px), corner squares 0.4 (12.8 px): the centre 13..18 never.
+    x[:, :, 13:19, 13:19] = 0.25
+    out = erase_border(x, AugmentConfig(erase=1.0, erase_size=0.2), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out[:, :, 13:19, 13:19], x[:, :, 13:19, 13:19])
+    changed = (out != x).flatten(1)
+    assert changed.any(dim=1).float().mean() > 0.9  # a fill equal to 0.5 could hide a few
+    for img, ch in zip(out, changed):
+        vals = img.flatten()[ch].unique()
+        assert len(vals) <= 1
+
+
+def test_erase_probability_is_respected() -> None:
+    x = torch.full((2000, 1, 8, 8), 0.5)
+    out = erase_border(x, AugmentConfig(erase=0.3, erase_size=0.5), torch.Generator().manual_seed(0))
+    share = (out != x).flatten(1).any(dim=1).float().mean().item()
+    assert 0.26 < share < 0.34
+
+
+def test_the_glyph_bank_has_letters_texts_and_shapes_of_the_right_height() -> None:
+    bank = glyph_bank()
+    kinds = [n.split(":")[0] for n in bank.names]
+    assert kinds.count("letter") >= 4 and "text" in kinds and "shape" in kinds
+    assert {n.split(":")[1] for n in bank.names if n.startswith("letter")} == {"R", "L"}
+    for m in bank.masks:
+        assert m.shape[0] == 48 and m.min() >= 0 and m.max() > 0.99
+        assert m[0].max() > 0 and m[-1].max() > 0  # cropped to the ink
+
+
+def _pasted_box(before: torch.Tensor, after: torch.Tensor) -> tuple[int, int, int, int]:
+    rows = (after != before).any(dim=-1).nonzero().flatten()
+    cols = (after != before).any(dim=-2).nonzero().flatten()
+    return int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+
+
+def test_a_pasted_marker_lands_in_a_corner_at_its_size() -> None:
+    size, side = 0.15, 100
+    cfg = AugmentConfig(marker=1.0, marker_size=size)
+    x = torch.full((200, 1, side, side), 0.5)
+    out = paste_markers(x, cfg, torch.Generator().manual_seed(0))
+    corners = set()
+    for before, after in zip(x[:, 0], out[:, 0]):
+        top, bottom, left, right = _pasted_box(before, after)
+        height = bottom - top + 1
+        assert height <= size * side + 1 and height >= size * side / 3 - 2
+        margin = 0.06 * side + 1
+        near_top, near_bottom = top <= margin, bottom >= side - 1 - margin
+        near_left, near_right = left <= margin, right >= side - 1 - margin
+        assert near_top != near_bottom and near_left != near_right
+        corners.add((near_top, near_left))
+        ink = after[after != before]
+        assert (ink > 0.5).all() or (ink < 0.5).all()  # white or black, never both
+    assert len(corners) == 4
+
+
+def test_markers_follow_their_probability_and_leave_the_input_alone() -> None:
+    x = torch.full((1000, 1, 32, 32), 0.5)
+    out = paste_markers(x, AugmentConfig(marker=0.25), torch.Generator().manual_seed(0))
+    share = (out != x).flatten(1).any(dim=1).float().mean().item()
+    assert 0.21 < share < 0.29 and (x == 0.5).all()
+
+
+def test_gamma_stays_within_its_exponent_range() -> None:
+    g = 0.5
+    x = torch.full((500, 1, 4, 4), 0.5)
+    out = Augment(AugmentConfig(**NO_GEOMETRY, gamma=g))(x, generator=torch.Generator().manual_seed(0))
+    v = out[:, 0, 0, 0]
+    lo, hi = 0.5 ** (1 + g), 0.5 ** (1 / (1 + g))  # exponent in [1/1.5, 1.5]
+    assert v.min() >= lo - 1e-6 and v.max() <= hi + 1e-6
+    assert v.min() < 0.5 ** 1.4 and v.max() > 0.5 ** (1 / 1.4)  # the range is used
+    assert (out == out[:, :, :1, :1]).all()  # one exponent per image
+
+
+def test_contrast_scales_the_spread_around_the_mean_within_its_range() -> None:
+    c = 0.3
+    x = torch.zeros(500, 1, 2, 2)
+    x[:, :, 0] = 0.4
+    x[:, :, 1] = 0.6  # mean 0.5, spread 0.2
+    out = Augment(AugmentConfig(**NO_GEOMETRY, contrast=c))(x, generator=torch.Generator().manual_seed(0))
+    spread = out[:, 0, 1, 0] - out[:, 0, 0, 0]
+    torch.testing.assert_close(out.mean(dim=(1, 2, 3)), torch.full((500,), 0.5))
+    assert spread.min() >= 0.2 * (1 - c) - 1e-6 and spread.max() <= 0.2 * (1 + c) + 1e-6
+    assert spread.min() < 0.2 * (1 - 0.9 * c) and spread.max() > 0.2 * (1 + 0.9 * c)
+
+
+def test_noise_has_at_most_its_standard_deviation() -> None:
+    x = torch.full((200, 1, 64, 64), 0.5)
+    out = Augment(AugmentConfig(**NO_GEOMETRY, noise=0.05))(x, generator=torch.Generator().manual_seed(0))
+    sd = (out - x).flatten(1).std(dim=1)
+    assert sd.max() < 0.05 * 1.1 and sd.min() < 0.01 and sd.mean() > 0.02  # uniform in [0, 0.05]
+
+
+def test_robust_preset_is_repeatable_with_a_seed_and_in_range() -> None:
+    aug = Augment(load_config("robust").augment)
+    x = torch.rand(8, 1, 64, 64)
+    a = aug(x, generator=torch.Generator().manual_seed(3))
+    b = aug(x, generator=torch.Generator().manual_seed(3))
+    c = aug(x, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= 0 and a.max() <= 1 and a.shape == x.shape
+
+
+@pytest.mark.parametrize(
+    "key,value", [("marker", 1.5), ("erase", -0.1), ("crop_scale", 0.0), ("marker_size", 0.6), ("noise", 0.9)]
+)
+def test_breaker_settings_out_of_range_are_config_errors(key: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=f"augment.{key}"):
+        AugmentConfig(**{key: value})

@@ -47,3 +47,29 @@ def test_every_preset_builds_and_round_trips() -> None:
     for name in PRESETS:
         c = load_config(name)
         assert TrainConfig.from_dict(c.to_dict()) == c
+
+
+BREAKERS = ("crop", "erase", "marker", "gamma", "noise")
+
+
+def test_seed_and_default_leave_the_shortcut_breakers_off() -> None:
+    for name in ("seed", "default", "debug"):
+        a = load_config(name).augment
+        assert all(getattr(a, k) == 0.0 for k in BREAKERS), name
+
+
+def test_robust_is_default_with_the_shortcut_breakers_on() -> None:
+    robust, default = load_config("robust"), load_config("default")
+    assert all(getattr(robust.augment, k) > 0 for k in BREAKERS)
+    assert robust.augment.contrast > default.augment.contrast
+    same = {k: v for k, v in robust.to_dict().items() if k != "augment"}
+    assert same == {k: v for k, v in default.to_dict().items() if k != "augment"}
+    for k in ("hflip", "degrees", "zoom", "translate", "brightness", "padding_mode"):
+        assert getattr(robust.augment, k) == getattr(default.augment, k)
+
+
+def test_yaml_turns_on_one_breaker(tmp_path: Path) -> None:
+    y = tmp_path / "lever.yaml"
+    y.write_text("augment:\n  marker: 0.3\n")
+    c = load_config("default", y)
+    assert c.augment.marker == 0.3 and c.augment.erase == 0.0 and c.augment.degrees == 10.0

@@ -1,4 +1,4 @@
-"""The blocked weight gradient of pneumolens.conv against PyTorch's own convolution backward."""
+"""The blocked weight gradient of pneumolens.accel.conv against PyTorch's own convolution backward."""
 
 from __future__ import annotations
 
@@ -7,8 +7,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pneumolens import conv as conv_mod
-from pneumolens.conv import Conv2d, grads
+from pneumolens.accel import conv as conv_mod
+from pneumolens.accel.conv import BlockedConv2d, fits, grads
+
+
+def Conv2d(*args, **kwargs) -> nn.Conv2d:
+    """An ``nn.Conv2d`` swapped to the blocked kernel, as ``accelerate_cpu_training`` swaps it."""
+    conv = nn.Conv2d(*args, **kwargs)
+    conv.__class__ = BlockedConv2d
+    return conv
 
 
 def weight_grad(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -103,7 +110,8 @@ def test_same_inputs_give_the_same_bits() -> None:
 )
 def test_other_convolutions_are_plain_nn_conv2d(kwargs: dict) -> None:
     ours = Conv2d(4, 4, **kwargs).train()
-    y = ours(torch.rand(1, 4, 9, 9, requires_grad=True))
+    assert not fits(ours)  # accelerate_cpu_training leaves these alone
+    y = ours(torch.rand(1, 4, 9, 9, requires_grad=True))  # and, swapped anyway, the stock layer runs
     assert "_Conv3x3" not in type(y.grad_fn).__name__
 
 
@@ -113,6 +121,38 @@ def test_eval_mode_and_no_grad_use_pytorch_convolution() -> None:
     assert "_Conv3x3" not in type(ours.eval()(x).grad_fn).__name__  # Grad-CAM and the ONNX export see nn.Conv2d
     with torch.no_grad():
         assert ours.train()(x).grad_fn is None
+
+
+def test_autocast_runs_pytorchs_convolution_in_bfloat16() -> None:
+    ours = Conv2d(2, 3, 3, padding=1).train()
+    x = torch.rand(1, 2, 6, 6, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ours(x)
+    assert y.dtype == torch.bfloat16 and "_Conv3x3" not in type(y.grad_fn).__name__
+    y.float().sum().backward()
+    assert ours.weight.grad is not None and x.grad is not None
+
+
+def test_double_backward_in_float64() -> None:
+    """Gradients of gradients through the kernel are PyTorch's (its backward switches to them)."""
+    torch.manual_seed(5)
+    ours = Conv2d(2, 2, 3, padding=1).double().train()
+    x = torch.randn(1, 2, 4, 3, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w, b):
+        return conv_mod._Conv3x3.apply(x, w, b)
+
+    assert torch.autograd.gradcheck(f, (x, ours.weight, ours.bias))
+    assert torch.autograd.gradgradcheck(f, (x, ours.weight, ours.bias))
+    y = ours(x)
+    assert "_Conv3x3" in type(y.grad_fn).__name__
+    (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    gx.square().sum().backward()
+    got = ours.weight.grad.clone()
+    ours.weight.grad = None
+    (gx,) = torch.autograd.grad(F.conv2d(x, ours.weight, ours.bias, padding=1).square().sum(), x, create_graph=True)
+    gx.square().sum().backward()
+    torch.testing.assert_close(got, ours.weight.grad, rtol=1e-10, atol=1e-10)
 
 
 def test_state_dict_is_nn_conv2d_s() -> None:

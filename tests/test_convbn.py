@@ -1,4 +1,4 @@
-"""The first block's folded convolution + BatchNorm against bn(conv(x)) computed the usual way."""
+"""pneumolens.accel.convbn: the first block's folded convolution + BatchNorm against bn(conv(x))."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pneumolens import convbn
-from pneumolens.conv import Conv2d
+from pneumolens.accel import accelerate_cpu_training, convbn
 from pneumolens.model import CnnLstm, ConvBlock, ModelConfig
 
 
-def make(momentum: float | None = 0.01, bias: bool = True, dtype=torch.float64) -> tuple[Conv2d, nn.BatchNorm2d]:
+def make(momentum: float | None = 0.01, bias: bool = True, dtype=torch.float64) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
     torch.manual_seed(0)
-    conv = Conv2d(1, 6, 3, padding=1, bias=bias).to(dtype).train()
+    conv = nn.Conv2d(1, 6, 3, padding=1, bias=bias).to(dtype).train()
     bn = nn.BatchNorm2d(6, eps=1e-3, momentum=momentum).to(dtype).train()
     with torch.no_grad():
         bn.weight.uniform_(-1.5, 1.5)  # negative scales too
@@ -79,6 +78,9 @@ def test_output_keeps_the_channels_last_layout_of_a_channels_last_block() -> Non
 
 def test_the_model_uses_it_only_for_the_first_block_in_training() -> None:
     model = CnnLstm(ModelConfig()).train()
+    accelerate_cpu_training(model)
+    assert isinstance(model.features.block1, convbn.FoldedFirstBlock)
+    assert not isinstance(model.features.block2, convbn.FoldedFirstBlock)
     x = torch.rand(2, 1, 128, 128)
     assert convbn.applies(x, model.features.block1.conv, model.features.block1.bn)
     h = model.features.block1(x)
@@ -93,17 +95,13 @@ def test_model_training_step_matches_the_unfolded_path() -> None:
     torch.manual_seed(4)
     cfg = ModelConfig(conv_dropout=(0.0, 0.0, 0.0), lstm_dropout=0.0, dense_dropout=0.0)
     model = CnnLstm(cfg).double().train()
-    twin = copy.deepcopy(model)
+    twin = copy.deepcopy(model)  # stock
+    model.features.block1.__class__ = convbn.FoldedFirstBlock
     x = torch.rand(4, 1, 128, 128, dtype=torch.float64)
     y = torch.tensor([0.0, 1.0, 1.0, 0.0], dtype=torch.float64)
     F.binary_cross_entropy_with_logits(model(x), y).backward()
     block = twin.features.block1
-    original = convbn.applies
-    try:
-        convbn.applies = lambda *a: False
-        F.binary_cross_entropy_with_logits(twin(x), y).backward()
-    finally:
-        convbn.applies = original
+    F.binary_cross_entropy_with_logits(twin(x), y).backward()
     for (name, p), q in zip(model.named_parameters(), twin.parameters()):
         if name == "features.block1.conv.bias":
             assert torch.equal(p.grad, torch.zeros_like(p.grad)) and float(q.grad.abs().max()) < 1e-10

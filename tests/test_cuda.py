@@ -104,7 +104,7 @@ def test_training_on_cuda_writes_a_checkpoint_that_loads_on_the_cpu(synthetic_da
     from conftest import tiny_model_config
 
     config = TrainConfig(model=tiny_model_config(), batch_size=8, max_epochs=2, early_stopping_patience=0, seed=1)
-    from pneumolens.train import fit
+    from pneumolens.training import fit
 
     res = fit(config, synthetic_dataset, tmp_path / "run", accelerator="gpu", progress=False)
     ck = load_checkpoint(res.model_path)  # map_location cpu, weights_only

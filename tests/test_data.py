@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pneumolens import data
+from pneumolens.commands import _common
 from pneumolens.data import Record, find_images, find_split, parse_name, patient_split, resolve_data_root
 from pneumolens.errors import DatasetError
 
@@ -183,15 +184,20 @@ def test_patient_split_invalid_fraction(fraction):
 
 @pytest.fixture
 def roots(tmp_path, monkeypatch):
-    """Four candidate roots and a working folder; the shared default points into tmp_path."""
-    made = {k: tmp_path / k for k in ("flag", "env", "shared")}
+    """Candidate roots, a working folder ``work/repo`` holding ``chest_xray``, and the workspace's
+    ``work/shared/data/chest_xray`` beside it; the CLI's checkout anchor points at ``checkout/repo``."""
+    made = {k: tmp_path / k for k in ("flag", "env", "first", "second")}
     for p in made.values():
         p.mkdir()
     cwd = tmp_path / "work" / "repo"
     cwd.mkdir(parents=True)
     (cwd / "chest_xray").mkdir()
+    made["workspace"] = tmp_path / "work" / "shared" / "data" / "chest_xray"
+    made["workspace"].mkdir(parents=True)
+    made["checkout_data"] = tmp_path / "checkout" / "shared" / "data" / "chest_xray"
+    made["checkout_data"].mkdir(parents=True)
     monkeypatch.chdir(cwd)
-    monkeypatch.setattr(data, "DEFAULT_SHARED_DATA", made["shared"])
+    monkeypatch.setattr(_common, "CHECKOUT", tmp_path / "checkout" / "repo")
     monkeypatch.setenv("PNEUMOLENS_DATA", str(made["env"]))
     return made
 
@@ -200,26 +206,48 @@ def test_resolve_order(roots, monkeypatch):
     assert resolve_data_root(roots["flag"]) == roots["flag"]
     assert resolve_data_root(None) == roots["env"]
     monkeypatch.delenv("PNEUMOLENS_DATA")
-    assert resolve_data_root(None) == roots["shared"]
-    roots["shared"].rmdir()
-    assert resolve_data_root(None).resolve() == (Path.cwd() / "chest_xray").resolve()
+    assert resolve_data_root(None, [roots["first"], roots["second"]]) == roots["first"]
+    roots["first"].rmdir()
+    assert resolve_data_root(None, [roots["first"], roots["second"]]) == roots["second"]
+    assert resolve_data_root(None) == Path("chest_xray")  # the library's only default: ./chest_xray
 
 
-def test_resolve_shared_relative_to_working_folder(roots, monkeypatch, tmp_path):
+def test_library_never_looks_in_the_workspace(roots, monkeypatch):
+    """../shared/data/chest_xray exists beside the working folder, but only the CLI knows that place."""
     monkeypatch.delenv("PNEUMOLENS_DATA")
-    roots["shared"].rmdir()
-    rel = tmp_path / "work" / "shared" / "data" / "chest_xray"
-    rel.mkdir(parents=True)
-    assert resolve_data_root(None).resolve() == rel.resolve()
+    (Path.cwd() / "chest_xray").rmdir()
+    with pytest.raises(DatasetError, match=r"looked for \./chest_xray\)"):
+        resolve_data_root(None)
+    assert not hasattr(data, "DEFAULT_SHARED_DATA")
+
+
+def test_cli_default_order(roots, monkeypatch, tmp_path):
+    """--data, $PNEUMOLENS_DATA, the workspace beside the checkout, beside the working folder, ./chest_xray."""
+    assert _common.data_root(str(roots["flag"])) == roots["flag"]
+    assert _common.data_root(None) == roots["env"]
+    monkeypatch.delenv("PNEUMOLENS_DATA")
+    assert _common.data_root(None) == roots["checkout_data"]
+    roots["checkout_data"].rmdir()
+    assert _common.data_root(None) == roots["workspace"]  # normalised: no ".." left in the path
+    roots["workspace"].rmdir()
+    assert _common.data_root(None) == Path("chest_xray")
+
+
+def test_cli_help_and_fallbacks_name_the_workspace_once(roots):
+    assert _common.WORKSPACE_DATA == Path("../shared/data/chest_xray")
+    assert "$PNEUMOLENS_DATA, else ../shared/data/chest_xray, else ./chest_xray" in _common.DATA_HELP
+    fallbacks = _common.data_fallbacks()
+    assert fallbacks == (roots["checkout_data"], roots["workspace"], Path("chest_xray"))
 
 
 def test_resolve_nothing_found(roots, monkeypatch):
     monkeypatch.delenv("PNEUMOLENS_DATA")
-    roots["shared"].rmdir()
     (Path.cwd() / "chest_xray").rmdir()
     with pytest.raises(DatasetError) as e:
-        resolve_data_root(None)
-    assert "paultimothymooney/chest-xray-pneumonia" in str(e.value) and "\n" not in str(e.value)
+        resolve_data_root(None, [roots["flag"] / "missing", "nowhere"])
+    msg = str(e.value)
+    assert f"looked for {(roots['flag'] / 'missing').as_posix()}, ./nowhere)" in msg
+    assert "paultimothymooney/chest-xray-pneumonia" in msg and "\n" not in msg
 
 
 @pytest.mark.parametrize("source", ["flag", "env"])
@@ -227,9 +255,10 @@ def test_resolve_missing_explicit_folder_is_an_error(roots, monkeypatch, tmp_pat
     missing = tmp_path / "nowhere"
     if source == "env":
         monkeypatch.setenv("PNEUMOLENS_DATA", str(missing))
-    with pytest.raises(DatasetError) as e:
-        resolve_data_root(missing if source == "flag" else None)  # never falls back to another root
-    assert str(missing) in str(e.value) and "paultimothymooney/chest-xray-pneumonia" in str(e.value)
+    for resolve in (resolve_data_root, _common.data_root):
+        with pytest.raises(DatasetError) as e:
+            resolve(missing if source == "flag" else None)  # never falls back to another root
+        assert str(missing) in str(e.value) and "paultimothymooney/chest-xray-pneumonia" in str(e.value)
 
 
 # ------------------------------------------------------------------ find_images (predict's inputs)

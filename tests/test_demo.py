@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from pneumolens.cli import main
 
 
+@pytest.mark.slow  # the whole pipeline: two evaluations and three explanation methods
 def test_demo_evaluates_and_explains(synthetic_dataset: Path, trained_tiny_checkpoint_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "demo"
     code = main(["demo", "--data", str(synthetic_dataset), "--out", str(out), "--checkpoint",

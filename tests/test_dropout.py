@@ -1,4 +1,4 @@
-"""pneumolens.dropout: the fast-mask Dropout drops at rate p, keeps expectations, and trains like nn.Dropout."""
+"""pneumolens.accel.dropout: the fast-mask dropout drops at rate p, keeps expectations, and trains like nn.Dropout."""
 
 from __future__ import annotations
 
@@ -6,8 +6,23 @@ import pytest
 import torch
 from torch import nn
 
-from pneumolens.dropout import LEVELS, Dropout, dropout, keep_mask
+from pneumolens.accel import accelerate_cpu_training
+from pneumolens.accel.dropout import LEVELS, FastDropout, keep_mask
 from pneumolens.model import CnnLstm, ModelConfig
+
+
+def Dropout(p: float = 0.5, inplace: bool = False) -> nn.Dropout:
+    """An ``nn.Dropout`` swapped to fast masks, as ``accelerate_cpu_training`` swaps the model's."""
+    m = nn.Dropout(p, inplace)
+    m.__class__ = FastDropout
+    return m
+
+
+def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Training-mode fast dropout of ``x``, made a leaf that requires grad if it does not already."""
+    if not x.requires_grad:
+        x = x.detach().requires_grad_()
+    return Dropout(p).train()(x)
 
 
 @pytest.mark.parametrize("p", [0.2, 0.3, 0.4, 0.5])
@@ -27,7 +42,7 @@ def test_drop_rate_is_p_in_every_lane_of_each_random_word(p):
 def test_kept_values_are_scaled_so_the_mean_is_kept():
     torch.manual_seed(1)
     x = torch.rand(1 << 20) + 0.5
-    y = dropout(x, 0.3)
+    y = dropout(x, 0.3).detach()
     kept = y != 0
     torch.testing.assert_close(y[kept], x[kept] / (1 - round(0.3 * LEVELS) / LEVELS))
     assert float(y.mean()) == pytest.approx(float(x.mean()), rel=5e-3)
@@ -58,6 +73,28 @@ def test_masks_follow_the_seed():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_stock_dropout_runs_where_the_fast_masks_do_not_serve():
+    x = torch.ones(4, 1000, requires_grad=True)
+    m = Dropout(0.5).train()
+    assert "MaskedScale" in type(m(x).grad_fn).__name__
+    with torch.no_grad():
+        assert m(x).grad_fn is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert "MaskedScale" not in type(m(x).grad_fn).__name__
+    assert m(x.detach()).grad_fn is None  # nothing needs a gradient: nn.Dropout
+    assert torch.equal(m.eval()(x), x)
+
+
+def test_double_backward_multiplies_by_the_same_mask():
+    torch.manual_seed(4)
+    x = torch.randn(200, dtype=torch.float64, requires_grad=True)
+    y = dropout(x, 0.4)
+    (g,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)  # 2 y * mask * scale
+    (gg,) = torch.autograd.grad(g.sum(), x)  # 2 (mask * scale)^2
+    factor = y.detach() / x.detach()
+    torch.testing.assert_close(gg, 2 * factor.square())
+
+
 def test_eval_mode_and_edge_probabilities():
     x = torch.randn(2, 3, 4)
     m = Dropout(0.4).eval()
@@ -65,7 +102,7 @@ def test_eval_mode_and_edge_probabilities():
     assert torch.equal(Dropout(0.0).train()(x), x)
     assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
     ints = torch.ones(10, dtype=torch.int64)
-    with pytest.raises(RuntimeError):  # as nn.Dropout: not defined for integer tensors
+    with pytest.raises(RuntimeError):  # nn.Dropout runs: not defined for integer tensors
         Dropout(0.5).train()(ints)
 
 
@@ -76,8 +113,10 @@ def test_inplace_dropout_keeps_pytorch_semantics():
     assert y.data_ptr() == x.data_ptr() and 0.4 < float((x == 0).float().mean()) < 0.6
 
 
-def test_the_model_uses_it_and_keeps_its_state_dict():
+def test_the_accelerator_swaps_every_dropout_of_the_model_and_keeps_its_state_dict():
     model = CnnLstm(ModelConfig())
+    keys = list(model.state_dict())
+    accelerate_cpu_training(model)
     drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
-    assert len(drops) == 7 and all(isinstance(m, Dropout) for m in drops)
-    assert not any("drop" in k for k in model.state_dict())  # checkpoints from before load unchanged
+    assert len(drops) == 7 and all(isinstance(m, FastDropout) for m in drops)
+    assert list(model.state_dict()) == keys and not any("drop" in k for k in keys)

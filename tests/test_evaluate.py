@@ -13,7 +13,7 @@ from PIL import Image
 
 from pneumolens.checkpoint import Checkpoint, save_checkpoint
 from pneumolens.cli import main
-from pneumolens.data import DEFAULT_SHARED_DATA, find_split, patient_split
+from pneumolens.data import find_split, patient_split
 from pneumolens.errors import DatasetError, InvalidImageError
 from pneumolens.evaluate import FIGURES, evaluate_arrays, evaluate_split, split_records
 from pneumolens.inference import Predictor
@@ -168,10 +168,11 @@ def test_cli_evaluate_prints_summary_and_fails_cleanly(dataset, tiny_ckpt, tmp_p
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(not (DEFAULT_SHARED_DATA / "val").is_dir(), reason=f"dataset not found at {DEFAULT_SHARED_DATA}")
-def test_evaluate_official_val_folder(tiny_ckpt, tmp_path):
+def test_evaluate_official_val_folder(tiny_ckpt, tmp_path, real_data_root):
+    if not (real_data_root / "val").is_dir():
+        pytest.skip(f"official val folder not found at {real_data_root / 'val'}")
     m = evaluate_split(
-        tiny_ckpt, data=DEFAULT_SHARED_DATA, split="val", out=tmp_path / "val", n_boot=200, progress=False
+        tiny_ckpt, data=real_data_root, split="val", out=tmp_path / "val", n_boot=200, progress=False
     )
     assert (m["n"], m["n_pos"], m["n_neg"]) == (16, 8, 8)
     assert m["subtype_recall"]["bacteria"]["n"] == 8 and m["subtype_recall"]["normal"]["n"] == 8

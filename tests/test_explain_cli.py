@@ -35,6 +35,7 @@ def _write_images(folder: Path, n: int = 3) -> list[Path]:
     return paths
 
 
+@pytest.mark.slow  # six methods on every image, LIME and KernelSHAP included
 def test_explain_writes_panels_json_maps_and_gallery(
     tmp_path: Path, trained_tiny_checkpoint_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -120,6 +121,7 @@ def test_missing_input_and_empty_folder(tmp_path: Path, tiny_checkpoint_path: Pa
     assert "nope.png" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # three methods, curves, the randomisation cascade and two figures
 def test_explain_eval_writes_metrics_report_and_figures(tmp_path: Path, trained_tiny_checkpoint_path: Path,
                                                         synthetic_dataset: Path) -> None:
     out = tmp_path / "eval"
@@ -163,6 +165,7 @@ def test_shap_background_comes_from_the_default_data_root(
     assert "training images from" in doc["methods"]["shap"]["params"]["background_source"]
 
 
+@pytest.mark.slow  # four runs of the command
 def test_a_rerun_keeps_finished_images_and_redoes_changed_or_missing_ones(tmp_path: Path, tiny_checkpoint_path: Path) -> None:
     files = _write_images(tmp_path / "in", 3)
     out = tmp_path / "o"
@@ -182,3 +185,51 @@ def test_a_rerun_keeps_finished_images_and_redoes_changed_or_missing_ones(tmp_pa
     seeded = {f.stem: (out / f"{f.stem}.json").stat().st_mtime_ns for f in files}
     assert main(args + ["--seed", "3", "--overwrite"]) == 0
     assert all((out / f"{f.stem}.json").stat().st_mtime_ns != seeded[f.stem] for f in files)
+
+
+@pytest.mark.parametrize(
+    "methods, message",
+    [
+        ("gradcam:layer=lstm1", "'lstm1' is not a convolutional layer"),
+        ("gradcam:layer=lstm2", "'lstm2' is not a convolutional layer"),
+        ("kernelshap:n_segments=0", "n_segments must be an integer from 2 to"),
+        ("lime:n_segments=-3", "n_segments must be an integer from 2 to"),
+        ("ig:sigma=-1", "sigma must be a number greater than 0"),
+        ("shap:stdevs=-1", "stdevs must be a number from 0 to 1"),
+        ("lime:n_samples=1000000000", "n_samples must be an integer from 2 to 50000"),
+        ("ig:n_steps=100000000", "n_steps must be an integer from 1 to"),
+        ("shap:n_samples=100000000", "n_samples must be an integer from 1 to"),
+        ("occlusion:perturbations_per_eval=100000000", "perturbations_per_eval must be an integer from 1 to"),
+        ("occlusion:window=33", "window must be an integer from 1 to 32"),
+    ],
+)
+def test_hostile_method_settings_are_one_line_and_exit_2(tmp_path: Path, tiny_checkpoint_path: Path, capsys,
+                                                          methods: str, message: str) -> None:
+    """Issue 17 item 2: each of these crashed with a traceback (exit 1) or tried to allocate hundreds of GB."""
+    files = _write_images(tmp_path / "in", 1)
+    rc = main(["explain", str(files[0]), "-c", str(tiny_checkpoint_path), "--out", str(tmp_path / "o"),
+               "--no-progress", "--methods", methods])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert message in err[0] and methods in err[0]
+    assert not (tmp_path / "o").exists()  # refused before any work
+
+
+def test_out_that_is_an_existing_file_is_refused_before_any_work(tmp_path: Path, tiny_checkpoint_path: Path,
+                                                                  capsys, monkeypatch) -> None:
+    """Issue 17 item 4: ``--out EXISTING_FILE`` was a FileExistsError traceback."""
+    from pneumolens import inference
+
+    files = _write_images(tmp_path / "in", 1)
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    monkeypatch.setattr(inference, "Predictor", None)  # the model must not even be loaded
+    rc = main(["explain", str(files[0]), "-c", str(tiny_checkpoint_path), "--out", str(taken), "--no-progress",
+               "--methods", "gradcam"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and str(taken) in err[0] and "not a folder" in err[0]
+    assert taken.read_text() == "keep me"
+    rc = main(["explain", str(files[0]), "-c", str(tiny_checkpoint_path), "--out", str(taken / "sub"),
+               "--no-progress", "--methods", "gradcam"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and str(taken) in err[0] and "not a folder" in err[0]

@@ -1,4 +1,5 @@
-"""Faithfulness measures on answers known by construction."""
+"""Faithfulness measures (explain/faithfulness.py) and their evaluation (explain/evaluation.py), on answers
+known by construction."""
 
 from __future__ import annotations
 
@@ -15,16 +16,17 @@ from test_explain_support import (  # noqa: F401 (one_thread is a fixture)
     tiny_cnnlstm,
 )
 from pneumolens.explain.base import as_batch
-from pneumolens.explain.metrics import (
+from pneumolens.explain.evaluation import evaluate_explanations, randomisation_check
+from pneumolens.explain.faithfulness import (
     auc,
     available_stages,
     curve_inputs,
     deletion_insertion,
-    evaluate_explanations,
+    finite_or_none,
+    nan_median,
     pixel_order,
     randomised_copy,
     random_map,
-    randomisation_check,
     spearman,
 )
 from pneumolens.explain.runner import MethodSpec
@@ -89,6 +91,14 @@ def test_spearman() -> None:
     assert np.isnan(spearman(a, np.zeros_like(a)))
 
 
+def test_json_numbers_of_the_report() -> None:
+    assert nan_median([3.0, float("nan"), 1.0, 2.0]) == 2.0  # NaN ignored: median of 1, 2, 3
+    assert np.isnan(nan_median([float("nan"), float("inf")]))  # no finite value at all
+    assert finite_or_none(0.1234567) == 0.123457
+    assert finite_or_none(np.float32(2.0)) == 2.0
+    assert finite_or_none(float("nan")) is None and finite_or_none(-np.inf) is None and finite_or_none(None) is None
+
+
 def test_randomised_copy_changes_only_the_named_layers() -> None:
     model = tiny_cnnlstm()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -126,12 +136,13 @@ def test_evaluate_explanations_end_to_end() -> None:
 def test_randomisation_check_tells_model_maps_from_image_only_maps(monkeypatch: pytest.MonkeyPatch) -> None:
     """A "method" that just returns the image (an edge detector would do the same) must stay at 1.0;
     gradients of a fully re-initialised model must not."""
-    from pneumolens.explain import core
+    from pneumolens.explain import core, settings
 
     def image_only(model, x, forward=None):
         return x.clone(), {}
 
     monkeypatch.setitem(core.METHODS, "image_only", image_only)
+    monkeypatch.setitem(settings.SETTINGS, "image_only", {})  # a method without settings to check
     model = tiny_cnnlstm()
     images = textured_images(3, SIZE)
     specs = [MethodSpec("image_only", "image_only"), MethodSpec("ig", "ig", {"n_steps": 8})]

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_fast import randomize_bn
+from test_folding import randomize_bn
 
 from pneumolens.checkpoint import Checkpoint, save_checkpoint
 from pneumolens.errors import ConfigError, InvalidImageError
-from pneumolens.fast import FastModel
+from pneumolens.backends import FastModel
 from pneumolens.inference import Predictor, to_input
 from pneumolens.io import load_image, resize_square
 from pneumolens.model import CnnLstm, ModelConfig

@@ -506,3 +506,198 @@ def test_large_jpegs_are_drafted_within_a_grey_level_and_small_ones_are_not(tmp_
     np.testing.assert_array_equal(io.load_image(small, 64), io.resize_square(io.read_image(small), 64))
     png = save(Image.fromarray(_smooth_film(1100, 900)), tmp_path / "big.png")
     assert io.read_image(png, draft_size=128).shape == (1100, 900)  # only JPEG has a draft mode
+
+
+# --------------------------------------------------------------------------- issue 17: DICOM reasons, decode memory
+
+
+def pydicom_test_file(name: str) -> Path:
+    """One of pydicom's own test files; skipped when this install lacks it (some are downloaded on demand)."""
+    from pydicom.data import get_testdata_file
+
+    try:
+        path = get_testdata_file(name)
+    except Exception:  # a download attempted offline
+        path = None
+    if path is None:
+        pytest.skip(f"pydicom test file {name} is not available offline")
+    return Path(path)
+
+
+@pytest.mark.parametrize(
+    "name, syntax, uid, reason",
+    [
+        ("JPEG-lossy.dcm", "JPEG Extended", "1.2.840.10008.1.2.4.51", "12-bit precision"),
+        ("JPGExtended.dcm", "JPEG Extended", "1.2.840.10008.1.2.4.51", "12-bit precision"),
+        ("GDCMJ2K_TextGBR.dcm", "JPEG 2000", "1.2.840.10008.1.2.4.90", "broken data stream"),
+        ("JPEG2000-embedded-sequence-delimiter.dcm", "JPEG 2000", "1.2.840.10008.1.2.4.91", "exceeds limit"),
+    ],
+)
+def test_undecodable_compressed_dicom_is_one_full_line_and_no_logged_traceback(name, syntax, uid, reason, caplog):
+    """Issue 17 item 5: pydicom logged whole tracebacks, and the reason stopped at "...all available plugins:"."""
+    import logging
+
+    path = pydicom_test_file(name)
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(UnsupportedDicomError) as e:
+            io.read_image(path, name=name)
+    assert_one_line_error(e, name, syntax, uid, reason, "pip install pylibjpeg")
+    assert not str(e.value).rstrip().endswith(":")
+    assert [r for r in caplog.records if r.exc_info or r.exc_text] == []
+
+
+def test_a_missing_decoder_names_the_package_that_would_decode_it(tmp_path):
+    ds = make_dicom(np.zeros((16, 16), dtype=np.uint8))
+    ds.file_meta.TransferSyntaxUID = JPEGLSLossless
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + bytes(64)])
+    ds["PixelData"].VR = "OB"
+    with pytest.raises(UnsupportedDicomError) as e:
+        io.read_image(dicom_bytes(ds), name="jls.dcm")
+    assert_one_line_error(e, "jls.dcm", "JPEG-LS Lossless", "1.2.840.10008.1.2.4.80", "no decoder for it is installed",
+                          "pip install pylibjpeg pylibjpeg-libjpeg")
+
+
+@pytest.mark.parametrize("content", [b"hello, this is text\n" * 3, RNG.bytes(3000), b"\x00" * 300])
+def test_a_dcm_file_that_is_not_dicom_says_so(content):
+    """Issue 17 item 6: text or noise named .dcm was "DICOM file has no pixel data" (an UnsupportedDicomError: 415)."""
+    with pytest.raises(InvalidImageError) as e:
+        io.read_image(content, name="notes.dcm")
+    assert not isinstance(e.value, UnsupportedDicomError)
+    assert_one_line_error(e, "notes.dcm", "not a DICOM file")
+
+
+def test_a_truncated_uncompressed_dicom_says_truncated_not_decoder():
+    """Issue 17 item 6: the reason ended with a misleading "compressed DICOM may need a decoder"."""
+    data = dicom_bytes(make_dicom(RAMP12, bits_stored=12))
+    with pytest.raises(InvalidImageError) as e:
+        io.read_image(data[:-2000], name="cut.dcm")
+    assert not isinstance(e.value, UnsupportedDicomError)
+    assert_one_line_error(e, "cut.dcm", "truncated pixel data", "6192 of 8192 bytes")
+    assert "decoder" not in str(e.value) and "pip" not in str(e.value)
+
+
+def png16_header_claiming(width: int, height: int) -> bytes:
+    """A valid 16-bit grayscale PNG header claiming width x height, with a tiny IDAT."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_16bit_png_over_the_decode_budget_is_refused_from_its_header():
+    """Issue 17 item 9: a 124 KB 16-bit 7999x7999 PNG (under the pixel cap) cost ~730 MB to decode."""
+    assert 7999 * 7999 < io.MAX_PIXELS
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageTooLargeError) as e:
+            io.read_image(png16_header_claiming(7999, 7999), name="deep.png")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert_one_line_error(e, "deep.png", "7999x7999", "16-bit", f"{io.MAX_DECODED_BYTES:,}")
+    assert peak < 5_000_000
+
+
+def test_decoded_bytes_budget_per_mode():
+    assert io.decoded_bytes("L", (8000, 8000)) == 64_000_000
+    assert io.decoded_bytes("I;16", (100, 10)) == 2_000
+    assert io.decoded_bytes("RGB", (100, 10)) == 4_000  # Pillow keeps 4 bytes per pixel for every multi-band mode
+    assert io.decoded_bytes("F", (100, 10)) == 4_000
+
+
+def test_16bit_decode_keeps_numpy_memory_near_the_output_size(tmp_path):
+    """Converting 16 bits to 8 used float64 copies of the whole image (8+ bytes per pixel)."""
+    h, w = 1500, 1400
+    arr16 = (np.add.outer(np.arange(h), np.arange(w)) * 20 % 60000).astype(np.uint16)
+    path = save(Image.fromarray(arr16), tmp_path / "deep.png")
+    tracemalloc.start()
+    try:
+        out = io.read_image(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    expected = np.round((arr16.astype(float) - arr16.min()) * 255 / (int(arr16.max()) - int(arr16.min())))
+    np.testing.assert_array_equal(out, expected.astype(np.uint8))
+    assert peak < 3 * h * w + 20_000_000, peak  # the uint8 result, a band's temporaries, the file's bytes
+
+
+@pytest.mark.parametrize("mode", ["L", "I;16", "I", "F", "RGB", "RGBA", "P", "LA", "1", "CMYK"])
+def test_band_by_band_conversion_equals_the_whole_image_conversion(mode, monkeypatch):
+    """Every mode is converted in bands of rows (bounded memory); the result must not depend on the bands."""
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 256, (37, 23, 4), dtype=np.uint8)
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65535, (37, 23), dtype=np.uint16))
+    elif mode in ("I", "F"):
+        arr = rng.normal(0, 1000, (37, 23)).astype(np.int32 if mode == "I" else np.float32)
+        if mode == "F":
+            arr[3, 4] = np.nan
+        img = Image.fromarray(arr)
+    elif mode == "P":
+        img = Image.fromarray(base[..., :3], "RGB").quantize(50)
+    else:
+        img = Image.fromarray(base, "RGBA").convert(mode)
+    assert img.mode == mode
+    data = _io.BytesIO()
+    img.save(data, format="TIFF")
+    whole = io.read_image(data.getvalue(), name="x.tif")
+    monkeypatch.setattr(io, "BAND_PIXELS", 23 * 5)  # bands of 5 rows, the last one shorter
+    np.testing.assert_array_equal(io.read_image(data.getvalue(), name="x.tif"), whole)
+
+
+def test_dicom_band_by_band_conversion_equals_the_whole_image(monkeypatch):
+    cases = [
+        make_dicom(RAMP12, bits_stored=12),
+        make_dicom(RAMP12, bits_stored=12, WindowCenter=2048, WindowWidth=1025),
+        make_dicom(RAMP12, bits_stored=12, RescaleSlope=-2, RescaleIntercept=100),
+        make_dicom(RNG.integers(0, 256, (20, 30, 3), dtype=np.uint8), photometric="RGB"),
+    ]
+    datas = [dicom_bytes(ds) for ds in cases]
+    whole = [io.read_image(d, name="x.dcm") for d in datas]
+    monkeypatch.setattr(io, "BAND_PIXELS", 64 * 3)
+    for d, w in zip(datas, whole):
+        np.testing.assert_array_equal(io.read_image(d, name="x.dcm"), w)
+
+
+def test_large_decodes_wait_for_a_slot(monkeypatch):
+    """At most ``limit_large_decodes(n)`` decodes over LARGE_DECODE_BYTES run at once; small ones never wait."""
+    import threading
+    import time
+
+    monkeypatch.setattr(io, "LARGE_DECODE_BYTES", 1000)
+    big = png_bytes(Image.fromarray(RNG.integers(0, 256, (100, 100), dtype=np.uint8)))  # 10,000 bytes decoded
+    small = png_bytes(Image.fromarray(GRAY))  # 768 bytes decoded
+    active, most = 0, 0
+    lock = threading.Lock()
+    original = io._pil_to_gray
+
+    def slow(img):
+        nonlocal active, most
+        with lock:
+            active += 1
+            most = max(most, active)
+        time.sleep(0.05)
+        with lock:
+            active -= 1
+        return original(img)
+
+    monkeypatch.setattr(io, "_pil_to_gray", slow)
+    previous = io.limit_large_decodes(1)
+    try:
+        threads = [threading.Thread(target=io.read_image, args=(big,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert most == 1
+        most = 0
+        threads = [threading.Thread(target=io.read_image, args=(small,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert most > 1  # small decodes are not gated
+    finally:
+        io.limit_large_decodes(previous)

@@ -1,4 +1,4 @@
-"""The unrolled training pass of pneumolens.lstm.LSTM against nn.LSTM's own."""
+"""The unrolled training pass of pneumolens.accel.lstm.UnrolledLSTM against nn.LSTM's own."""
 
 from __future__ import annotations
 
@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from pneumolens.lstm import LSTM
+from pneumolens.accel.lstm import UnrolledLSTM, _LstmLayer, fits, reference
+
+
+def LSTM(*args, **kwargs) -> nn.LSTM:
+    """An ``nn.LSTM`` swapped to the unrolled pass, as ``accelerate_cpu_training`` swaps the first one."""
+    lstm = nn.LSTM(*args, **kwargs)
+    lstm.__class__ = UnrolledLSTM
+    return lstm
 
 
 def outputs_and_grads(lstm: nn.LSTM, x: torch.Tensor, g: torch.Tensor, g_h: torch.Tensor, g_c: torch.Tensor,
@@ -75,6 +82,40 @@ def test_other_uses_are_plain_nn_lstm(make, call) -> None:
     m = make()
     y, _ = call(m, torch.randn(2, 5, 4, requires_grad=True))
     assert "_LstmLayer" not in type(y.grad_fn).__name__
+
+
+def test_only_the_supported_configuration_fits() -> None:
+    assert fits(nn.LSTM(4, 3, batch_first=True))
+    assert not fits(nn.LSTM(4, 3, batch_first=False)) and not fits(nn.LSTM(4, 3, batch_first=True, proj_size=2))
+
+
+def test_autocast_runs_nn_lstm() -> None:
+    ours = LSTM(4, 3, batch_first=True).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = ours(torch.randn(2, 5, 4, requires_grad=True))
+    assert "_LstmLayer" not in type(y.grad_fn).__name__
+    y.float().sum().backward()
+    assert ours.weight_ih_l0.grad is not None
+
+
+def test_reference_is_nn_lstm_in_float64() -> None:
+    torch.manual_seed(6)
+    lstm = nn.LSTM(5, 3, batch_first=True).double()
+    x = torch.randn(2, 4, 5, dtype=torch.float64)
+    y, (_, c) = lstm(x)
+    hs, c_last = reference(x, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
+    torch.testing.assert_close(hs, y, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(c_last, c[0], rtol=1e-12, atol=1e-12)
+
+
+def test_double_backward_in_float64() -> None:
+    """The backward pass is differentiable: gradcheck and gradgradcheck of the layer's function."""
+    torch.manual_seed(7)
+    lstm = nn.LSTM(3, 2, batch_first=True).double()
+    x = torch.randn(2, 3, 3, dtype=torch.float64, requires_grad=True)
+    inputs = (x, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
+    assert torch.autograd.gradcheck(_LstmLayer.apply, inputs)
+    assert torch.autograd.gradgradcheck(_LstmLayer.apply, inputs)
 
 
 def test_no_grad_uses_nn_lstm_and_state_dict_is_unchanged() -> None:

@@ -1,4 +1,4 @@
-"""``pneumolens.memory``: the malloc setting the command line applies, and its opt-out."""
+"""``pneumolens.accel.keep_freed_memory``: the malloc setting the training command applies, and its opt-out."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ import sys
 
 import pytest
 
-PROBE = "from pneumolens.memory import keep_freed_memory as k; print(k(), k())"
+PROBE = "from pneumolens.accel import keep_freed_memory as k; print(k(), k())"
 
 
 def _probe(**env: str) -> str:
     full = {**os.environ, **env}
     if not env:
         full.pop("PNEUMOLENS_MALLOC", None)
-    return subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=full, check=True).stdout.strip()
+    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=full, check=True)
+    return done.stdout.strip()
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt thresholds are a glibc feature")

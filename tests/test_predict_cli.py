@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def test_csv_output(images, tiny_checkpoint_path, tmp_path, capsys, batch_size):
     assert f"8 predicted, 0 skipped; wrote {out_file}" in capsys.readouterr().out
     with open(out_file, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["file", "probability", "label", "threshold"]
+    assert list(rows[0]) == ["file", "probability", "label", "threshold", "error"]
     assert [r["file"] for r in rows] == [str(f) for f in files]
     expected = expected_probabilities(tiny_checkpoint_path, files)
     for r in rows:
@@ -215,3 +216,158 @@ def test_real_val_folder(real_data_root, tiny_checkpoint_path, tmp_path):
     with open(out_file, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 16 and all(0.0 <= float(r["probability"]) <= 1.0 for r in rows)
+
+
+# ----------------------------------------------------------------------------- issue 17
+
+
+def test_a_symlink_loop_is_a_bad_file_not_a_crash(images, tiny_checkpoint_path, capsys):
+    """Issue 17 item 3: ``selfref.jpeg -> selfref.jpeg`` raised RuntimeError even with --skip-bad."""
+    loop = images / "NORMAL" / "selfref.jpeg"
+    os.symlink("selfref.jpeg", loop)
+    assert main(["predict", str(images), "-c", str(tiny_checkpoint_path)]) == 2
+    line = stderr_error_line(capsys.readouterr().err)
+    assert str(loop) in line and "symbolic links" in line and "--skip-bad" in line
+    assert main(["predict", str(images), "-c", str(tiny_checkpoint_path), "--skip-bad"]) == 0
+    out, err = capsys.readouterr()
+    assert "8 predicted, 1 skipped" in out
+    assert any(str(loop) in w for w in err.splitlines() if "warning:" in w)
+    assert main(["predict", str(loop), str(images), "-c", str(tiny_checkpoint_path), "--skip-bad"]) == 0
+    assert "8 predicted, 1 skipped" in capsys.readouterr().out
+
+
+def test_out_that_is_a_folder_is_refused_before_any_work(images, tiny_checkpoint_path, tmp_path, capsys, monkeypatch):
+    """Issue 17 item 4: ``--out EXISTING_DIR.csv`` was an IsADirectoryError after every prediction was computed."""
+    from pneumolens import inference
+
+    folder = tmp_path / "taken.csv"
+    folder.mkdir()
+    monkeypatch.setattr(inference, "Predictor", None)  # the model must not even be loaded
+    assert main(["predict", str(images), "-c", str(tiny_checkpoint_path), "--out", str(folder)]) == 2
+    line = stderr_error_line(capsys.readouterr().err)
+    assert str(folder) in line and "is a folder" in line
+    a_file = tmp_path / "plain"
+    a_file.write_text("x")
+    assert main(["predict", str(images), "-c", str(tiny_checkpoint_path), "--out", str(a_file / "p.csv")]) == 2
+    line = stderr_error_line(capsys.readouterr().err)
+    assert str(a_file) in line and "not a folder" in line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere: permissions cannot be tested")
+def test_out_in_an_unwritable_folder_is_refused_before_any_work(images, tiny_checkpoint_path, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert main(["predict", str(images), "-c", str(tiny_checkpoint_path), "--out", str(locked / "p.csv")]) == 2
+    finally:
+        locked.chmod(0o700)
+    assert "no permission" in stderr_error_line(capsys.readouterr().err)
+
+
+def test_results_are_not_lost_when_writing_out_fails(images, tiny_checkpoint_path, tmp_path, capsys, monkeypatch):
+    """A write that fails after the work (disk full, the folder removed meanwhile) prints the results instead."""
+    from pneumolens import outputs
+
+    def full_disk(path, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(outputs, "write_text_atomically", full_disk)
+    out_file = tmp_path / "p.csv"
+    assert main(["predict", str(images), "-c", str(tiny_checkpoint_path), "--out", str(out_file)]) == 2
+    out, err = capsys.readouterr()
+    line = stderr_error_line(err)
+    assert str(out_file) in line and "No space left on device" in line and "stdout" in line
+    rows = list(csv.DictReader(out.splitlines()))
+    assert len(rows) == 8 and {r["file"] for r in rows} == {str(f) for f in all_images(images)}
+
+
+def test_control_characters_in_file_names_never_reach_the_terminal(images, tiny_checkpoint_path, capsys):
+    """Issue 17 item 7: a newline split an error line in two; an ESC sequence was sent raw."""
+    shutil.copy(all_images(images)[0], images / "evil\x1b[2J\u202ename.jpeg")
+    bad = images / "bad\nline.png"
+    bad.write_text("not an image")
+    assert main(["predict", str(images), "-c", str(tiny_checkpoint_path)]) == 2
+    err = capsys.readouterr().err
+    line = stderr_error_line(err)
+    assert "bad\\nline.png" in line and "\x1b" not in err
+    assert main(["predict", str(images), "-c", str(tiny_checkpoint_path), "--skip-bad"]) == 0
+    out, err = capsys.readouterr()
+    for text in (out, err):
+        assert "\x1b" not in text and "\u202e" not in text and "bad\nline" not in text
+    assert "evil\\x1b[2J\\u202ename.jpeg" in out and "bad\\nline.png" in err
+    assert all(line.startswith("pneumolens predict:") for line in err.splitlines())
+
+
+def test_an_unreadable_subfolder_is_a_counted_warning(images, tiny_checkpoint_path, capsys, monkeypatch):
+    """Issue 17 item 8: os.walk skipped an unreadable subfolder without a word."""
+    locked = images / "PNEUMONIA"
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)  # root reads anything: simulate the permission error
+    assert main(["predict", str(images), "-c", str(tiny_checkpoint_path)]) == 0
+    out, err = capsys.readouterr()
+    warnings = [line for line in err.splitlines() if "warning:" in line]
+    assert len(warnings) == 1 and str(locked) in warnings[0] and "Permission denied" in warnings[0]
+    assert f"found 4 image files in {images} (1 folder could not be read)" in err
+    assert "4 predicted, 0 skipped" in out
+
+
+def test_symlinked_subfolders_are_followed_once(images, tiny_checkpoint_path, tmp_path, capsys):
+    """Issue 17 item 8: a symlinked subfolder was neither followed nor mentioned; now it is followed,
+    and a link back into the tree (a loop) is not followed again."""
+    extra = tmp_path / "elsewhere"
+    extra.mkdir()
+    for f in all_images(images)[:2]:
+        shutil.copy(f, extra / f"copy-{f.name}")
+    os.symlink(extra, images / "linked")
+    os.symlink("..", images / "NORMAL" / "up")  # a loop
+    os.symlink(images / "NORMAL", images / "again")  # the same folder by another path
+    assert main(["predict", str(images), "-c", str(tiny_checkpoint_path)]) == 0
+    out, err = capsys.readouterr()
+    assert f"found 10 image files in {images}" in err
+    assert "10 predicted, 0 skipped" in out
+
+
+def test_csv_lists_skipped_files_with_their_error(images, tiny_checkpoint_path, tmp_path):
+    """Issue 17 item 13: the CSV left skipped files out (the JSON lists them)."""
+    bad = images / "NORMAL" / "broken.png"
+    bad.write_text("not an image")
+    out_file = tmp_path / "p.csv"
+    assert main(["predict", str(images), "-c", str(tiny_checkpoint_path), "--skip-bad", "--out", str(out_file)]) == 0
+    with open(out_file, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["file", "probability", "label", "threshold", "error"]
+    assert len(rows) == 9
+    (skipped,) = [r for r in rows if r["error"]]
+    assert skipped["file"] == str(bad) and skipped["probability"] == "" and skipped["label"] == ""
+    assert "not a recognised image format" in skipped["error"]
+    assert all(r["error"] == "" for r in rows if r["file"] != str(bad))
+
+
+def test_a_three_class_checkpoint_says_what_is_wrong(images, tiny_checkpoint_path, tmp_path, capsys):
+    """Issue 17 item 13: the error spoke of threshold and temperature."""
+    payload = torch.load(tiny_checkpoint_path, weights_only=True)
+    payload["class_names"] = ["NORMAL", "BACTERIA", "VIRUS"]
+    three = tmp_path / "three.pt"
+    torch.save(payload, three)
+    assert main(["predict", str(images), "-c", str(three)]) == 2
+    line = stderr_error_line(capsys.readouterr().err)
+    assert "3 classes (NORMAL, BACTERIA, VIRUS)" in line and "2 (NORMAL, PNEUMONIA)" in line
+    assert "threshold" not in line and "temperature" not in line
+
+
+def test_a_pickle_checkpoint_error_never_advises_weights_only_false(images, tmp_path, capsys):
+    """Issue 17 item 13: the message quoted torch's advice to re-run with weights_only=False."""
+    import pickle
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "pneumolens-checkpoint", "obj": pickle.PickleError("x")}, evil)
+    assert main(["predict", str(images), "-c", str(evil)]) == 2
+    line = stderr_error_line(capsys.readouterr().err)
+    assert str(evil) in line and "weights_only" not in line and "can still be loaded" not in line.lower()

@@ -109,7 +109,11 @@ class InlinePool:
 @pytest.fixture(scope="module")
 def app(tiny_checkpoint_path: Path):
     settings = ServeSettings(
-        checkpoint=tiny_checkpoint_path, max_upload_bytes=LIMIT, explain_prestart=False, max_files=5
+        checkpoint=tiny_checkpoint_path,
+        max_upload_bytes=LIMIT,
+        explain_prestart=False,
+        max_files=5,
+        allowed_hosts=["testserver"],  # the Host header TestClient sends
     )
     return create_app(settings)
 
@@ -160,7 +164,11 @@ def test_model_card_matches_the_checkpoint(client, reference):
 
 
 def test_threshold_override_is_what_the_card_and_labels_use(tiny_checkpoint_path):
-    app = create_app(ServeSettings(checkpoint=tiny_checkpoint_path, threshold=0.0, explain_prestart=False))
+    app = create_app(
+        ServeSettings(
+            checkpoint=tiny_checkpoint_path, threshold=0.0, explain_prestart=False, allowed_hosts=["testserver"]
+        )
+    )
     with TestClient(app) as c:
         assert c.get("/v1/model").json()["threshold"] == 0.0
         result = c.post("/v1/predict", files=[upload("a.png", encode(film()))]).json()["results"][0]
@@ -426,3 +434,174 @@ def test_methods_endpoint_lists_the_library_methods(client):
 
     body = client.get("/v1/explain/methods").json()
     assert body["methods"] == list(METHODS) and body["default"] == ["gradcam"]
+
+
+# ----------------------------------------------------------------------------- issue 17: hostile requests
+
+
+@pytest.mark.parametrize(
+    "methods, words",
+    [
+        ("gradcam:layer=lstm1", "'lstm1' is not a convolutional layer"),
+        ("gradcam:layer=lstm2", "'lstm2' is not a convolutional layer"),
+        ("kernelshap:n_segments=0", "n_segments must be an integer from 2 to"),
+        ("lime:n_segments=-3", "n_segments must be an integer from 2 to"),
+        ("ig:sigma=-1", "sigma must be a number greater than 0"),
+        ("shap:stdevs=-1", "stdevs must be a number from 0 to 1"),
+        ("lime:n_samples=1000000000", "n_samples must be an integer from 2 to 5000 (the service limit)"),
+        ("lime:n_samples=20000", "n_samples must be an integer from 2 to 5000 (the service limit)"),
+        ("ig:n_steps=100000000", "n_steps must be an integer from 1 to 512"),
+        ("shap:n_samples=100000000", "n_samples must be an integer from 1 to 64"),
+        ("occlusion:perturbations_per_eval=100000000", "perturbations_per_eval must be an integer from 1 to 256"),
+        ("occlusion:window=33", "window must be an integer from 1 to 32"),
+    ],
+)
+def test_hostile_method_settings_are_422_before_any_work(client, inline_pool, methods, words):
+    """Issue 17 item 2: these were 500s (AssertionError, ZeroDivisionError, a 352 GB allocation)."""
+    r = client.post("/v1/explain", files=[upload("e.png", encode(film()))], data={"methods": methods})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert words in detail and detail.startswith("methods: ") and "\n" not in detail
+    assert inline_pool.calls == 0
+
+
+def test_a_request_whose_files_are_all_bad_names_every_file(client):
+    """Issue 17 item 10: the 422 named only the first file's error."""
+    r = client.post(
+        "/v1/predict",
+        files=[upload("notes.txt", b"plain text"), upload("empty.png", b""), upload("tiny.png", encode(film(4, 4)))],
+    )
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert "none of the 3 files could be read" in detail
+    for words in ("notes.txt: not a recognised image format", "empty.png: file is empty", "tiny.png: image is 4x4"):
+        assert words in detail, detail
+    assert "\n" not in detail
+
+
+@pytest.mark.parametrize(
+    "name, data",
+    [("notes.dcm", b"hello, this is text\n" * 3), ("noise.dcm", np.random.default_rng(0).bytes(3000))],
+)
+def test_a_dcm_file_that_is_not_dicom_is_422_not_a_dicom_file(client, name, data):
+    """Issue 17 item 6: these got 415 "DICOM file has no pixel data"."""
+    r = client.post("/v1/predict", files=[upload(name, data)])
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith(f"{name}: not a DICOM file")
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.1.nip.io", "localhost.evil.example"])
+def test_an_unexpected_host_header_is_400(client, host):
+    """Issue 17 item 12: DNS rebinding sends the attacker's name as Host; it was answered."""
+    r = client.get("/healthz", headers={"host": host})
+    assert r.status_code == 400
+    detail = r.json()["detail"]
+    assert f"Host header '{host}'" in detail and "--allowed-host" in detail
+    r = client.post("/v1/predict", files=[upload("a.png", encode(film()))], headers={"host": host})
+    assert r.status_code == 400
+
+
+@pytest.mark.parametrize("host", ["localhost", "localhost:8000", "127.0.0.1:8000", "[::1]:8000", "[::1]", "LOCALHOST"])
+def test_loopback_hosts_are_always_allowed(client, host):
+    assert client.get("/healthz", headers={"host": host}).status_code == 200
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://localhost:9999", "https://testserver"])
+def test_a_cross_origin_post_is_403(client, origin):
+    """Issue 17 item 12: any web page could post to the local service (a form needs no preflight)."""
+    r = client.post("/v1/predict", files=[upload("a.png", encode(film()))], headers={"origin": origin})
+    assert r.status_code == 403
+    detail = r.json()["detail"]
+    assert f"origin '{origin}'" in detail and "--cors-origin" in detail
+    assert "access-control-allow-origin" not in r.headers
+
+
+def test_the_page_posting_to_its_own_origin_is_accepted(client):
+    """What the browser sends from the served page (same origin), and what curl sends (no Origin)."""
+    for headers in ({"origin": "http://testserver"}, {}):
+        r = client.post("/v1/predict", files=[upload("a.png", encode(film()))], headers=headers)
+        assert r.status_code == 200, (headers, r.text)
+    page = client.get("/static/app.js").text
+    assert "http://" not in page and "https://" not in page  # the page only calls its own origin
+
+
+def test_cors_origin_named_at_startup_is_allowed_with_cors_headers(tiny_checkpoint_path):
+    app = create_app(
+        ServeSettings(
+            checkpoint=tiny_checkpoint_path,
+            explain_prestart=False,
+            allowed_hosts=["testserver"],
+            cors_origins=["https://viewer.example"],
+        )
+    )
+    with TestClient(app) as c:
+        files = [upload("a.png", encode(film()))]
+        ok = c.post("/v1/predict", files=files, headers={"origin": "https://viewer.example"})
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://viewer.example"
+        pre = c.options(
+            "/v1/predict",
+            headers={"origin": "https://viewer.example", "access-control-request-method": "POST"},
+        )
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "https://viewer.example"
+        other = c.post("/v1/predict", files=files, headers={"origin": "https://other.example"})
+        assert other.status_code == 403
+
+
+def test_allowed_hosts_and_cors_origins_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("PNEUMOLENS_ALLOWED_HOSTS", "xray.lan, 10.0.0.5")
+    monkeypatch.setenv("PNEUMOLENS_CORS_ORIGINS", "https://viewer.example")
+    settings = ServeSettings()
+    assert settings.allowed_hosts == ["xray.lan", "10.0.0.5"]
+    assert settings.cors_origins == ["https://viewer.example"]
+
+
+@pytest.mark.parametrize("origin", ["viewer.example", "https://viewer.example/path", "*", "ftp://x.example"])
+def test_a_malformed_cors_origin_is_refused(origin):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="origin"):
+        ServeSettings(cors_origins=[origin])
+
+
+def test_a_small_16bit_png_that_decodes_huge_is_422_naming_the_budget(client):
+    """Issue 17 item 9: a 124 KB 16-bit 7999x7999 PNG cost ~730 MB of server memory per request."""
+    from pneumolens.io import MAX_DECODED_BYTES
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((7999, 7999), np.uint16)).save(buf, format="PNG")
+    assert len(buf.getvalue()) < 200_000
+    r = client.post("/v1/predict", files=[upload("deep.png", buf.getvalue())])
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert detail.startswith("deep.png: 7999x7999 16-bit") and f"{MAX_DECODED_BYTES:,}" in detail
+
+
+def test_the_service_caps_concurrent_large_decodes_while_it_runs(tiny_checkpoint_path):
+    from pneumolens import io as pio
+
+    app = create_app(
+        ServeSettings(
+            checkpoint=tiny_checkpoint_path, explain_prestart=False, allowed_hosts=["testserver"],
+            max_concurrent_large_decodes=3,
+        )
+    )
+    before = pio._large_decodes_limit
+    with TestClient(app):
+        assert pio._large_decodes_limit == 3
+    assert pio._large_decodes_limit == before
+
+
+def test_undecodable_compressed_dicom_upload_is_415_and_logs_no_traceback(client, caplog):
+    """Issue 17 item 5: the service log got pydicom's tracebacks."""
+    import logging
+
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("JPEG-lossy.dcm")
+    if path is None:
+        pytest.skip("pydicom test file JPEG-lossy.dcm is not available offline")
+    with caplog.at_level(logging.DEBUG):
+        r = client.post("/v1/predict", files=[upload("lossy.dcm", Path(path).read_bytes())])
+    assert r.status_code == 415
+    assert "JPEG Extended" in r.json()["detail"] and "pip install pylibjpeg" in r.json()["detail"]
+    assert [rec for rec in caplog.records if rec.exc_info or rec.exc_text] == []

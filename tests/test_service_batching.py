@@ -1,4 +1,9 @@
-"""The prediction batcher: concurrent callers share model calls and each gets exactly its own results."""
+"""The prediction batcher: concurrent callers share model calls and each gets exactly its own results.
+
+Tests whose outcome depends on how fast threads run (batching happens only if requests arrive
+while a batch is in the model; a lone request answered within a time) are marked slow; the
+others hold whatever the scheduling, and every wait has a deadline.
+"""
 
 from __future__ import annotations
 
@@ -49,9 +54,11 @@ def run_concurrently(batcher, jobs):
         t.start()
     for t in threads:
         t.join(10)
+    assert not any(t.is_alive() for t in threads), "a request was still waiting for its results after 10 s"
     return out
 
 
+@pytest.mark.slow  # sharing needs the requests to arrive while a batch sleeps in the model
 def test_concurrent_requests_share_model_calls_and_get_their_own_results() -> None:
     model = SlowPredictor()
     batcher = PredictionBatcher(max_images=64)
@@ -66,6 +73,7 @@ def test_concurrent_requests_share_model_calls_and_get_their_own_results() -> No
         batcher.close()
 
 
+@pytest.mark.slow  # asserts a wall-clock bound
 def test_a_lone_request_is_predicted_at_once() -> None:
     model = SlowPredictor(pause=0.0)
     batcher = PredictionBatcher()
@@ -112,7 +120,7 @@ def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on() -> None:
         batcher.close()
 
 
-def test_close_answers_queued_requests_then_refuses_new_ones() -> None:
+def test_close_answers_queued_requests_then_refuses_new_ones(wait_until) -> None:
     gate = threading.Event()
 
     class Gated(SlowPredictor):
@@ -127,18 +135,16 @@ def test_close_answers_queued_requests_then_refuses_new_ones() -> None:
                for v in range(3)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 5
-    while batcher._queue.qsize() < 2 and time.monotonic() < deadline:  # one in the model, two waiting
-        time.sleep(0.001)
+    wait_until(lambda: batcher._queue.qsize() >= 2, "two requests queued behind the one in the model")
     closer = threading.Thread(target=batcher.close)
     closer.start()
-    while not batcher._closed:
-        time.sleep(0.001)
+    wait_until(lambda: batcher._closed, "the batcher to start closing")
     with pytest.raises(RuntimeError, match="closed"):
         batcher.predict(model, images(1), ["late"])
     gate.set()
     for t in [*threads, closer]:
         t.join(5)
+    assert not any(t.is_alive() for t in [*threads, closer]), "requests or close() still running after 5 s"
     assert sorted(out) == [[("0", 0.0)], [("1", 1.0)], [("2", 2.0)]]
 
 
@@ -149,3 +155,11 @@ def test_names_must_match_images() -> None:
             batcher.predict(SlowPredictor(), images(1), ["a", "b"])
     finally:
         batcher.close()
+
+
+def test_wait_until_fails_clearly_at_its_deadline(wait_until) -> None:
+    calls = []
+    wait_until(lambda: calls.append(1) or len(calls) >= 3, "the third call")  # true on the third poll
+    assert len(calls) == 3
+    with pytest.raises(pytest.fail.Exception, match="waited 0.05 s for the batcher to close; it never happened"):
+        wait_until(lambda: False, "the batcher to close", timeout_s=0.05)

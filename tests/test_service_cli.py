@@ -14,6 +14,9 @@ pytest.importorskip("fastapi")
 import uvicorn  # noqa: E402
 
 from pneumolens.cli import main  # noqa: E402
+from pneumolens.commands import serve as serve_cmd  # noqa: E402
+
+REAL_ADDRESS_CHECK = serve_cmd.check_listen_address
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -26,6 +29,7 @@ def served(monkeypatch) -> dict:
         calls.update(app=app, host=host, port=port)
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setattr(serve_cmd, "check_listen_address", lambda host, port: None)  # port 8000 may be taken here
     for var in ("PNEUMOLENS_HOST", "PNEUMOLENS_PORT", "PNEUMOLENS_MAX_UPLOAD_BYTES", "PNEUMOLENS_CHECKPOINT"):
         monkeypatch.delenv(var, raising=False)
     return calls
@@ -93,3 +97,44 @@ def test_help_names_every_environment_variable(capsys):
         f for f in ServeSettings.model_fields if f != "explain_prestart" and f"PNEUMOLENS_{f.upper()}" not in text
     ]
     assert missing == []
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(served, tiny_checkpoint_path: Path, capsys, monkeypatch):
+    """Issue 17 item 11: uvicorn printed 7 log lines and exited 3."""
+    import socket
+
+    monkeypatch.setattr(serve_cmd, "check_listen_address", REAL_ADDRESS_CHECK)
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert main(["serve", "-c", str(tiny_checkpoint_path), "--port", str(port)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"127.0.0.1:{port}" in err[0] and "already in use" in err[0] and "--port" in err[0]
+    assert served == {}
+
+
+def test_an_address_that_is_not_this_machines_is_one_line_and_exit_2(served, tiny_checkpoint_path: Path, capsys,
+                                                                     monkeypatch):
+    monkeypatch.setattr(serve_cmd, "check_listen_address", REAL_ADDRESS_CHECK)
+    assert main(["serve", "-c", str(tiny_checkpoint_path), "--host", "203.0.113.7", "--port", "8123"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "203.0.113.7:8123" in err[0] and "--host" in err[0]
+    assert served == {}
+
+
+def test_allowed_hosts_and_cors_origins_options(served, tiny_checkpoint_path: Path):
+    argv = ["serve", "-c", str(tiny_checkpoint_path), "--allowed-host", "xray.lan", "--allowed-host", "10.0.0.5",
+            "--cors-origin", "https://viewer.example"]
+    assert main(argv) == 0
+    settings = served["app"].state.settings
+    assert settings.allowed_hosts == ["xray.lan", "10.0.0.5"]
+    assert settings.cors_origins == ["https://viewer.example"]
+
+
+def test_a_malformed_cors_origin_option_is_one_line(served, tiny_checkpoint_path: Path, capsys):
+    assert main(["serve", "-c", str(tiny_checkpoint_path), "--cors-origin", "viewer.example/x"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cors_origins" in err[0] and "viewer.example/x" in err[0]
+    assert served == {}

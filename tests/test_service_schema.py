@@ -58,7 +58,14 @@ OPERATIONS = [
 def api_schema(tiny_checkpoint_path: Path):
     from pneumolens.checkpoint import load_checkpoint
 
-    app = create_app(ServeSettings(checkpoint=tiny_checkpoint_path, explain_prestart=False, max_upload_bytes=1_000_000))
+    app = create_app(
+        ServeSettings(
+            checkpoint=tiny_checkpoint_path,
+            explain_prestart=False,
+            max_upload_bytes=1_000_000,
+            allowed_hosts=["testserver"],  # the Host header of the in-process client
+        )
+    )
     pool = InProcessPool(load_checkpoint(tiny_checkpoint_path).model)
     app.dependency_overrides[get_explain_pool] = lambda: pool
     return schemathesis.openapi.from_asgi("/openapi.json", app)

@@ -2,7 +2,10 @@
 and ``/healthz`` staying fast while an explanation runs.
 
 The jobs below are module-level functions: a spawned worker imports this module by name to run
-them (pytest puts ``tests/`` on ``sys.path``, and spawned processes inherit it).
+them (pytest puts ``tests/`` on ``sys.path``, and spawned processes inherit it). Every test here
+starts worker processes (each imports torch and rebuilds the model), and several assert wall-clock
+bounds or wait for a worker to die or time out: the whole module is marked slow. Every wait has a
+deadline.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pneumolens.service.workers import (  # noqa: E402
     ExplainTimeout,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.slow]
 
 
 def probe_job(context: dict, payload: dict) -> dict:
@@ -78,20 +81,19 @@ def test_worker_rebuilds_the_served_model(pool, checkpoint):
     assert pool.run({})["pid"] == out["pid"]  # the worker is reused
 
 
-def test_second_job_while_busy_is_refused_at_once(pool):
+def test_second_job_while_busy_is_refused_at_once(pool, wait_until):
     first = pool.run({})  # make sure the worker has started
     done: dict = {}
     t = threading.Thread(target=lambda: done.setdefault("out", pool.run({"sleep": 1.5})))
     t.start()
-    deadline = time.monotonic() + 5
-    while pool.busy() == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: pool.busy() > 0, "the worker to take the sleeping job")
     t0 = time.perf_counter()
     with pytest.raises(ExplainBusy, match="busy"):
         pool.run({})
     assert time.perf_counter() - t0 < 0.5
     assert pool.status()["busy"] == 1
-    t.join()
+    t.join(30)
+    assert not t.is_alive(), "the sleeping job did not return within 30 s"
     assert done["out"]["pid"] == first["pid"] and pool.busy() == 0
 
 
@@ -104,7 +106,6 @@ def test_refused_settings_and_crashes_keep_the_worker(pool):
     assert pool.run({})["pid"] == pid
 
 
-@pytest.mark.slow
 def test_a_dead_worker_is_replaced(pool):
     pid = pool.run({})["pid"]
     with pytest.raises(ExplainFailed, match="died"):
@@ -112,7 +113,6 @@ def test_a_dead_worker_is_replaced(pool):
     assert pool.run({})["pid"] != pid
 
 
-@pytest.mark.slow
 def test_time_limit_stops_the_worker_and_a_fresh_one_serves_next(checkpoint):
     p = ExplainPool(checkpoint, size=1, time_limit_s=1.0, threads=1, job=probe_job)
     try:
@@ -147,9 +147,12 @@ def png() -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.slow
-def test_healthz_stays_fast_and_a_second_explain_gets_503_while_one_runs(tiny_checkpoint_path, checkpoint):
-    app = create_app(ServeSettings(checkpoint=tiny_checkpoint_path, explain_prestart=False, retry_after_s=7))
+def test_healthz_stays_fast_and_a_second_explain_gets_503_while_one_runs(tiny_checkpoint_path, checkpoint, wait_until):
+    app = create_app(
+        ServeSettings(
+            checkpoint=tiny_checkpoint_path, explain_prestart=False, retry_after_s=7, allowed_hosts=["testserver"]
+        )
+    )
     slow_pool = ExplainPool(checkpoint, size=1, time_limit_s=30, job=explain_shaped_job)
     app.dependency_overrides[get_explain_pool] = lambda: slow_pool
     try:
@@ -162,9 +165,7 @@ def test_healthz_stays_fast_and_a_second_explain_gets_503_while_one_runs(tiny_ch
                 )  # sleeps 3 s
             )
             t.start()
-            deadline = time.monotonic() + 5
-            while slow_pool.busy() == 0 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_until(lambda: slow_pool.busy() > 0, "the worker to take the first explanation")
             latencies = []
             for _ in range(10):
                 t0 = time.perf_counter()
@@ -172,7 +173,8 @@ def test_healthz_stays_fast_and_a_second_explain_gets_503_while_one_runs(tiny_ch
                 latencies.append(time.perf_counter() - t0)
             busy = client.post("/v1/explain", files={"file": ("a.png", png())})
             assert client.get("/healthz").json()["explanations"]["busy"] == 1
-            t.join()
+            t.join(30)
+            assert not t.is_alive(), "the first explanation did not return within 30 s"
     finally:
         slow_pool.close()
     assert max(latencies) < 0.5, latencies

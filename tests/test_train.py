@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from pneumolens.checkpoint import load_checkpoint
 from pneumolens.config import TrainConfig
 from pneumolens.datamodule import ResumableBatches, subset_by_patient
 from pneumolens.data import find_split
-from pneumolens.train import fit
+from pneumolens.training import fit
 
 
 def _tiny_config(**kw) -> TrainConfig:
@@ -91,8 +92,13 @@ def test_subset_by_patient_keeps_whole_patients(synthetic_dataset: Path) -> None
 
 
 # --- fitting on synthetic data ---------------------------------------------------------------------
-def test_fit_writes_a_complete_checkpoint(synthetic_dataset: Path, tmp_path: Path) -> None:
-    res = fit(_tiny_config(), synthetic_dataset, tmp_path / "run", progress=False, preset="test")
+def test_fit_writes_a_complete_checkpoint(
+    synthetic_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fast smoke test of a whole run: two epochs of the tiny model, accelerated on the CPU."""
+    with caplog.at_level("INFO", logger="pneumolens.training.module"):
+        res = fit(_tiny_config(), synthetic_dataset, tmp_path / "run", progress=False, preset="test")
+    assert "CPU training accelerator: " in caplog.text
     ck = load_checkpoint(res.model_path)
     assert 0.0 < ck.threshold < 1.0 and ck.threshold_rule == "youden" and ck.temperature > 0
     prov = ck.provenance
@@ -103,8 +109,32 @@ def test_fit_writes_a_complete_checkpoint(synthetic_dataset: Path, tmp_path: Pat
     assert (tmp_path / "run" / "logs" / "metrics.csv").exists()
     assert (tmp_path / "run" / "training_history.png").stat().st_size > 1000
     assert (tmp_path / "run" / "checkpoints" / "best.ckpt").exists()
+    # the out-of-distribution guard, fitted on the run's training films, flags at most 1 % of validation
+    assert ck.ood is not None and ck.ood.input_size == 32 and ck.ood.flagged_share <= 0.01
 
 
+@pytest.mark.slow
+def test_accelerated_and_stock_training_reach_the_same_model(synthetic_dataset: Path, tmp_path: Path) -> None:
+    """The accelerator changes speed, not results: one epoch each way from the same seed, the same
+    weights and logits within float tolerance (dropout off: the fast masks are other draws)."""
+    from conftest import _synthetic_batch
+
+    model = replace(tiny_model_config(), lstm_dropout=0.0, dense_dropout=0.0)
+    fast = fit(_tiny_config(model=model, max_epochs=1), synthetic_dataset, tmp_path / "fast", progress=False)
+    stock = fit(_tiny_config(model=model, max_epochs=1, accelerate=False), synthetic_dataset, tmp_path / "stock",
+                progress=False)
+    a, b = (load_checkpoint(r.model_path).model for r in (fast, stock))
+    # Biases just before a BatchNorm get no gradient but rounding noise, which Adam scales to full
+    # steps; BatchNorm cancels them in training, so only the weights and the function are compared.
+    wa, wb = a.state_dict(), b.state_dict()
+    for k in (k for k in wa if k.endswith(".weight") or "lstm" in k):
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=5e-5, msg=k)
+    x, _ = _synthetic_batch(16, model.input_size, seed=5)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
 def test_same_seed_gives_the_same_weights(synthetic_dataset: Path, tmp_path: Path) -> None:
     a = fit(_tiny_config(max_epochs=1), synthetic_dataset, tmp_path / "a", progress=False)
     b = fit(_tiny_config(max_epochs=1), synthetic_dataset, tmp_path / "b", progress=False)
@@ -155,7 +185,7 @@ def interrupted_runs(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathF
     """
     import shutil
 
-    from pneumolens.train import TRAIN_EPOCH_STATE_KEY
+    from pneumolens.training.resume import TRAIN_EPOCH_STATE_KEY
 
     tmp = tmp_path_factory.mktemp("interrupted")
     cfg = _tiny_config(max_epochs=2)
@@ -168,7 +198,7 @@ def interrupted_runs(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathF
         signal.signal(signal.SIGINT, handler)
     shutil.copytree(tmp / "run", tmp / "legacy")
     legacy_ckpt = tmp / "legacy" / "checkpoints" / "interrupted.ckpt"
-    saved = torch.load(legacy_ckpt, weights_only=False)
+    saved = torch.load(legacy_ckpt, weights_only=True)
     saved.pop(TRAIN_EPOCH_STATE_KEY, None)
     torch.save(saved, legacy_ckpt)
     assert (tmp / "run" / "checkpoints" / "interrupted.ckpt").exists()
@@ -177,12 +207,13 @@ def interrupted_runs(synthetic_dataset: Path, tmp_path_factory: pytest.TempPathF
     return {"ref": tmp / "ref", "run": tmp / "run", "legacy": tmp / "legacy"}
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_weights(interrupted_runs: dict[str, Path]) -> None:
     """Ctrl-C mid-epoch leaves a checkpoint; --resume ends with exactly the uninterrupted result."""
     ref, run = interrupted_runs["ref"], interrupted_runs["run"]
     # Compare the *last* weights (model.pt holds the best epoch, which may be an early one).
-    a = torch.load(ref / "checkpoints" / "last.ckpt", weights_only=False)
-    b = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    a = torch.load(ref / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["global_step"] == b["global_step"] == 2 * 5  # every epoch ran all its batches
     assert _states_equal(a["state_dict"], b["state_dict"])
     # The history keeps both segments: each epoch has its validation row.
@@ -193,15 +224,16 @@ def test_interrupted_run_resumes_to_the_same_weights(interrupted_runs: dict[str,
     assert sorted({r["epoch"] for r in rows if r.get("train_loss")}) == ["0", "1"]
 
 
+@pytest.mark.slow
 def test_interrupted_epoch_logs_the_uninterrupted_train_metrics(interrupted_runs: dict[str, Path]) -> None:
     """The interrupted epoch's train loss, accuracy, precision, recall and AUC cover all its batches.
 
     They were computed from the batches after the resume alone (torchmetrics states and
     Lightning's epoch-mean of the loss are not in a checkpoint by default): a spike in the history.
     """
-    from pneumolens.train import TRAIN_EPOCH_STATE_KEY
+    from pneumolens.training.resume import TRAIN_EPOCH_STATE_KEY
 
-    saved = torch.load(interrupted_runs["run"] / "checkpoints" / "interrupted.ckpt", weights_only=False)
+    saved = torch.load(interrupted_runs["run"] / "checkpoints" / "interrupted.ckpt", weights_only=True)
     assert saved["global_step"] == 3 and TRAIN_EPOCH_STATE_KEY in saved
     ref, run = _train_history(interrupted_runs["ref"]), _train_history(interrupted_runs["run"])
     assert sorted(ref) == sorted(run) == [0, 1]
@@ -214,19 +246,20 @@ def test_interrupted_epoch_logs_the_uninterrupted_train_metrics(interrupted_runs
     assert not mismatched
 
 
+@pytest.mark.slow
 def test_checkpoint_without_train_metric_states_still_resumes(
     synthetic_dataset: Path, interrupted_runs: dict[str, Path]
 ) -> None:
     """A checkpoint written before the train-epoch states were saved (the shipped runs' kind) resumes
     to the same weights; only the interrupted epoch's train metrics are partial, the next epoch's exact."""
-    from pneumolens.train import TRAIN_EPOCH_STATE_KEY
+    from pneumolens.training.resume import TRAIN_EPOCH_STATE_KEY
 
     ref, legacy = interrupted_runs["ref"], interrupted_runs["legacy"]
-    old = torch.load(legacy / "checkpoints" / "interrupted.ckpt", weights_only=False)
+    old = torch.load(legacy / "checkpoints" / "interrupted.ckpt", weights_only=True)
     assert TRAIN_EPOCH_STATE_KEY not in old and old["global_step"] == 3
     fit(_tiny_config(max_epochs=2), synthetic_dataset, legacy, resume=True, progress=False)
-    a = torch.load(ref / "checkpoints" / "last.ckpt", weights_only=False)
-    b = torch.load(legacy / "checkpoints" / "last.ckpt", weights_only=False)
+    a = torch.load(ref / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(legacy / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["global_step"] == b["global_step"] == 2 * 5
     assert _states_equal(a["state_dict"], b["state_dict"])
     history, ref_history = _train_history(legacy), _train_history(ref)
@@ -236,6 +269,7 @@ def test_checkpoint_without_train_metric_states_still_resumes(
         assert history[1][name] == pytest.approx(ref_history[1][name], rel=1e-6, abs=1e-9), name
 
 
+@pytest.mark.slow
 def test_interrupted_validation_is_redone_on_resume(
     synthetic_dataset: Path, interrupted_runs: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -253,8 +287,8 @@ def test_interrupted_validation_is_redone_on_resume(
         signal.signal(signal.SIGINT, handler)
     assert not (run / "checkpoints" / "interrupted.ckpt").exists()  # nothing saved mid-validation
     fit(cfg, synthetic_dataset, run, resume=True, progress=False)
-    a = torch.load(ref / "checkpoints" / "last.ckpt", weights_only=False)
-    b = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    a = torch.load(ref / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["global_step"] == b["global_step"] == 2 * 5 and _states_equal(a["state_dict"], b["state_dict"])
 
     def val_losses(folder: Path) -> dict[int, float]:
@@ -263,10 +297,11 @@ def test_interrupted_validation_is_redone_on_resume(
 
     assert sorted(val_losses(run)) == [0, 1]
     assert val_losses(run) == pytest.approx(val_losses(ref), rel=1e-6)
-    best = lambda folder: torch.load(folder / "checkpoints" / "best.ckpt", weights_only=False)["epoch"]  # noqa: E731
+    best = lambda folder: torch.load(folder / "checkpoints" / "best.ckpt", weights_only=True)["epoch"]  # noqa: E731
     assert best(run) == best(ref)
 
 
+@pytest.mark.slow
 def test_cli_train_with_yaml_and_ddp_on_two_cpu_processes(synthetic_dataset: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump({"model": tiny_model_config().to_dict(), "batch_size": 8, "max_epochs": 1}))
@@ -290,6 +325,7 @@ def test_cli_train_without_data_says_where_to_get_it(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_real_data_subset_trains_and_evaluates(real_data_root: Path, tmp_path: Path) -> None:
     """Two epochs of the full-size network on a small patient-level subset of the real train split."""
     from pneumolens.evaluate import evaluate_split
@@ -305,7 +341,7 @@ def test_real_data_subset_trains_and_evaluates(real_data_root: Path, tmp_path: P
 
 def test_export_best_writes_an_interim_model_from_a_run_in_progress(synthetic_dataset: Path, tmp_path: Path) -> None:
     from pneumolens.errors import CheckpointError
-    from pneumolens.train import export_best
+    from pneumolens.training import export_best
 
     cfg = _tiny_config(max_epochs=1)
     with pytest.raises(CheckpointError, match="no best checkpoint"):
@@ -318,14 +354,14 @@ def test_export_best_writes_an_interim_model_from_a_run_in_progress(synthetic_da
 
 
 def test_best_checkpoint_follows_the_runs_own_record(tmp_path: Path) -> None:
-    from pneumolens.train import best_checkpoint
+    from pneumolens.training.resume import best_checkpoint
 
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()
     assert best_checkpoint(tmp_path) is None
     key = "ModelCheckpoint{'monitor': 'val_loss', 'mode': 'min', 'every_n_train_steps': 0}"
     recorded = ckpts / "best-v1.ckpt"  # what a resumed run wrote beside an older best.ckpt
-    torch.save({"callbacks": {key: {"best_model_path": str(recorded)}}}, ckpts / "last.ckpt")
+    torch.save({"state_dict": {}, "callbacks": {key: {"best_model_path": str(recorded)}}}, ckpts / "last.ckpt")
     (ckpts / "best.ckpt").write_bytes(b"older")
     assert best_checkpoint(tmp_path) == ckpts / "best.ckpt"  # the recorded file is gone: the plain name
     recorded.write_bytes(b"newer")

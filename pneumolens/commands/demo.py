@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._common import DATA_HELP, data_root
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -17,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--data", help="dataset root (default: $PNEUMOLENS_DATA, ../shared/data/chest_xray, ./chest_xray)")
+    p.add_argument("--data", help=DATA_HELP)
     p.add_argument("--out", default="runs/demo", help="output folder")
     p.add_argument("--checkpoint", help="model file (default: the shipped model)")
     p.add_argument("--n-explain", type=int, default=2, help="official val films to explain (half per class)")
@@ -28,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
-    s = run_demo(args.data, args.out, args.checkpoint, args.n_explain, progress=not args.no_progress)
+    s = run_demo(data_root(args.data), args.out, args.checkpoint, args.n_explain, progress=not args.no_progress)
     for split, m in s["splits"].items():
         auc = f"{m['roc_auc']:.3f}" if m.get("roc_auc") is not None else "n/a"
         print(f"{split:>10}: n={m['n']:<4} accuracy {m['accuracy']:.3f}  ROC AUC {auc}")

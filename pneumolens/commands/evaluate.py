@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ._common import DATA_DEFAULT_HELP, data_root
+
 SPLITS = ("validation", "val", "test")  # = pneumolens.evaluate.SPLITS, kept here so --help needs no torch
 
 DESCRIPTION = """\
@@ -57,9 +59,7 @@ def add_parser(subparsers: Any) -> None:
     add = p.add_argument
     add("--checkpoint", metavar="C",
         help="model.pt (or its folder); default: the model shipped in the package")
-    add("--data", metavar="DIR",
-        help="dataset root holding train/ val/ [test/]; default: $PNEUMOLENS_DATA, "
-        "../shared/data/chest_xray, ./chest_xray")
+    add("--data", metavar="DIR", help=f"dataset root holding train/ val/ [test/]; {DATA_DEFAULT_HELP}")
     add("--split", choices=SPLITS, default="validation", help="which images to evaluate (default: validation)")
     add("--out", metavar="DIR", required=True, type=Path,
         help="output folder for metrics.json, predictions.csv, report.md and figures")
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     m = evaluate_split(
         checkpoint=args.checkpoint,
-        data=args.data,
+        data=data_root(args.data),
         split=args.split,
         out=args.out,
         threshold=args.threshold,

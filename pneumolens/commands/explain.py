@@ -9,8 +9,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import ConfigError, DatasetError
+from ..errors import ConfigError, DatasetError, SettingError
 from ..io import IMAGE_SUFFIXES
+from ..outputs import check_output_dir
+from ..printable import printable
 
 DEFAULT_METHODS = "gradcam,lime,shap"
 #: = tuple(pneumolens.explain.core.METHODS), listed here so that --help does not import torch
@@ -65,6 +67,8 @@ def parse_methods(text: str, n_samples: int | None = None) -> list:
             continue
         try:
             name, params = parse_method_spec(item)
+        except SettingError as exc:  # named by the whole item: "--methods lime:n_samples=0: n_samples must be ..."
+            raise ConfigError(f"--methods {item}: {_without_method(exc, item)}") from exc
         except ValueError as exc:
             raise ConfigError(f"--methods: {exc}") from exc
         if item in seen:
@@ -78,16 +82,30 @@ def parse_methods(text: str, n_samples: int | None = None) -> list:
     return specs
 
 
-def check_layers(model, specs: list) -> None:
-    """Fail early, as a ConfigError, on a Grad-CAM layer the model does not have."""
-    from ..explain.base import resolve_layer
+def _without_method(exc: Exception, item: str) -> str:
+    """A setting error's message without its leading ``method: `` (the caller names the whole item)."""
+    text = str(exc)
+    head = item.split(":", 1)[0].strip().lower() + ": "
+    return text[len(head):] if text.lower().startswith(head) else text
+
+
+def check_settings(model, size: int, specs: list) -> None:
+    """Fail early, as a ConfigError, on a setting the model rules out: a Grad-CAM layer that is not
+    one of its convolutional layers, an occlusion window larger than its input."""
+    from ..explain.settings import validate_settings
 
     for spec in specs:
-        if spec.name == "gradcam" and "layer" in spec.params:
-            try:
-                resolve_layer(model, str(spec.params["layer"]))
-            except ValueError as exc:
-                raise ConfigError(f"--methods {spec.label}: {exc}") from exc
+        try:
+            validate_settings(spec.name, spec.params, model=model, size=size)
+        except SettingError as exc:
+            raise ConfigError(f"--methods {spec.label}: {_without_method(exc, spec.label)}") from exc
+
+
+def check_layers(model, specs: list) -> None:
+    """:func:`check_settings` at the model's own input size (what ``explain-eval`` calls)."""
+    from ..explain.base import input_size
+
+    check_settings(model, input_size(model), specs)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,10 +113,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import find_images
     from ..explain.runner import explain_files, fast_forwards, resolve_background
+    from ._common import data_fallbacks
+    from ..explain.settings import SETTINGS
     from ..inference import Predictor
 
-    if args.n_samples is not None and args.n_samples < 2:
-        raise ConfigError(f"--n-samples must be at least 2, got {args.n_samples}")
+    most = int(SETTINGS["lime"]["n_samples"].hi)  # type: ignore[arg-type]
+    if args.n_samples is not None and not 2 <= args.n_samples <= most:
+        raise ConfigError(f"--n-samples must be from 2 to {most}, got {args.n_samples}")
     if args.background_n < 1:
         raise ConfigError(f"--background-n must be at least 1, got {args.background_n}")
     if args.threads is not None:
@@ -106,20 +127,26 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)  # before the fast copies are built: ONNX Runtime takes the same count
     specs = parse_methods(args.methods, args.n_samples)
-    files, _ = find_images(args.inputs)
+    check_output_dir(args.out)  # before any work: a file in the way must not waste the explanations
+
+    def folder_warning(folder: Path, message: str) -> None:
+        print(f"pneumolens explain: warning: {printable(message)}", file=sys.stderr)
+
+    files, _ = find_images(args.inputs, on_warning=folder_warning)
     if not files:
         raise DatasetError(f"no image files ({' '.join(IMAGE_SUFFIXES)}) found in {', '.join(args.inputs)}")
     predictor = Predictor(args.checkpoint)
-    check_layers(predictor.model, specs)
+    check_settings(predictor.model, predictor.size, specs)
     background, source = None, ""
     if any(s.name == "shap" for s in specs):
         background, source = resolve_background(args.background_data, args.checkpoint, predictor.size,
                                                 n=args.background_n, seed=args.seed,
-                                                provenance=predictor.checkpoint.provenance)
+                                                provenance=predictor.checkpoint.provenance,
+                                                data_fallbacks=data_fallbacks())
     forward, grad_forward = fast_forwards(predictor.model, [s.name for s in specs])
 
     def warn(reason: str) -> None:
-        print(f"pneumolens explain: warning: skipped {reason}", file=sys.stderr)
+        print(f"pneumolens explain: warning: skipped {printable(reason)}", file=sys.stderr)
 
     try:
         records = explain_files(files, predictor, specs, args.out, seed=args.seed, save_maps=args.save_maps,
@@ -129,5 +156,5 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # a setting the method refuses (e.g. baseline=white, window larger than the image)
         raise ConfigError(f"--methods: {exc}") from exc
     print(f"explained {len(records)} image(s) with {', '.join(s.label for s in specs)}; "
-          f"open {args.out / 'index.html'}")
+          f"open {printable(args.out / 'index.html')}")
     return 0

@@ -1,7 +1,7 @@
 """``pneumolens explain-eval``: measure how faithful each explanation method is, on N images of a split.
 
-Parses arguments and calls :func:`pneumolens.explain.metrics.evaluate_explanations` and
-:func:`pneumolens.explain.report.write_eval_report`; nothing else.
+Parses arguments and calls :func:`pneumolens.explain.evaluation.evaluate_explanations` and
+:func:`pneumolens.explain.eval_report.write_eval_report`; nothing else.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DatasetError
+from ._common import DATA_HELP, data_root
 
 DEFAULT_METHODS = "gradcam,lime,kernelshap,shap,ig,occlusion"
 
@@ -30,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         epilog="Example: pneumolens explain-eval --split validation --n 50 --out runs/xai-eval",
     )
     p.add_argument("--checkpoint", "-c", default=None, help="model.pt or a run folder (default: the shipped model)")
-    p.add_argument("--data", default=None, help="dataset root (default: $PNEUMOLENS_DATA or ../shared/data/chest_xray)")
+    p.add_argument("--data", default=None, help=DATA_HELP)
     p.add_argument("--split", choices=SPLITS, default="validation",
                    help="validation = the patient-level held-out part of train (default); val, test = official folders")
     p.add_argument("--n", type=int, default=50, help="images to evaluate, half per class where possible (default: 50)")
@@ -70,10 +71,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..cache import load_images
     from ..checkpoint import load_checkpoint
-    from ..data import resolve_data_root
     from ..evaluate import split_records
-    from ..explain.metrics import evaluate_explanations
-    from ..explain.report import write_eval_report
+    from ..explain.eval_report import write_eval_report
+    from ..explain.evaluation import evaluate_explanations
     from ..explain.runner import fast_forwards
     from ..explain.shap import build_background
     from .explain import check_layers, parse_methods
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     specs = parse_methods(args.methods, args.n_samples)
     ckpt = load_checkpoint(args.checkpoint)
     check_layers(ckpt.model, specs)
-    root = resolve_data_root(args.data)
+    root = data_root(args.data)
     records = split_records(root, args.split, ckpt.provenance)
     idx = pick_balanced([r.label for r in records], args.n, args.seed)
     loaded = load_images([records[i].path for i in idx], ckpt.input_size, progress=not args.no_progress)

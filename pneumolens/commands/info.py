@@ -8,9 +8,9 @@ readable text, or as JSON for scripts.
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
+from ..jsonable import dumps
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     info = {"checkpoint": str(args.checkpoint) if args.checkpoint else f"{SHIPPED} (shipped)", **ckpt.info()}
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        print(dumps(info, indent=2))
     else:
         print("\n".join(format_info(info)))
     return 0

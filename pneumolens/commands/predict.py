@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
+import io
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import outputs
 from ..data import find_images
 from ..errors import ConfigError, DatasetError, InvalidImageError
 from ..io import IMAGE_SUFFIXES
+from ..jsonable import dumps
+from ..printable import printable
 
 if TYPE_CHECKING:
     from ..inference import Prediction
@@ -57,39 +60,72 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _collect(inputs: list[str]) -> list[Path]:
-    files, found = find_images(inputs)
+    unreadable: dict[Path, int] = {}
+
+    def warn(folder: Path, message: str) -> None:
+        unreadable[folder] = unreadable.get(folder, 0) + 1
+        print(f"pneumolens predict: warning: {printable(message)}", file=sys.stderr)
+
+    files, found = find_images(inputs, on_warning=warn)
     for folder, n in found.items():
-        print(f"pneumolens predict: found {n} image file{'s' * (n != 1)} in {folder}", file=sys.stderr)
+        bad = unreadable.get(folder, 0)
+        note = f" ({bad} folder{'s' * (bad != 1)} could not be read)" if bad else ""
+        print(f"pneumolens predict: found {n} image file{'s' * (n != 1)} in {printable(folder)}{note}", file=sys.stderr)
     if not files:
         raise DatasetError(f"no image files ({' '.join(IMAGE_SUFFIXES)}) found in {', '.join(map(str, inputs))}")
     return files
 
 
+def render_predictions(
+    suffix: str, predictions: list[Prediction], skipped: list[tuple[str, str]], meta: dict[str, Any]
+) -> str:
+    """Predictions as CSV text (file, probability, label, threshold, error: a skipped file has only
+    its file, threshold and error) or JSON text (with the skipped files and metadata)."""
+    if suffix.lower() == ".csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["file", "probability", "label", "threshold", "error"])
+        threshold = meta.get("threshold")
+        for p in predictions:
+            writer.writerow([p.file, f"{p.probability:.6f}", p.label, f"{p.threshold:.6f}", ""])
+        for file, reason in skipped:
+            writer.writerow([file, "", "", "" if threshold is None else f"{threshold:.6f}", reason])
+        return buf.getvalue()
+    doc = {
+        **meta,
+        "predictions": [p.to_dict() for p in predictions],
+        "skipped": [{"file": f, "reason": r} for f, r in skipped],
+    }
+    return dumps(doc, indent=2) + "\n"
+
+
 def write_predictions(
     path: Path, predictions: list[Prediction], skipped: list[tuple[str, str]], meta: dict[str, Any]
 ) -> None:
-    """Write predictions as CSV (file, probability, label, threshold) or JSON (with skipped files and metadata)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".csv":
-        with open(path, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["file", "probability", "label", "threshold"])
-            for p in predictions:
-                writer.writerow([p.file, f"{p.probability:.6f}", p.label, f"{p.threshold:.6f}"])
-    else:
-        doc = {
-            **meta,
-            "predictions": [p.to_dict() for p in predictions],
-            "skipped": [{"file": f, "reason": r} for f, r in skipped],
-        }
-        path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    """Write :func:`render_predictions` to ``path`` (a temporary file renamed into place; folders created).
+
+    Raises:
+        ConfigError: the file could not be written; the predictions are then printed on stdout,
+            so that the work is not lost.
+    """
+    text = render_predictions(path.suffix, predictions, skipped, meta)
+    try:
+        outputs.write_text_atomically(path, text)
+    except OSError as exc:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        raise ConfigError(
+            f"--out {path}: cannot write the file ({exc.strerror or exc}); "
+            "the predictions were written to stdout instead"
+        ) from exc
 
 
 def format_table(predictions: list[Prediction]) -> str:
-    """One aligned row per image: file, probability, label."""
-    width = max([len("file")] + [len(p.file) for p in predictions])
+    """One aligned row per image: file (control characters escaped), probability, label."""
+    names = [printable(p.file) for p in predictions]
+    width = max([len("file")] + [len(n) for n in names])
     lines = [f"{'file':<{width}}  probability  label"]
-    lines += [f"{p.file:<{width}}  {p.probability:>11.4f}  {p.label}" for p in predictions]
+    lines += [f"{n:<{width}}  {p.probability:>11.4f}  {p.label}" for n, p in zip(names, predictions)]
     return "\n".join(lines)
 
 
@@ -102,6 +138,8 @@ def format_counts(predictions: list[Prediction], class_names: tuple[str, ...]) -
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
+    if args.out is not None:
+        outputs.check_output_file(args.out)  # before any work: a bad --out must not waste the predictions
     files = _collect(args.inputs)
     from ..inference import Predictor  # torch only when running
 
@@ -111,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     except InvalidImageError as exc:
         raise InvalidImageError(f"{exc}; pass --skip-bad to predict the other files") from exc
     for _, reason in skipped:
-        print(f"pneumolens predict: warning: skipped {reason}", file=sys.stderr)
+        print(f"pneumolens predict: warning: skipped {printable(reason)}", file=sys.stderr)
     if not predictions:
         raise InvalidImageError(f"none of the {len(files)} files could be read; nothing to predict")
     source = "--threshold" if args.threshold is not None else f"checkpoint, {predictor.checkpoint.threshold_rule}"
@@ -119,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         meta = {"checkpoint": str(args.checkpoint or "shipped"), "threshold": predictor.threshold}
         write_predictions(args.out, predictions, skipped, meta)
-        print(f"{summary}; wrote {args.out}")
+        print(f"{summary}; wrote {printable(args.out)}")
         return 0
     if len(predictions) <= MAX_TABLE_ROWS:
         print(format_table(predictions))

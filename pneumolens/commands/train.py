@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 
-from ..data import resolve_data_root
+from ..printable import printable
+from ._common import DATA_HELP, data_root
 
 #: = sorted(pneumolens.config.PRESETS); listed here so that --help does not import torch.
-PRESET_NAMES = ("debug", "default", "seed")
+PRESET_NAMES = ("debug", "default", "robust", "seed")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,12 +26,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--data", help="dataset root (default: $PNEUMOLENS_DATA, ../shared/data/chest_xray, ./chest_xray)")
+    p.add_argument("--data", help=DATA_HELP)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
         "--preset", default="default", choices=PRESET_NAMES,
         help="recipe: 'seed' = the original exactly (batch 8, ±72° rotation, flips, Adam, plateau LR, early "
-        "stopping); 'default' = the project's recipe; 'debug' = 2 short epochs",
+        "stopping); 'default' = the project's recipe; 'robust' = 'default' plus augmentation against burnt-in "
+        "markers and borders; 'debug' = 2 short epochs",
     )
     p.add_argument("--config", help="YAML file of TrainConfig keys applied over the preset")
     p.add_argument("--max-epochs", type=int, help="override the preset's epoch limit")
@@ -55,13 +58,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit-train-batches", type=float, help="Lightning's limit_train_batches (quick runs)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is best when the CPU is shared)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.add_argument(
+        "--no-accel", action="store_true",
+        help="train the stock PyTorch layers only, without the CPU-training kernels of pneumolens.accel "
+        "(they change speed, not results)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..accel import keep_freed_memory
+
+    keep_freed_memory()  # training only, before the first large tensor: see pneumolens/accel/memory.py
     import torch
 
-    from ..train import export_best, fit  # heavy imports only when training
+    from ..training import export_best, fit  # heavy imports only when training
+    from ..training.resume import resume_point
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -74,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         "split_seed": args.split_seed,
         "val_fraction": args.val_fraction,
         "threshold_rule": args.threshold_rule,
+        "accelerate": False if args.no_accel else None,
     }
     if args.input_size:
         overrides["model"] = {"input_size": args.input_size}
@@ -82,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from ..config import load_config
 
     config = load_config(args.preset, args.config, overrides)
-    root = resolve_data_root(args.data)
+    root = data_root(args.data)
     devices = args.devices if args.devices == "auto" else int(args.devices)
     limit = args.limit_train_batches
     if limit is not None and limit >= 1:
@@ -90,6 +103,9 @@ def run(args: argparse.Namespace) -> int:
     if args.export_best:
         result = export_best(config, root, args.out, preset=args.preset)
     else:
+        point = resume_point(args.out) if args.resume else None  # one line and exit 2 if unsafe
+        if point is not None and int(os.environ.get("LOCAL_RANK", 0)) == 0:  # once, not per DDP process
+            print(f"resuming from {printable(point.path)} (epoch {point.epoch}, step {point.global_step})", flush=True)
         result = fit(
             config, root, args.out, resume=args.resume, devices=devices, accelerator=args.accelerator,
             strategy=args.strategy, skip_bad=args.skip_bad, max_images=args.max_images,

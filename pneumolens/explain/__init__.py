@@ -7,7 +7,7 @@ One call for every method, one result type::
     att = explain(model, images_uint8, "shap", background=build_background())
 
 Rendering lives in :mod:`pneumolens.explain.render`, faithfulness measures in
-:mod:`pneumolens.explain.metrics`.
+:mod:`pneumolens.explain.faithfulness` (the evaluation pipeline: :mod:`pneumolens.explain.evaluation`).
 """
 
 from __future__ import annotations

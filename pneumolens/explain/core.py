@@ -21,6 +21,7 @@ from .base import Attribution, LogitFn, as_batch, input_size, model_device, mode
 from .gradcam import gradcam
 from .ig import integrated_gradients
 from .occlusion import occlusion
+from .settings import validate_settings
 from .shap import gradient_shap
 from .superpixel import kernel_shap, lime
 
@@ -77,14 +78,16 @@ def explain(
         method: one of :data:`METHODS`: ``gradcam``, ``lime``, ``kernelshap``, ``shap``, ``ig``, ``occlusion``.
         seed: seeds every random draw (LIME / KernelSHAP samples, SHAP draws). Default: 0.
         forward: for ``lime``, ``kernelshap`` and ``occlusion`` only: a faster no-gradient
-            function computing the same logits (e.g. :func:`pneumolens.fast.optimize`).
+            function computing the same logits (e.g. :func:`pneumolens.backends.optimize`).
             Default: ``model``.
         grad_forward: for ``ig`` and ``shap`` only: a faster *differentiable* function computing
-            the same logits (e.g. ``pneumolens.fast.FoldedCnnLstm(model)``; see
+            the same logits (e.g. ``pneumolens.folding.FoldedCnnLstm(model)``; see
             :func:`pneumolens.explain.runner.fast_forwards`). Grad-CAM always runs ``model``,
             whose layer it hooks. Default: ``model``.
         **params: the method's settings (``layer=`` for gradcam, ``n_samples=``, ``baseline=``,
-            ``background=`` for shap, ...); an unknown name is a ValueError.
+            ``background=`` for shap, ...); an unknown name is a ValueError, a value of the wrong
+            type or out of its range (:mod:`pneumolens.explain.settings`) a
+            :class:`~pneumolens.errors.SettingError`, both raised before any work.
 
     Returns:
         :class:`Attribution` with ``maps`` float32 (N, S, S), positive = evidence for pneumonia.
@@ -102,7 +105,9 @@ def explain(
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ValueError(f"{method}: unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(allowed)}")
-    x = as_batch(images, size=input_size(model)).to(model_device(model))
+    size = input_size(model)
+    params = validate_settings(method, params, model=model, size=size or int(np.shape(images)[-1]))
+    x = as_batch(images, size=size).to(model_device(model))
     fwd = forward if method in PERTURBATION else grad_forward if method in INPUT_GRADIENT else None
     t0 = time.perf_counter()
     with model_scope(model), seeded(seed):
@@ -115,11 +120,15 @@ def explain(
     return Attribution(method=method, maps=maps, params=record, elapsed_s=elapsed)
 
 
-def parse_method_spec(spec: str) -> tuple[str, dict[str, Any]]:
+def parse_method_spec(spec: str, service: bool = False) -> tuple[str, dict[str, Any]]:
     """``"ig:baseline=blur:n_steps=64"`` → ``("ig", {"baseline": "blur", "n_steps": 64})``.
 
-    Values that look like integers, floats or booleans are converted. Raises ValueError for an
-    unknown method or parameter, or a malformed ``key=value``.
+    Values that look like integers, floats or booleans are converted, then checked against their
+    spec (:mod:`pneumolens.explain.settings`; the model-dependent checks, Grad-CAM's layer and the
+    occlusion window, wait for :func:`explain`). Raises ValueError for an unknown method or
+    parameter or a malformed ``key=value``, and :class:`~pneumolens.errors.SettingError` (also a
+    ValueError) for a value of the wrong type or out of range (``service``: the web service's
+    tighter upper bounds).
     """
     name, *pairs = [p.strip() for p in spec.strip().split(":")]
     _method(name)
@@ -132,7 +141,7 @@ def parse_method_spec(spec: str) -> tuple[str, dict[str, Any]]:
         if key not in allowed or key == "background":
             raise ValueError(f"method {spec!r}: unknown parameter {key!r}; accepted: {', '.join(a for a in allowed if a != 'background')}")
         out[key] = _parse_value(value)
-    return name, out
+    return name, validate_settings(name, out, service=service)
 
 
 def _parse_value(value: str) -> Any:

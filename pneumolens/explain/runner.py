@@ -19,12 +19,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import InvalidImageError
+from ..jsonable import dumps, jsonable
 from .base import LogitFn
 from .core import PERTURBATION, explain
 from .render import prediction_title, render_panel
 from .shap import background_beside, build_background, load_background
 
 log = logging.getLogger(__name__)
+
+#: A method parameter that is an array with more elements than this is recorded as ``"array(<shape>)"``.
+MAX_PARAM_ARRAY = 64
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,7 @@ class MethodSpec:
 
 
 def fast_forward(model: Any) -> LogitFn | None:
-    """A faster no-gradient logit function for perturbation methods (:func:`pneumolens.fast.optimize`).
+    """A faster no-gradient logit function for perturbation methods (:func:`pneumolens.backends.optimize`).
 
     Returns None (use the model itself) for models other than a ``CnnLstm`` on the CPU.
     """
@@ -45,7 +49,7 @@ def fast_forward(model: Any) -> LogitFn | None:
 
     if not isinstance(model, CnnLstm) or next(model.parameters()).device.type != "cpu":
         return None
-    from ..fast import optimize
+    from ..backends import optimize
 
     return optimize(model, backend="auto")
 
@@ -61,7 +65,7 @@ def fast_grad_forward(model: Any) -> LogitFn | None:
 
     if not isinstance(model, CnnLstm) or next(model.parameters()).device.type != "cpu":
         return None
-    from ..fast import FoldedCnnLstm
+    from ..folding import FoldedCnnLstm
 
     return FoldedCnnLstm(model)
 
@@ -82,13 +86,15 @@ def resolve_background(
     n: int = 32,
     seed: int = 0,
     provenance: dict[str, Any] | None = None,
+    data_fallbacks: Sequence[str | Path] = ("chest_xray",),
 ) -> tuple[np.ndarray | str, str]:
     """The SHAP background for the CLI, and where it came from.
 
     Order: ``--background-data DIR`` (sampled from the training side of the checkpoint's
     patient-level split of ``DIR/train``), else ``background.npy`` beside the checkpoint (or the
-    shipped model), else the training split of the default data root (``$PNEUMOLENS_DATA``,
-    ``../shared/data/chest_xray``, ``./chest_xray``), else the ``blur`` fallback.
+    shipped model), else the training split of the default data root (``$PNEUMOLENS_DATA``, else
+    the first of ``data_fallbacks`` that exists: see :func:`pneumolens.data.resolve_data_root`),
+    else the ``blur`` fallback.
     """
     if background_data is not None:
         prov = provenance or {}
@@ -103,13 +109,13 @@ def resolve_background(
         if arr.shape[1:] == (size, size):
             return arr, str(stored)
         log.warning("%s holds %dx%d images, the model takes %d: not used", stored, arr.shape[1], arr.shape[2], size)
-    # Then the dataset where the CLI would look for it ($PNEUMOLENS_DATA, ../shared/data, ./chest_xray):
-    # no dataset image ever ships inside the package, so the shipped model has no stored background.
+    # Then the dataset where the caller would look for it ($PNEUMOLENS_DATA, then data_fallbacks): no
+    # dataset image ever ships inside the package, so the shipped model has no stored background.
     from ..data import resolve_data_root
     from ..errors import PneumoLensError
 
     try:
-        root = resolve_data_root(None)
+        root = resolve_data_root(None, data_fallbacks)
         if (root / "train").is_dir():
             return resolve_background(root, checkpoint, size, n=n, seed=seed, provenance=provenance)
     except PneumoLensError:
@@ -216,7 +222,8 @@ def explain_files(
                           grad_forward=grad_forward, **params)
             amap = att.maps[0]
             maps[spec.label] = amap
-            entry = {"params": _jsonable(att.params), "min": float(amap.min()), "max": float(amap.max())}
+            entry = {"params": jsonable(att.params, max_array=MAX_PARAM_ARRAY), "min": float(amap.min()),
+                     "max": float(amap.max())}
             if spec.name == "shap" and background_source:
                 entry["params"]["background_source"] = background_source
             if save_maps:
@@ -228,7 +235,7 @@ def explain_files(
         title = prediction_title(Path(pred.file).name, pred.probability, pred.label, pred.threshold)
         subtitles = {label: f"{t:.2f} s" for label, t in record["timings_s"].items()}
         render_panel(image, maps, out / record["panel"], title=title, subtitles=subtitles)
-        (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        (out / f"{stem}.json").write_text(dumps(record, indent=2) + "\n", encoding="utf-8")
         records.append(record)
         bar.update()
     bar.close()
@@ -256,19 +263,6 @@ def _earlier_record(
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return record if same else None
-
-
-def _jsonable(value: Any) -> Any:
-    """Params as plain JSON values (tuples → lists, NumPy scalars → Python)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
 
 
 def write_index(out: Path, records: Sequence[dict[str, Any]], methods: Sequence[str]) -> Path:

@@ -1,8 +1,11 @@
 """The FastAPI application: :func:`create_app` wires settings, model, workers, routes and the page.
 
 Startup (``lifespan``) loads one :class:`~pneumolens.inference.Predictor` into ``app.state``,
-starts the prediction batcher and the explanation workers; shutdown stops them. Nothing is loaded at import time, so
-importing this module is cheap and every test builds its own app with its own settings.
+starts the prediction batcher and the explanation workers, and caps the large image decodes
+running at once (:func:`pneumolens.io.limit_large_decodes`); shutdown undoes all three. Every
+request first passes the ``Host`` / ``Origin`` checks of :mod:`pneumolens.service.guard`.
+Nothing is loaded at import time, so importing this module is cheap and every test builds its
+own app with its own settings.
 """
 
 from __future__ import annotations
@@ -18,14 +21,17 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..checkpoint import SHIPPED
 from ..errors import CheckpointError, InvalidImageError, PneumoLensError
 from ..inference import Predictor
+from ..io import limit_large_decodes
 from .batching import PredictionBatcher
 from .explaining import available_methods
+from .guard import HostOriginGuard
 from .routers import explain, health, predict
 from .schemas import NOTICE
 from .settings import ServeSettings
@@ -77,6 +83,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load the model (unless one was given to :func:`create_app`), start workers; stop them after."""
     settings: ServeSettings = app.state.settings
     threads_before = torch.get_num_threads()
+    decodes_before = limit_large_decodes(settings.max_concurrent_large_decodes)  # bounds the memory of uploads
     if settings.predict_threads is not None:
         torch.set_num_threads(settings.predict_threads)  # before the predictor builds its fast copy
     predictor = app.state.preloaded or await run_in_threadpool(_load_predictor, settings)
@@ -103,6 +110,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if pool is not None:
             await run_in_threadpool(pool.close)
         torch.set_num_threads(threads_before)
+        limit_large_decodes(decodes_before)
 
 
 class SecurityHeaders:
@@ -221,6 +229,17 @@ def create_app(settings: ServeSettings | None = None, predictor: Predictor | Non
     app.state.preloaded = predictor
     app.state.methods = available_methods()
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"]
+        )
+    # outermost first: security headers on every answer, then Host / Origin checks before any work
+    app.add_middleware(
+        HostOriginGuard,
+        bound_host=settings.host,
+        allowed_hosts=settings.allowed_hosts,
+        cors_origins=settings.cors_origins,
+    )
     app.add_middleware(SecurityHeaders)
     _add_error_handlers(app, settings)
     app.include_router(health.router)

@@ -1,4 +1,4 @@
-"""Request dependencies: how an endpoint reaches the settings, the predictor and the workers.
+"""Request dependencies: how an endpoint reaches the predictor, the batcher and the workers.
 
 Everything loaded at startup lives on ``app.state`` and is reached only through these
 functions, so a test can swap any of them with ``app.dependency_overrides[get_predictor] = ...``.
@@ -10,12 +10,7 @@ from fastapi import HTTPException, Request
 
 from ..inference import Predictor
 from .batching import PredictionBatcher
-from .settings import ServeSettings
 from .workers import ExplainPool
-
-
-def get_settings(request: Request) -> ServeSettings:
-    return request.app.state.settings
 
 
 def get_predictor(request: Request) -> Predictor:

@@ -37,24 +37,30 @@ def available_methods() -> list[str]:
     return list(METHODS)
 
 
-def parse_methods(text: str | None) -> list[tuple[str, dict[str, Any]]]:
+def parse_methods(text: str | None, model: Any = None, size: int | None = None) -> list[tuple[str, dict[str, Any]]]:
     """``"gradcam, lime:n_samples=200"`` → ``[("gradcam", {}), ("lime", {"n_samples": 200})]``.
 
-    An empty field means :data:`DEFAULT_METHODS`; a repeated method is computed once.
+    An empty field means :data:`DEFAULT_METHODS`; a repeated method is computed once. Every
+    setting is checked against its spec with the service's tighter upper bounds
+    (:mod:`pneumolens.explain.settings`), Grad-CAM's layer against ``model``'s convolutional
+    layers and the occlusion window against ``size``, before any work is queued.
 
     Raises:
-        ExplainInputError: an unknown method or parameter, a malformed ``key=value``, or more
-            than :data:`MAX_METHODS` methods; the message lists what is accepted.
+        ExplainInputError: an unknown method or parameter, a malformed ``key=value``, a value
+            of the wrong type or out of range, or more than :data:`MAX_METHODS` methods; the
+            message lists what is accepted.
     """
     from ..explain import parse_method_spec
+    from ..explain.settings import validate_settings
 
     specs = [s.strip() for s in (text or "").split(",") if s.strip()] or list(DEFAULT_METHODS)
     out: list[tuple[str, dict[str, Any]]] = []
     for spec in specs:
         try:
             head, sep, rest = spec.partition(":")
-            name, params = parse_method_spec(head.strip().lower() + sep + rest)
-        except ValueError as exc:
+            name, params = parse_method_spec(head.strip().lower() + sep + rest, service=True)
+            params = validate_settings(name, params, model=model, size=size, service=True)
+        except ValueError as exc:  # SettingError is a ValueError too
             raise ExplainInputError(f"methods: {exc}") from None
         if name not in [n for n, _ in out]:
             out.append((name, params))
@@ -94,6 +100,8 @@ def run_job(context: dict[str, Any], payload: dict[str, Any]) -> list[dict[str, 
     """
     from ..explain import explain
     from ..explain.render import is_signed, overlay_png
+    from ..explain.runner import MAX_PARAM_ARRAY
+    from ..jsonable import jsonable
 
     image = np.asarray(payload["image"], dtype=np.uint8)
     results = []
@@ -119,7 +127,7 @@ def run_job(context: dict[str, Any], payload: dict[str, Any]) -> list[dict[str, 
                 "overlay_png": base64.b64encode(png).decode("ascii"),
                 "elapsed_s": float(att.elapsed_s),
                 "render_s": time.perf_counter() - t0,
-                "params": _jsonable(att.params),
+                "params": jsonable(att.params, max_array=MAX_PARAM_ARRAY),
                 "signed": is_signed(method, heat),
                 "scale": float(np.max(np.abs(heat))) if heat.size else 0.0,
                 "map": heat.tolist() if payload.get("raw") else None,
@@ -129,18 +137,3 @@ def run_job(context: dict[str, Any], payload: dict[str, Any]) -> list[dict[str, 
 
 
 run_job.warm_up = warm_up  # type: ignore[attr-defined]
-
-
-def _jsonable(value: Any) -> Any:
-    """Params as plain JSON values (NumPy scalars and arrays become numbers and lists)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist() if value.size <= 64 else f"array{tuple(value.shape)}"
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)

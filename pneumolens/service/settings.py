@@ -7,10 +7,15 @@ build an app with tiny limits without touching the environment.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: What ``cors_origins`` accepts: a scheme and a host (and port), nothing after it.
+_ORIGIN = re.compile(r"^https?://[^/\s?#@]+$", re.IGNORECASE)
 
 
 class ServeSettings(BaseSettings):
@@ -43,6 +48,16 @@ class ServeSettings(BaseSettings):
         explain_prestart: start the explanation workers when the service starts (else on the
             first explanation request). Default: true.
         retry_after_s: the ``Retry-After`` advice sent with a 503. Default: 10 s.
+        max_concurrent_large_decodes: uploads of more than 16 MB decoded
+            (:data:`pneumolens.io.LARGE_DECODE_BYTES`) decoded at the same time; others wait, so
+            concurrent requests cannot add up the memory of many large decodes. Default: 2.
+        allowed_hosts: host names besides ``localhost``, ``127.0.0.1``, ``[::1]`` and the bound
+            address that the ``Host`` header may name (a comma-separated list in the
+            environment); any other gets 400, which defeats DNS rebinding. ``*`` allows every
+            host (only behind a proxy that checks it). Default: none.
+        cors_origins: web origins (``https://viewer.example``) whose pages may call the API;
+            they get CORS headers. A POST from any other page's origin gets 403. Default: none
+            (only the service's own page).
     """
 
     model_config = SettingsConfigDict(env_prefix="PNEUMOLENS_", extra="ignore")
@@ -60,3 +75,24 @@ class ServeSettings(BaseSettings):
     explain_threads: int = Field(default=1, ge=1)
     explain_prestart: bool = True
     retry_after_s: int = Field(default=10, ge=1)
+    max_concurrent_large_decodes: int = Field(default=2, ge=1)
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        """``"a, b"`` (the environment's form) → ``["a", "b"]``; lists pass through."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not _ORIGIN.match(origin):
+                raise ValueError(
+                    f"{origin!r} is not a web origin such as https://viewer.example (scheme and host only)"
+                )
+        return [origin.lower().rstrip("/") for origin in value]

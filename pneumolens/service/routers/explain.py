@@ -63,7 +63,7 @@ def explain(
     t0 = time.perf_counter()
     if pool is None:
         raise HTTPException(status_code=503, detail="explanations are not available in this install")
-    specs = parse_methods(methods)
+    specs = parse_methods(methods, model=getattr(predictor, "model", None), size=predictor.size)
     name, image = read_upload(file, 0, predictor.size)
     p = predictor.predict_arrays(np.stack([image]), [name])[0]
     results = pool.run({"image": image, "methods": specs, "raw": raw, "seed": seed})

@@ -7,7 +7,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, Depends, File, UploadFile
 
-from ...errors import InvalidImageError
+from ...errors import InvalidImageError, UnsupportedDicomError
 from ...inference import Predictor
 from ..batching import PredictionBatcher
 from ..dependencies import get_batcher, get_predictor
@@ -32,7 +32,7 @@ def predict(
 
     One bad file in a single-file request is an error (415 or 422, naming the file). In a
     multi-file request each bad file gets an entry with ``error`` and the others are predicted;
-    the request fails only if no file could be read.
+    the request fails only if no file could be read, and its error then names every file.
 
     A plain ``def``: FastAPI runs it in its thread pool, so decoding and the forward pass never
     block the event loop; concurrent requests share forward passes through the batcher.
@@ -49,7 +49,7 @@ def predict(
         names.append(name)
         images.append(image)
     if not images:
-        raise errors[min(errors)][1]
+        raise _all_bad([exc for _, exc in errors.values()])
     stacked = np.stack(images)
     predicted = iter(batcher.predict(predictor, stacked, names) if batcher else predictor.predict_arrays(stacked, names))
     results = []
@@ -61,3 +61,15 @@ def predict(
             p = next(predicted)
             results.append(Prediction(file=p.file, probability=p.probability, label=p.label, threshold=p.threshold))
     return PredictResponse(results=results)
+
+
+def _all_bad(errors: list[InvalidImageError]) -> InvalidImageError:
+    """The error of a request none of whose files could be read: each file's own error, in order.
+
+    One file: its error as it is. Several: one line naming every file and its reason (415 when
+    every file is a DICOM we cannot handle, else 422).
+    """
+    if len(errors) == 1:
+        return errors[0]
+    kind = UnsupportedDicomError if all(isinstance(e, UnsupportedDicomError) for e in errors) else InvalidImageError
+    return kind(f"none of the {len(errors)} files could be read: " + "; ".join(str(e) for e in errors))

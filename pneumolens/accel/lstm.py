@@ -1,27 +1,51 @@
 """An LSTM layer whose training pass on the CPU is written out step by step around big GEMMs.
 
-Why: oneDNN's LSTM layer (``aten::mkldnn_rnn_layer`` and its backward) spent about 70 ms of a
-batch-32 training step on the CnnLstm's first LSTM (2048 inputs, 256 units, 16 steps), a third
-of that zero-filling a 127 MB workspace. Almost all of the arithmetic is in three matrix
-products over all time steps at once — the input projection ``X @ W_ih^T``, and in the backward
-pass ``dGates @ W_ih`` and ``dGates^T @ X`` — which MKL runs at full speed; the recurrence
-itself is 16 small products and a few element-wise operations per step.
-``bench/bench_train_levers.py`` measures what it gives to a whole training step.
+Why: oneDNN's LSTM layer (``aten::mkldnn_rnn_layer`` and its backward) spends much of a CPU
+training step on the CnnLstm's first LSTM (2048 inputs, 256 units, 16 steps), a large part of
+it zero-filling its workspace. Almost all of the arithmetic is in three matrix products over all
+time steps at once — the input projection ``X @ W_ih^T``, and in the backward pass
+``dGates @ W_ih`` and ``dGates^T @ X`` — which MKL runs at full speed; the recurrence itself is
+a few small products and element-wise operations per step.
+``bench/bench_accel.py`` measures what it gives to a whole training step.
 
 The gradients are the LSTM's exact ones (written out by hand; tested against ``nn.LSTM`` in
-float64), summed in another order than oneDNN's, so they agree to float32 rounding.
+float64), summed in another order than oneDNN's, so they agree to float32 rounding. When a
+gradient graph is asked for (double backward), the backward pass instead differentiates
+:func:`reference`, the same layer written with differentiable operations.
 
-It applies in training mode with autograd on, on the CPU, to a one-layer, one-direction,
-batch-first LSTM with biases and no projection, called on a plain tensor without an initial
-state; anything else (eval mode, the ONNX export, other devices) is ``nn.LSTM`` unchanged.
+:class:`UnrolledLSTM` is what :func:`pneumolens.accel.accelerate_cpu_training` turns the model's
+first ``nn.LSTM`` into. It runs the unrolled pass for a one-layer, one-direction, batch-first
+LSTM with biases and no projection, called on a (B, T, I) tensor without an initial state,
+wherever :func:`pneumolens.accel.fallback.kernel_serves` says yes; everything else is
+``nn.LSTM`` unchanged.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
+from torch.nn import functional as F
 from torch.profiler import record_function
+
+from .fallback import kernel_serves
+
+
+def reference(
+    x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same layer in differentiable operations: all hidden states (B, T, H) and the last cell state (B, H)."""
+    steps = x.shape[1]
+    pre = F.linear(x, w_ih, b_ih + b_hh)  # (B, T, 4H), gates in PyTorch's order i, f, g, o
+    hs = []
+    h = c = None
+    for t in range(steps):
+        a = pre[:, t] if h is None else pre[:, t] + h @ w_hh.t()
+        i, f, g, o = a.chunk(4, 1)
+        c = torch.sigmoid(i) * torch.tanh(g) if c is None else torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        hs.append(h)
+    return torch.stack(hs, 1), c
 
 
 class _LstmLayer(torch.autograd.Function):
@@ -65,22 +89,36 @@ class _LstmLayer(torch.autograd.Function):
                 c.addcmul_(f, cs[:, t - 1])
             torch.tanh(c, out=tanh_cs[:, t])
             torch.mul(o, tanh_cs[:, t], out=hs[:, t])
-        ctx.save_for_backward(x, w_ih, w_hh, gates, cs, tanh_cs, hs)
+        ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, gates, cs, tanh_cs, hs)
         return hs, cs[:, -1].clone()
 
     @staticmethod
-    @once_differentiable
     def backward(
         ctx: FunctionCtx, d_hs: torch.Tensor | None, d_c_last: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward (double backward)
+            return _LstmLayer._differentiable_backward(ctx, d_hs, d_c_last)
         with record_function("pneumolens::lstm_backward"):
             return _LstmLayer._backward(ctx, d_hs, d_c_last)
+
+    @staticmethod
+    def _differentiable_backward(
+        ctx: FunctionCtx, d_hs: torch.Tensor | None, d_c_last: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
+        """The input gradients as a graph of their own: :func:`reference` recomputed and differentiated."""
+        inputs = ctx.saved_tensors[:5]
+        wanted = [t for t, need in zip(inputs, ctx.needs_input_grad) if need]
+        hs, c_last = reference(*inputs)
+        d_hs = torch.zeros_like(hs) if d_hs is None else d_hs
+        d_c_last = torch.zeros_like(c_last) if d_c_last is None else d_c_last
+        got = iter(torch.autograd.grad((hs, c_last), wanted, (d_hs, d_c_last), create_graph=True, allow_unused=True))
+        return tuple(next(got) if need else None for need in ctx.needs_input_grad)
 
     @staticmethod
     def _backward(
         ctx: FunctionCtx, d_hs: torch.Tensor | None, d_c_last: torch.Tensor | None
     ) -> tuple[torch.Tensor | None, ...]:
-        x, w_ih, w_hh, gates, cs, tanh_cs, hs = ctx.saved_tensors
+        x, w_ih, w_hh, _, _, gates, cs, tanh_cs, hs = ctx.saved_tensors
         b, steps, n_in = x.shape
         hidden = w_hh.shape[1]
         d_gates = torch.empty_like(gates)  # gradients of the pre-activations
@@ -121,26 +159,34 @@ class _LstmLayer(torch.autograd.Function):
         return d_x, d_w_ih, d_w_hh, d_b if need_b_ih else None, d_b if need_b_hh else None
 
 
-class LSTM(nn.LSTM):
-    """``nn.LSTM`` that trains faster on the CPU in the configuration the CnnLstm uses (see the module)."""
+def fits(lstm: nn.Module) -> bool:
+    """Whether ``lstm`` is an ``nn.LSTM`` of the one configuration the unrolled pass computes."""
+    return (
+        isinstance(lstm, nn.LSTM)
+        and lstm.batch_first
+        and lstm.num_layers == 1
+        and not lstm.bidirectional
+        and lstm.bias
+        and lstm.proj_size == 0
+    )
 
-    def _unrolled(self, x: object, hx: object) -> bool:
-        return (
-            self.training
-            and torch.is_grad_enabled()
-            and hx is None
-            and isinstance(x, torch.Tensor)
-            and x.dim() == 3
-            and x.device.type == "cpu"
-            and self.batch_first
-            and self.num_layers == 1
-            and not self.bidirectional
-            and self.bias
-            and self.proj_size == 0
-        )
+
+class UnrolledLSTM(nn.LSTM):
+    """``nn.LSTM`` whose CPU training pass is unrolled around big GEMMs (see the module).
+
+    Made only by swapping the class of a fitting ``nn.LSTM`` (:func:`fits`): the same
+    parameters, hooks and state-dict keys.
+    """
 
     def forward(self, x, hx=None):  # type: ignore[override]  # same signature as nn.LSTM
-        if not self._unrolled(x, hx):
+        weights = (self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0)
+        if not (
+            hx is None
+            and isinstance(x, torch.Tensor)
+            and x.dim() == 3
+            and fits(self)
+            and kernel_serves(self, x, *weights)
+        ):
             return super().forward(x, hx)
-        hs, c_last = _LstmLayer.apply(x, self.weight_ih_l0, self.weight_hh_l0, self.bias_ih_l0, self.bias_hh_l0)
+        hs, c_last = _LstmLayer.apply(x, *weights)
         return hs, (hs[:, -1].unsqueeze(0), c_last.unsqueeze(0))

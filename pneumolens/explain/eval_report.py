@@ -1,4 +1,4 @@
-"""Write the results of :func:`pneumolens.explain.metrics.evaluate_explanations`.
+"""Write the results of :func:`pneumolens.explain.evaluation.evaluate_explanations`.
 
 ``metrics.json`` (everything), ``report.md`` (the tables a reader needs, with how they were
 made), ``faithfulness.png`` (mean deletion and insertion curves, cascading randomisation) and,
@@ -7,13 +7,13 @@ when maps are given, ``examples.png`` (one example panel per class).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..jsonable import dumps
 from .render import display_name as _title
 from .render import render_grid
 
@@ -120,7 +120,7 @@ def write_eval_report(
     out.mkdir(parents=True, exist_ok=True)
     doc = {"context": dict(context), **result}
     paths = [out / "metrics.json"]
-    paths[0].write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    paths[0].write_text(dumps(doc, indent=2) + "\n", encoding="utf-8")
     figures = [plot_faithfulness(result, out / "faithfulness.png").name]
     if images is not None and maps and labels is not None:
         picks = [next((i for i, y in enumerate(labels) if y == c), None) for c in range(len(class_names))]

@@ -1,26 +1,31 @@
-"""Dropout whose masks cost a tenth as much to draw on the CPU.
+"""Dropout whose masks cost a fraction as much to draw on the CPU.
 
 Why: PyTorch draws a CPU dropout mask with ``bernoulli_``, which uses MKL's vectorised random
-streams on Intel processors only; elsewhere (this project's AMD EPYC machines) it draws one
-Mersenne-Twister number per element, on one thread. The CnnLstm drops 7.5 million activations
-per training step at batch 32, and those draws took 13 % of the step (``torch.profiler``).
+streams on Intel processors only; elsewhere (AMD EPYC, say) it draws one Mersenne-Twister number
+per element, on one thread, and the CnnLstm drops millions of activations per training step.
+``bench/bench_accel.py`` measures what it gives to a whole training step.
 
-Here one 64-bit draw from the same generator gives four masks entries: its four 16-bit lanes,
+Here one 64-bit draw from the same generator gives four mask entries: its four 16-bit lanes,
 each keeping its low 15 bits (uniform over 0..32767) and compared with ``p * 32768``. The drop
 probability is thus ``p`` rounded to a multiple of 1/32768 (0.2 → 0.200012, error < 1.6e-5) and
 the kept values are scaled by the exact ``1 / (1 - p_effective)``, so every activation keeps its
 expected value, as with ``nn.Dropout``. Masks come from ``torch``'s default CPU generator:
 ``torch.manual_seed`` makes them reproducible. They differ from ``nn.Dropout``'s masks for the
-same seed, so a run seeded before this module existed draws other masks now.
+same seed, so an accelerated run draws other masks than a stock one.
 
-On other devices (CUDA's dropout is already fast) and in eval mode this is ``nn.Dropout``.
+:class:`FastDropout` is what :func:`pneumolens.accel.accelerate_cpu_training` turns the model's
+``nn.Dropout`` layers into; wherever :func:`pneumolens.accel.fallback.kernel_serves` says no
+(eval mode, other devices, autocast...), and for in-place dropout, it is ``nn.Dropout``. The
+backward pass multiplies by the same mask, which is differentiable again (double backward).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
+from torch.autograd.function import FunctionCtx
+
+from .fallback import kernel_serves
 
 #: Mask entries are uniform over ``0 .. LEVELS - 1``; an entry below ``round(p * LEVELS)`` is dropped.
 LEVELS = 1 << 15
@@ -44,31 +49,25 @@ class _MaskedScale(torch.autograd.Function):
     """``x * keep * scale`` that saves only the boolean mask for the backward pass."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+    def forward(ctx: FunctionCtx, x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.save_for_backward(keep)
         ctx.scale = scale
         return (x * keep).mul_(scale)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx: FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (keep,) = ctx.saved_tensors
         return (grad * keep).mul_(ctx.scale), None, None
 
 
-def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """Functional form of :class:`Dropout` (``F.dropout`` off the CPU, or for ``p`` of 0 or 1)."""
-    if not training or p == 0.0:
-        return x
-    if x.device.type != "cpu" or p >= 1.0 or not x.is_floating_point():
-        return F.dropout(x, p, training=True)
-    keep, scale = keep_mask(x, p)
-    return _MaskedScale.apply(x, keep, scale)
+class FastDropout(nn.Dropout):
+    """``nn.Dropout`` with fast CPU masks (see the module).
 
-
-class Dropout(nn.Dropout):
-    """``nn.Dropout`` with fast CPU masks (see the module's docstring); a drop-in replacement."""
+    Made only by swapping the class of an ``nn.Dropout``: the same settings and hooks.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.inplace:
+        if self.inplace or not 0.0 < self.p < 1.0 or not kernel_serves(self, x):
             return super().forward(x)
-        return dropout(x, self.p, self.training)
+        keep, scale = keep_mask(x, self.p)
+        return _MaskedScale.apply(x, keep, scale)

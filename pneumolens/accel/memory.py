@@ -3,17 +3,15 @@
 Why: glibc's ``malloc`` serves large blocks (above a threshold that grows to at most 32 MB) with
 ``mmap`` and gives them back with ``munmap`` as soon as they are freed, and it trims the top of its
 heap likewise. A training step allocates and frees the same large activations and gradients
-(8 x 32 x 128 x 128 floats = 16 MB per tensor at batch 8, 64 MB at batch 32) every time, so each
-step faults all of those pages in afresh and the kernel zeroes them. Measured by
-``bench/bench_train_levers.py`` (CPU time per training step, one thread, this project's 2-core
-VM): x1.37 at batch 8 and x1.32 at batch 32 on top of pooling first while a training ran on
-the other core; about x1.05 and x1.10 on an idle machine, where page faults cost less. PyTorch's
-performance guide suggests jemalloc or tcmalloc for the same reason; this needs no extra library.
+(32 x 32 x 128 x 128 floats = 64 MB per tensor at batch 32) every time, so each step faults all of
+those pages in afresh and the kernel zeroes them. ``bench/bench_accel.py`` runs with it on, as
+training does. PyTorch's performance guide suggests jemalloc or tcmalloc for the same reason;
+this needs no extra library.
 
 The cost: memory freed after a peak stays with the process (its resident size does not shrink
-back), which is what a training run or a server wants anyway. The command line turns this on
-for every command; library users may call :func:`keep_freed_memory` themselves. Set
-``PNEUMOLENS_MALLOC=system`` to keep glibc's defaults.
+back). That suits a training run, which reuses it at every step, but not a long-lived server
+whose peaks are rare, so only the training commands call :func:`keep_freed_memory`; never call
+it from ``serve``. Set ``PNEUMOLENS_MALLOC=system`` to keep glibc's defaults.
 """
 
 from __future__ import annotations

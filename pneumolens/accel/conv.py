@@ -1,31 +1,33 @@
 """3x3 convolutions whose weight and bias gradients are computed block by block as matrix products.
 
-Why: on this project's CPUs (2-core AMD EPYC, AVX2) oneDNN's backward-weights kernel for the
-CnnLstm's 3x3 convolutions ran at 40-65 GFLOP/s, against about 140 for the forward and
-backward-data kernels and 110 for MKL's matrix products — the largest single cost of a training
-step. The weight gradient of a convolution is a sum over output positions of outer products,
-``dW^T = im2col(X)^T @ dY``; done block by block (a few rows of one image at a time), each
-block's im2col matrix stays in the cache and one GEMM per block accumulates into ``dW``; the
-bias gradient comes out of the same product (see :func:`grads`).
-For the single-channel first layer, ``F.unfold`` and one batched product do the same.
-``bench/bench_train_levers.py`` measures what it gives to a whole training step.
+Why: on AMD EPYC CPUs without MKL's Intel-only paths, oneDNN's backward-weights kernel for the
+CnnLstm's 3x3 convolutions runs well below its forward and backward-data kernels and below MKL's
+matrix products, and was the largest single cost of a CPU training step. The weight gradient of a
+convolution is a sum over output positions of outer products, ``dW^T = im2col(X)^T @ dY``; done
+block by block (a few rows of one image at a time), each block's im2col matrix stays in the cache
+and one GEMM per block accumulates into ``dW``; the bias gradient comes out of the same product
+(see :func:`grads`). For a single-channel input, ``F.unfold`` and one batched product do the same.
+``bench/bench_accel.py`` measures what it gives to a whole training step.
 
 Only the weight (and bias) gradient changes; the forward pass and the input gradient are
 PyTorch's own. The blocked sums add in another order, so gradients agree with oneDNN's to
 float32 rounding (tested), and the same inputs always give the same bits.
 
-It applies in training mode with autograd on, on the CPU, to 3x3 convolutions with stride 1,
-padding 1, no dilation and one group; everything else (eval mode, other devices, other shapes)
-is ``nn.Conv2d`` unchanged.
+:class:`BlockedConv2d` is what :func:`pneumolens.accel.accelerate_cpu_training` turns a model's
+3x3 same-padding ``nn.Conv2d`` into; it runs ``nn.Conv2d`` unchanged wherever
+:func:`pneumolens.accel.fallback.kernel_serves` says no, and its backward pass switches to
+PyTorch's differentiable convolution backward when a gradient graph is asked for (double backward).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
 from torch.nn import functional as F
 from torch.profiler import record_function
+
+from .fallback import kernel_serves
 
 #: Output positions per block of the weight-gradient product: 2048 positions x 9·C_in columns
 #: (2.4 MB at C_in = 32) fit the cache beside the block of ``dY``.
@@ -46,9 +48,9 @@ def grads(grad_out: torch.Tensor, x: torch.Tensor, bias: bool) -> tuple[torch.Te
     None unless ``bias``.
 
     The bias gradient rides in the weight-gradient product as one more im2col column of ones,
-    instead of a separate pass over ``dY`` (which cost as much as that column's share of the GEMM
-    many times over). The product is ``im2col(X)^T @ dY``, (9·C_in) x C_out, rather than its
-    transpose: MKL ran it 7-12 % faster here, with the same bits.
+    instead of a separate pass over ``dY``, which costs more than that column's share of the GEMM.
+    The product is ``im2col(X)^T @ dY``, (9·C_in) x C_out, rather than its transpose: MKL runs
+    that orientation faster on these shapes, with the same bits.
     """
     n, c_in, h, w = x.shape
     c_out = grad_out.shape[1]
@@ -83,20 +85,26 @@ class _Conv3x3(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
+        ctx.bias_size = None if bias is None else list(bias.shape)
         return F.conv2d(x, weight, bias, padding=1)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
+        need_b = need_b and ctx.bias_size is not None
+        if torch.is_grad_enabled():
+            # create_graph=True (double backward): PyTorch's convolution backward, which is
+            # itself differentiable, for all three gradients.
+            gx, gw, gb = torch.ops.aten.convolution_backward(
+                grad, x, weight, ctx.bias_size, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [need_x, need_w, need_b]
+            )
+            return gx, gw, gb
         gx = gw = gb = None
         if need_x:
             gx = torch.ops.aten.convolution_backward(
                 grad, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False]
             )[0]
-        need_b = ctx.has_bias and need_b
         if need_w:
             with record_function("pneumolens::conv_weight_grad"):  # bench_core's profile counts it as convolution
                 gw, gb = grads(grad, x, bias=need_b)
@@ -105,24 +113,27 @@ class _Conv3x3(torch.autograd.Function):
         return gx, gw, gb
 
 
-class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` that trains 3x3 same-padding convolutions faster on the CPU (see the module)."""
+def fits(conv: nn.Module) -> bool:
+    """Whether ``conv`` is an ``nn.Conv2d`` of the one shape the kernel computes (3x3, stride 1, padding 1)."""
+    return (
+        isinstance(conv, nn.Conv2d)
+        and conv.kernel_size == (3, 3)
+        and conv.stride == (1, 1)
+        and conv.padding == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+    )
 
-    def _blocked_backward(self, x: torch.Tensor) -> bool:
-        return (
-            self.training
-            and torch.is_grad_enabled()
-            and x.device.type == "cpu"
-            and x.dim() == 4
-            and self.kernel_size == (3, 3)
-            and self.stride == (1, 1)
-            and self.padding == (1, 1)
-            and self.dilation == (1, 1)
-            and self.groups == 1
-            and self.padding_mode == "zeros"
-        )
+
+class BlockedConv2d(nn.Conv2d):
+    """``nn.Conv2d`` whose CPU training pass computes weight gradients block by block (see the module).
+
+    Made only by swapping the class of a fitting ``nn.Conv2d`` (:func:`fits`): the same
+    parameters, buffers, hooks and state-dict keys.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._blocked_backward(x):
+        if fits(self) and x.dim() == 4 and kernel_serves(self, x, self.weight, self.bias):
             return _Conv3x3.apply(x, self.weight, self.bias)
         return super().forward(x)

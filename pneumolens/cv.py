@@ -1,0 +1,453 @@
+"""Patient-level K-fold cross-validation of a training recipe on the official ``train`` split.
+
+Each fold ``k`` of :func:`pneumolens.data.patient_folds` validates a model trained by
+:func:`pneumolens.training.fit` on the other folds, in ``OUT/fold-k/`` (a complete training run:
+checkpoints, logs, ``model.pt``). Its temperature and threshold are chosen on its own validation
+fold, as for any training run, and scored there. Then:
+
+- ``OUT/fold-k/fold.json``: the fold's figures (ROC AUC, sensitivity, specificity, accuracy at
+  its threshold; the shortcut audit's marker flip rate when :mod:`pneumolens.audit` is there);
+  its presence marks the fold finished.
+- ``OUT/fold-k/oof.csv``: the fold's out-of-fold predictions (file, patient, label, fold,
+  probability), so a threshold can be chosen later from all folds' predictions together.
+- ``OUT/cv.json``, ``OUT/cv.md``, ``OUT/oof.csv``: per fold, mean ± sd over the finished folds, the
+  pooled out-of-fold predictions; rewritten after every fold, from what is on disk, so folds run
+  by several processes into one ``OUT`` add up.
+- ``OUT/cv_config.json``: the recipe; a later run into the same ``OUT`` must use the same one.
+- ``OUT/cv.log``: one line per fold start and end.
+
+An interrupted cross-validation continues with ``resume=True``: finished folds are kept, an
+interrupted fold resumes from its checkpoints (training's own resume), the others start.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .config import TrainConfig
+from .errors import ConfigError
+from .jsonable import dumps, jsonable
+
+log = logging.getLogger(__name__)
+
+#: The per-fold figures that cv.json averages and the table shows, in order.
+FIGURES = ("roc_auc", "sensitivity", "specificity", "accuracy", "marker_flip_rate")
+OOF_COLUMNS = ("file", "patient", "label", "fold", "probability")
+#: Run options besides the config that change the result; a resumed run must keep them.
+RESULT_OPTIONS = ("max_images", "limit_train_batches")
+
+Report = Callable[[str], None]
+
+
+def fold_dir(out: str | Path, fold: int) -> Path:
+    return Path(out) / f"fold-{fold}"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _read_json(path: Path) -> Any:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from exc
+
+
+# --- the hook to the shortcut audit ------------------------------------------------------------
+def fold_marker_flip_rate(
+    predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray, threshold: float
+) -> float | None:
+    """The shortcut audit's marker flip rate on a fold's validation films, or None ("n/a").
+
+    The hook between cross-validation and :mod:`pneumolens.audit`: calls
+    ``pneumolens.audit.marker_flip_rate(predict, images, labels, threshold)`` (share of
+    (film, pasted laterality marker) pairs whose label flips) when the audit can be imported, and
+    returns None when it cannot, so that cross-validation works without it.
+
+    Args:
+        predict: uint8 (N, S, S) -> calibrated P(PNEUMONIA) (N,).
+        images: the fold's validation films as uint8 (N, S, S) at the model's input size.
+        labels: their labels (1 = PNEUMONIA). threshold: the fold's decision threshold.
+    """
+    try:
+        from .audit import marker_flip_rate
+    except ImportError:
+        return None
+    return float(marker_flip_rate(predict, images, labels, threshold))
+
+
+# --- one fold ----------------------------------------------------------------------------------
+def _oof_predictions(
+    model_path: Path, config: TrainConfig, data: Path, skip_bad: bool, max_images: int | None
+) -> tuple[list[Any], np.ndarray, np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray], Any]:
+    """(validation records, uint8 images, labels, calibrated probabilities, predict function, checkpoint)."""
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .datamodule import PneumoniaDataModule
+    from .inference import to_input
+
+    ckpt = load_checkpoint(model_path)
+    model = ckpt.model.eval()
+    dm = PneumoniaDataModule.from_config(config, data, skip_bad=skip_bad, max_images=max_images)
+    dm.setup("validate")
+    images = torch.cat([x for x, _ in dm.val_dataloader()]).numpy()
+    labels = np.array([r.label for r in dm.val_records], dtype=np.int64)
+
+    @torch.inference_mode()
+    def predict(batch: np.ndarray) -> np.ndarray:
+        logits = torch.cat([model(to_input(batch[i : i + 256])) for i in range(0, len(batch), 256)])
+        z = logits.double().numpy() / ckpt.temperature
+        return 1.0 / (1.0 + np.exp(-z))
+
+    return dm.val_records, images, labels, predict(images), predict, ckpt
+
+
+def _write_oof(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(OOF_COLUMNS))
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def _read_oof(path: Path) -> list[dict[str, Any]]:
+    with path.open(newline="") as fh:
+        return [
+            {"file": r["file"], "patient": r["patient"], "label": int(r["label"]), "fold": int(r["fold"]),
+             "probability": float(r["probability"])}
+            for r in csv.DictReader(fh)
+        ]
+
+
+def score_fold(
+    config: TrainConfig, data: Path, out: Path, fold: int, epochs: int | None = None, wall_s: float | None = None,
+    skip_bad: bool = False, max_images: int | None = None,
+) -> dict[str, Any]:
+    """Score the finished fold ``fold`` in ``out/fold-k``: write its ``oof.csv`` and ``fold.json``."""
+    from . import metrics as M
+
+    folder = fold_dir(out, fold)
+    records, images, labels, prob, predict, ckpt = _oof_predictions(
+        folder / "model.pt", config, data, skip_bad, max_images
+    )
+    m = M.binary_metrics(labels, prob, ckpt.threshold)
+    prov = ckpt.provenance
+    result = {
+        "fold": fold,
+        "n_train": sum(prov.get("train_counts") or []),
+        "n_val": m["n"],
+        "n_pos": m["n_pos"],
+        "n_neg": m["n_neg"],
+        "roc_auc": m["roc_auc"],
+        "sensitivity": m["recall"],
+        "specificity": m["specificity"],
+        "accuracy": m["accuracy"],
+        "balanced_accuracy": m["balanced_accuracy"],
+        "threshold": ckpt.threshold,
+        "threshold_rule": ckpt.threshold_rule,
+        "temperature": ckpt.temperature,
+        "marker_flip_rate": fold_marker_flip_rate(predict, images, labels, ckpt.threshold),
+        "epochs_run": prov.get("epochs_run") if epochs is None else epochs,
+        "best_epoch": prov.get("best_epoch"),
+        "wall_s": prov.get("wall_s") if wall_s is None else round(wall_s, 1),
+        "data_manifest": prov.get("data_manifest"),
+    }
+    rows = [
+        {"file": r.path.name, "patient": r.patient_id, "label": r.label, "fold": fold, "probability": f"{p:.6f}"}
+        for r, p in zip(records, prob)
+    ]
+    _write_oof(folder / "oof.csv", rows)
+    _write_atomic(folder / "fold.json", dumps(result, indent=2) + "\n")
+    return result
+
+
+def _fold_started(folder: Path) -> bool:
+    return (folder / "model.pt").exists() or any((folder / "checkpoints").glob("*.ckpt"))
+
+
+def _training_finished(folder: Path) -> bool:
+    """The fold's run wrote its final model (``finalize`` writes the summary after ``model.pt``)."""
+    summary = folder / "train_summary.json"
+    if not (summary.exists() and (folder / "model.pt").exists()):
+        return False
+    return not (_read_json(summary).get("provenance") or {}).get("interim", False)
+
+
+# --- the cross-validation ----------------------------------------------------------------------
+def _check_same_recipe(out: Path, record: dict[str, Any]) -> None:
+    """Write ``out/cv_config.json``, or check that the one there describes the same recipe."""
+    path = out / "cv_config.json"
+    if not path.exists():
+        _write_atomic(path, dumps(record, indent=2) + "\n")
+        return
+    saved = _read_json(path)
+    for key in ("folds", "config", *RESULT_OPTIONS):
+        if jsonable(saved.get(key)) != jsonable(record.get(key)):
+            if key == "config":
+                a, b = saved.get("config") or {}, record["config"]
+                diff = sorted(k for k in set(a) | set(b) if jsonable(a.get(k)) != jsonable(b.get(k)))
+                key = f"config ({', '.join(diff)})"
+            raise ConfigError(
+                f"{path}: {out} holds a cross-validation with another {key}; use another --out "
+                "(or the same options to continue it)"
+            )
+
+
+def run_cv(
+    config: TrainConfig,
+    data: str | Path,
+    out: str | Path,
+    folds: int = 5,
+    fold_ids: Sequence[int] | None = None,
+    resume: bool = False,
+    preset: str | None = None,
+    label: str | None = None,
+    skip_bad: bool = False,
+    max_images: int | None = None,
+    limit_train_batches: int | float | None = None,
+    report: Report | None = None,
+    **fit_options: Any,
+) -> dict[str, Any]:
+    """Cross-validate ``config``: train and score the folds ``fold_ids`` (default all) of ``folds``.
+
+    Args:
+        config: the recipe; its ``folds`` and ``fold`` are set per fold.
+        data: dataset root (Kaggle layout; only ``train`` is used).
+        out: output folder (see the module docstring).
+        folds: K. fold_ids: which folds to run now (others may be run by other processes).
+        resume: keep finished folds, continue interrupted ones; without it a fold that has
+            started before is an error, so a long run is never overwritten by mistake.
+        preset, label: recorded names (``label`` names the recipe in tables; default: ``out``'s name).
+        skip_bad, max_images, limit_train_batches, fit_options: passed to
+            :func:`pneumolens.training.fit` (``devices``, ``accelerator``, ``progress``...).
+        report: receives one line per fold start and end (default: the log); the lines also go
+            to ``out/cv.log``.
+
+    Returns:
+        The summary written to ``out/cv.json``.
+
+    Raises:
+        ConfigError: bad ``folds`` / ``fold_ids``; ``out`` holds another recipe's folds; a fold
+            already started and ``resume`` is off.
+    """
+    from .training import fit  # heavy: Lightning
+
+    out = Path(out)
+    ids = list(range(folds)) if fold_ids is None else list(fold_ids)
+    if folds < 2:
+        raise ConfigError(f"folds must be at least 2, got {folds}")
+    bad = [k for k in ids if not 0 <= k < folds]
+    if bad or len(set(ids)) != len(ids):
+        raise ConfigError(f"fold ids must be distinct folds in 0..{folds - 1}, got {ids}")
+    base = replace(config, folds=folds, fold=0)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "folds": folds, "preset": preset, "label": label or out.name, "data": str(data),
+        "config": base.to_dict(), "max_images": max_images, "limit_train_batches": limit_train_batches,
+    }
+    _check_same_recipe(out, record)
+    for k in ids:  # refuse before any work, not after hours of the first folds
+        folder = fold_dir(out, k)
+        if not resume and ((folder / "fold.json").exists() or _fold_started(folder)):
+            raise ConfigError(f"{folder}: fold {k} has already started; pass --resume to continue (finished folds "
+                              "are kept) or choose another --out")
+
+    def say(line: str) -> None:
+        stamped = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}"
+        with (out / "cv.log").open("a") as fh:
+            fh.write(stamped + "\n")
+        (report or log.info)(line)
+
+    for k in ids:
+        folder = fold_dir(out, k)
+        if (folder / "fold.json").exists():
+            say(f"fold {k}/{folds}: finished before, kept ({folder})")
+            continue
+        cfg = replace(base, fold=k)
+        t0 = time.time()
+        if resume and _training_finished(folder):
+            say(f"fold {k}/{folds}: trained before, scoring it ({folder})")
+            epochs = None
+        else:
+            again = resume and _fold_started(folder)
+            say(f"fold {k}/{folds}: {'resuming' if again else 'starting'} -> {folder}")
+            result = fit(
+                cfg, data, folder, resume=again, skip_bad=skip_bad, max_images=max_images,
+                limit_train_batches=limit_train_batches, preset=preset, **fit_options,
+            )
+            if not result.metrics:  # another rank of a multi-process run: rank 0 scores and reports
+                return {}
+            epochs = result.epochs
+        scored = score_fold(cfg, Path(data), out, k, epochs=epochs, skip_bad=skip_bad, max_images=max_images)
+        say(f"fold {k}/{folds}: done in {(time.time() - t0) / 60:.1f} min: {fold_line(scored)}")
+        summarize(out)  # after every fold, so cv.md is current while the next one trains
+    summary = summarize(out)
+    say(f"cross-validation {len(summary['done'])}/{folds} folds: {mean_line(summary)} -> {out / 'cv.md'}")
+    return summary
+
+
+# --- the summary -------------------------------------------------------------------------------
+def _num(v: Any, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def fold_line(f: dict[str, Any]) -> str:
+    """One fold's figures on one line."""
+    return (
+        f"ROC AUC {_num(f['roc_auc'])}  sensitivity {_num(f['sensitivity'])}  specificity "
+        f"{_num(f['specificity'])}  at threshold {_num(f['threshold'])}  marker flip rate {_num(f['marker_flip_rate'])}"
+    )
+
+
+def _mean_sd(values: Sequence[float | None]) -> dict[str, float | None]:
+    """Mean and sample standard deviation (n - 1); None when a value is missing (sd: with < 2 values)."""
+    if not values or any(v is None for v in values):
+        return {"mean": None, "sd": None}
+    arr = np.asarray(values, dtype=np.float64)
+    return {"mean": float(arr.mean()), "sd": float(arr.std(ddof=1)) if len(arr) > 1 else None}
+
+
+def _pm(stat: dict[str, float | None]) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    return f"{stat['mean']:.3f} ± {stat['sd']:.3f}" if stat["sd"] is not None else f"{stat['mean']:.3f}"
+
+
+#: How :data:`FIGURES` read in lines and tables.
+FIGURE_NAMES = {"roc_auc": "ROC AUC", "sensitivity": "sensitivity", "specificity": "specificity",
+                "accuracy": "accuracy", "marker_flip_rate": "marker flip rate"}
+
+
+def mean_line(summary: dict[str, Any]) -> str:
+    """Mean ± sd of every figure on one line."""
+    s = summary["mean_sd"]
+    return "  ".join(f"{FIGURE_NAMES[name]} {_pm(s[name])}" for name in FIGURES)
+
+
+def summarize(out: str | Path) -> dict[str, Any]:
+    """Gather the finished folds of ``out`` into ``cv.json``, ``cv.md`` and the pooled ``oof.csv``.
+
+    The pooled out-of-fold predictions also get their own threshold (the recipe's rule over all
+    folds' predictions together) and its sensitivity and specificity: the threshold a model
+    trained on all of ``train`` would take from cross-validation.
+    """
+    from . import metrics as M
+
+    out = Path(out)
+    record = _read_json(out / "cv_config.json")
+    k = int(record["folds"])
+    finished = [fold_dir(out, i) / "fold.json" for i in range(k)]
+    per_fold = [_read_json(path) for path in finished if path.exists()]
+    oof = [row for f in per_fold for row in _read_oof(fold_dir(out, f["fold"]) / "oof.csv")]
+    pooled: dict[str, Any] | None = None
+    y = np.array([r["label"] for r in oof], dtype=np.int64)
+    p = np.array([r["probability"] for r in oof], dtype=np.float64)
+    if len(set(y.tolist())) == 2:
+        rule = record["config"].get("threshold_rule", "youden")
+        thr = M.choose_threshold(y, p, rule)
+        m = M.binary_metrics(y, p, thr)
+        pooled = {"n": m["n"], "roc_auc": m["roc_auc"], "threshold_rule": rule, "threshold": thr,
+                  "sensitivity": m["recall"], "specificity": m["specificity"], "accuracy": m["accuracy"]}
+    summary = {
+        "label": record.get("label"),
+        "preset": record.get("preset"),
+        "folds": k,
+        "done": [f["fold"] for f in per_fold],
+        "max_epochs": record["config"].get("max_epochs"),
+        "split_seed": record["config"].get("split_seed"),
+        "per_fold": per_fold,
+        "mean_sd": {name: _mean_sd([f.get(name) for f in per_fold]) for name in FIGURES},
+        "pooled_oof": pooled,
+        "config": record["config"],
+        "options": {key: record.get(key) for key in RESULT_OPTIONS},
+    }
+    _write_oof(out / "oof.csv", [{**r, "probability": f"{r['probability']:.6f}"} for r in oof])
+    _write_atomic(out / "cv.json", dumps(summary, indent=2) + "\n")
+    _write_atomic(out / "cv.md", markdown(summary))
+    return summary
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The report of one cross-validation (``cv.md``)."""
+    s = summary
+    lines = [
+        f"# Cross-validation: {s['label']}",
+        "",
+        f"Recipe `{s['preset'] or 'custom'}` (config in cv.json), at most {s['max_epochs']} epochs; "
+        f"{s['folds']} patient-level folds of `train` stratified by class (split seed {s['split_seed']}); "
+        f"folds finished: {len(s['done'])} of {s['folds']}. Each fold's threshold is chosen on that fold's "
+        "validation by the recipe's rule; marker flip rate: share of (film, pasted laterality letter) pairs "
+        "whose label flips (n/a where pneumolens.audit could not be imported).",
+        "",
+        "| fold | validation (normal/pneumonia) | ROC AUC | sensitivity | specificity | accuracy | threshold "
+        "| marker flip rate | epochs | minutes |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for f in s["per_fold"]:
+        minutes = "n/a" if f.get("wall_s") is None else f"{f['wall_s'] / 60:.1f}"
+        lines.append(
+            f"| {f['fold']} | {f['n_neg']}/{f['n_pos']} | {_num(f['roc_auc'])} | {_num(f['sensitivity'])} | "
+            f"{_num(f['specificity'])} | {_num(f['accuracy'])} | {_num(f['threshold'])} | "
+            f"{_num(f['marker_flip_rate'])} | {f.get('epochs_run')} | {minutes} |"
+        )
+    ms = s["mean_sd"]
+    lines.append(
+        f"| mean ± sd | | {_pm(ms['roc_auc'])} | {_pm(ms['sensitivity'])} | {_pm(ms['specificity'])} | "
+        f"{_pm(ms['accuracy'])} | | {_pm(ms['marker_flip_rate'])} | | |"
+    )
+    po = s["pooled_oof"]
+    if po:
+        lines += [
+            "",
+            f"Pooled out-of-fold predictions ({po['n']} films, `oof.csv`): ROC AUC {_num(po['roc_auc'])}; "
+            f"threshold by `{po['threshold_rule']}` over all folds {_num(po['threshold'])}, at which sensitivity "
+            f"{_num(po['sensitivity'])}, specificity {_num(po['specificity'])}, accuracy {_num(po['accuracy'])}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def cv_table(dirs: Sequence[str | Path]) -> str:
+    """One markdown table of several cross-validations (one recipe or lever per row), from their cv.json."""
+    lines = [
+        "| recipe | folds | epochs | ROC AUC | sensitivity | specificity | marker flip rate | pooled OOF AUC "
+        "| OOF threshold |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for d in dirs:
+        path = Path(d) / "cv.json"
+        if not path.exists():
+            raise ConfigError(f"{path}: no cross-validation summary here (run `pneumolens cv --out {d}` first)")
+        s = _read_json(path)
+        ms, po = s["mean_sd"], s.get("pooled_oof") or {}
+        lines.append(
+            f"| {s['label']} | {len(s['done'])}/{s['folds']} | {s['max_epochs']} | {_pm(ms['roc_auc'])} | "
+            f"{_pm(ms['sensitivity'])} | {_pm(ms['specificity'])} | {_pm(ms['marker_flip_rate'])} | "
+            f"{_num(po.get('roc_auc'))} | {_num(po.get('threshold'))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def parse_fold_ids(text: str | None) -> list[int] | None:
+    """``"0,1,2"`` -> [0, 1, 2]; None or empty -> None (all folds)."""
+    if not text:
+        return None
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(f"--fold-ids must be comma-separated fold numbers such as 0,1,2, got {text!r}") from None
+
+

@@ -1,0 +1,247 @@
+"""Cross-validation: patient-level folds, the per-fold training and scoring, the summary, resume, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import tiny_model_config
+from lightning.pytorch.callbacks import Callback
+
+from pneumolens.cli import main
+from pneumolens.config import TrainConfig, load_config
+from pneumolens.cv import cv_table, fold_marker_flip_rate, parse_fold_ids, run_cv, summarize
+from pneumolens.data import Record, find_split, fold_split, patient_folds
+from pneumolens.datamodule import PneumoniaDataModule
+from pneumolens.errors import ConfigError, DatasetError
+
+
+def _records(normal: int, pneumonia: int, films: tuple[int, int] = (1, 2)) -> list[Record]:
+    """``normal`` NORMAL patients of films[0] films each, ``pneumonia`` PNEUMONIA patients of films[1]."""
+    out = []
+    for label, (n, per) in enumerate(((normal, films[0]), (pneumonia, films[1]))):
+        for p in range(n):
+            pid = f"{'n' if label == 0 else 'p'}{p}"
+            out += [Record(Path(f"{pid}_{f}.jpeg"), label, pid, "x", "train") for f in range(per)]
+    return out
+
+
+# --- the fold assignment -------------------------------------------------------------------------
+def test_folds_keep_patients_whole_and_balance_each_class() -> None:
+    """6 NORMAL patients of 1 film, 9 PNEUMONIA of 2, K=3: each fold 2 NORMAL films and 6 PNEUMONIA films."""
+    records = _records(6, 9)
+    fold_of = patient_folds(records, 3, seed=4)
+    assert sorted(set(fold_of)) == [0, 1, 2]
+    by_patient: dict[str, set[int]] = {}
+    for r, f in zip(records, fold_of):
+        by_patient.setdefault(r.patient_id, set()).add(f)
+    assert all(len(s) == 1 for s in by_patient.values())  # every patient in exactly one fold
+    for k in range(3):
+        labels = [r.label for r, f in zip(records, fold_of) if f == k]
+        assert (labels.count(0), labels.count(1)) == (2, 6)
+
+
+def test_folds_are_deterministic_by_seed_and_differ_across_seeds() -> None:
+    records = _records(20, 30)
+    assert patient_folds(records, 5, seed=1) == patient_folds(records, 5, seed=1)
+    assert patient_folds(records, 5, seed=1) != patient_folds(records, 5, seed=2)
+
+
+def test_fold_split_validates_on_exactly_one_fold() -> None:
+    records = _records(6, 9)
+    fold_of = patient_folds(records, 3, seed=0)
+    seen = []
+    for k in range(3):
+        train, val = fold_split(records, 3, k, seed=0)
+        assert val == [r for r, f in zip(records, fold_of) if f == k]
+        assert set(train) | set(val) == set(records) and not set(train) & set(val)
+        seen += val
+    assert sorted(seen, key=str) == sorted(records, key=str)  # every record validated once
+
+
+def test_too_few_patients_or_folds_are_clear_errors() -> None:
+    with pytest.raises(DatasetError, match="NORMAL has only 2 patients"):
+        patient_folds(_records(2, 9), 3)
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        patient_folds(_records(6, 9), 1)
+    with pytest.raises(ValueError, match="fold must be in"):
+        fold_split(_records(6, 9), 3, 3)
+
+
+def test_config_checks_folds_and_fold() -> None:
+    assert (TrainConfig().folds, TrainConfig().fold) == (0, 0)
+    TrainConfig(folds=5, fold=4)
+    with pytest.raises(ConfigError, match="folds"):
+        TrainConfig(folds=1)
+    with pytest.raises(ConfigError, match="fold must be in"):
+        TrainConfig(folds=3, fold=3)
+    with pytest.raises(ConfigError, match="fold must be in"):
+        TrainConfig(fold=1)  # a fold without folds
+
+
+def test_datamodule_validates_on_the_configs_fold(synthetic_dataset: Path) -> None:
+    cfg = TrainConfig(model=tiny_model_config(), folds=3, fold=1, split_seed=2)
+    dm = PneumoniaDataModule.from_config(cfg, synthetic_dataset)
+    dm.setup("fit")
+    train, val = fold_split(find_split(synthetic_dataset, "train"), 3, 1, seed=2)
+    assert dm.val_records == val and dm.train_records == train
+    plain = PneumoniaDataModule.from_config(TrainConfig(model=tiny_model_config()), synthetic_dataset)
+    plain.setup("fit")
+    assert len(plain.val_records) < len(val)  # the 10 % split, not a third
+
+
+# --- the summary, from hand-made folds -------------------------------------------------------------
+def _fake_fold(out: Path, k: int, auc: float, sens: float, spec: float, flip: float | None, oof: list[tuple]) -> None:
+    folder = out / f"fold-{k}"
+    folder.mkdir(parents=True)
+    fold = {"fold": k, "n_val": len(oof), "n_pos": sum(y for _, y, _ in oof), "n_neg": sum(1 - y for _, y, _ in oof),
+            "roc_auc": auc, "sensitivity": sens, "specificity": spec, "accuracy": 0.5, "threshold": 0.5,
+            "marker_flip_rate": flip, "epochs_run": 1, "wall_s": 60.0}
+    (folder / "fold.json").write_text(json.dumps(fold))
+    with (folder / "oof.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "patient", "label", "fold", "probability"])
+        for name, y, p in oof:
+            w.writerow([name, name, y, k, p])
+
+
+def _fake_cv(out: Path, flips: tuple) -> Path:
+    out.mkdir(parents=True)
+    cfg = TrainConfig(folds=3).to_dict()
+    (out / "cv_config.json").write_text(json.dumps({"folds": 3, "preset": "x", "label": out.name, "config": cfg}))
+    _fake_fold(out, 0, 0.9, 0.8, 0.6, flips[0], [("a", 0, 0.1), ("b", 1, 0.7)])
+    _fake_fold(out, 1, 0.8, 0.9, 0.7, flips[1], [("c", 0, 0.2), ("d", 1, 0.6)])
+    _fake_fold(out, 2, 0.7, 1.0, 0.8, flips[2], [("e", 0, 0.65), ("f", 1, 0.9)])
+    return out
+
+
+def test_summary_gives_mean_and_sample_sd_and_pools_the_oof(tmp_path: Path) -> None:
+    s = summarize(_fake_cv(tmp_path / "lever", (0.01, 0.02, 0.03)))
+    assert s["done"] == [0, 1, 2]
+    auc = s["mean_sd"]["roc_auc"]
+    assert auc["mean"] == pytest.approx(0.8) and auc["sd"] == pytest.approx(0.1)  # stdev of .9 .8 .7
+    assert s["mean_sd"]["marker_flip_rate"]["mean"] == pytest.approx(0.02)
+    po = s["pooled_oof"]
+    # pooled: negatives .1 .2 .65, positives .6 .7 .9 -> 8 of 9 pairs ranked right
+    assert po["n"] == 6 and po["roc_auc"] == pytest.approx(8 / 9)
+    # Youden: between .2 and .6 (all positives, 2 of 3 negatives) -> J = 2/3, threshold 0.4
+    assert po["threshold"] == pytest.approx(0.4)
+    assert po["sensitivity"] == 1.0 and po["specificity"] == pytest.approx(2 / 3)
+    rows = list(csv.DictReader((tmp_path / "lever" / "oof.csv").open()))
+    assert [r["file"] for r in rows] == list("abcdef") and [r["fold"] for r in rows] == list("001122")
+    md = (tmp_path / "lever" / "cv.md").read_text()
+    assert "| mean ± sd | | 0.800 ± 0.100 |" in md
+
+
+def test_missing_flip_rates_read_na_and_the_table_has_one_row_per_folder(tmp_path: Path) -> None:
+    a = _fake_cv(tmp_path / "seed-recipe", (None, None, None))
+    b = _fake_cv(tmp_path / "robust-recipe", (0.01, 0.02, 0.03))
+    summarize(a), summarize(b)
+    table = cv_table([a, b]).splitlines()
+    assert len(table) == 4 and table[2].startswith("| seed-recipe | 3/3 |") and table[3].startswith("| robust-recipe")
+    assert "| n/a |" in table[2] and "0.020 ± 0.010" in table[3]
+    with pytest.raises(ConfigError, match="no cross-validation summary"):
+        cv_table([tmp_path / "nothing"])
+
+
+def test_the_flip_rate_hook_reads_na_without_the_audit(monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    monkeypatch.setitem(sys.modules, "pneumolens.audit", None)  # import now raises ImportError
+    films, labels = np.zeros((2, 8, 8), np.uint8), np.array([0, 1])
+    assert fold_marker_flip_rate(lambda x: np.zeros(len(x)), films, labels, 0.5) is None
+
+
+def test_fold_ids_parse() -> None:
+    assert parse_fold_ids("0,2, 4") == [0, 2, 4] and parse_fold_ids(None) is None
+    with pytest.raises(ConfigError, match="fold-ids"):
+        parse_fold_ids("0-2")
+
+
+# --- end to end on synthetic films -----------------------------------------------------------------
+def _cfg(**over) -> TrainConfig:
+    """The debug recipe on the tiny model (32 px), one epoch."""
+    return load_config("debug", overrides={"model": tiny_model_config().to_dict(), "max_epochs": 1, **over})
+
+
+class _InterruptAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:  # noqa: ANN001
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_cv_end_to_end_resume_and_recipe_guard(synthetic_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cv"
+    lines: list[str] = []
+    kw = dict(folds=3, preset="debug", progress=False, report=lines.append)
+    # fold 0 interrupted mid-epoch (Ctrl-C): a checkpoint, no fold.json
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):
+            run_cv(_cfg(batch_size=8), synthetic_dataset, out, fold_ids=[0], extra_callbacks=[_InterruptAt(2)], **kw)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert (out / "fold-0" / "checkpoints" / "interrupted.ckpt").exists()
+    assert not (out / "fold-0" / "fold.json").exists()
+    with pytest.raises(ConfigError, match="--resume"):
+        run_cv(_cfg(batch_size=8), synthetic_dataset, out, **kw)
+    summary = run_cv(_cfg(batch_size=8), synthetic_dataset, out, resume=True, **kw)
+    assert any(line.startswith("fold 0/3: resuming") for line in lines)
+    assert sum(line.startswith("fold ") and ": done in " in line for line in lines) == 3
+
+    # every training film predicted once, by the fold that held it out
+    records = find_split(synthetic_dataset, "train")
+    fold_of = dict(zip((r.path.name for r in records), patient_folds(records, 3, seed=0)))
+    rows = list(csv.DictReader((out / "oof.csv").open()))
+    assert sorted(r["file"] for r in rows) == sorted(fold_of)
+    assert all(int(r["fold"]) == fold_of[r["file"]] for r in rows)
+    # each fold's figures are its own run's validation figures (same threshold rule as training)
+    for f in summary["per_fold"]:
+        val = json.loads((out / f"fold-{f['fold']}" / "train_summary.json").read_text())["validation"]
+        assert f["roc_auc"] == pytest.approx(val["roc_auc"]) and f["threshold"] == pytest.approx(val["threshold"])
+        assert (f["sensitivity"], f["specificity"]) == pytest.approx((val["recall"], val["specificity"]))
+        assert f["marker_flip_rate"] is None or 0.0 <= f["marker_flip_rate"] <= 1.0
+    aucs = [f["roc_auc"] for f in summary["per_fold"]]
+    assert summary["mean_sd"]["roc_auc"]["mean"] == pytest.approx(statistics.mean(aucs))
+    assert summary["mean_sd"]["roc_auc"]["sd"] == pytest.approx(statistics.stdev(aucs))
+
+    # a second --resume keeps every finished fold; another recipe in the same folder is refused
+    before = (out / "fold-1" / "fold.json").stat().st_mtime_ns
+    run_cv(_cfg(batch_size=8), synthetic_dataset, out, resume=True, **kw)
+    assert (out / "fold-1" / "fold.json").stat().st_mtime_ns == before
+    with pytest.raises(ConfigError, match="another config \\(batch_size\\)"):
+        run_cv(_cfg(batch_size=16), synthetic_dataset, out, resume=True, **kw)
+
+
+def test_cli_cv_mistakes_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["cv", "--preset", "debug"]) == 2
+    assert "--out is required" in capsys.readouterr().err
+    assert main(["cv", "--out", str(tmp_path / "x"), "--fold-ids", "a"]) == 2
+    assert "--fold-ids" in capsys.readouterr().err
+    assert main(["cv", "--table", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no cross-validation summary" in err
+
+
+def test_cli_cv_table_prints_and_writes(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    summarize(_fake_cv(tmp_path / "a", (None, None, None)))
+    assert main(["cv", "--table", str(tmp_path / "a"), "--table-out", str(tmp_path / "t.md")]) == 0
+    printed = capsys.readouterr().out
+    assert printed == (tmp_path / "t.md").read_text() and "| a | 3/3 |" in printed
+
+
+def test_evaluating_a_fold_model_on_validation_uses_its_fold(synthetic_dataset: Path) -> None:
+    from pneumolens.evaluate import split_records
+
+    prov = {"val_fraction": 0.1, "split_seed": 2, "train_config": TrainConfig(folds=3, fold=1, split_seed=2).to_dict()}
+    expected = fold_split(find_split(synthetic_dataset, "train"), 3, 1, seed=2)[1]
+    assert split_records(synthetic_dataset, "validation", prov) == expected
