@@ -18,8 +18,9 @@ path ``pneumolens predict`` takes; wall time, and the process's CPU time: the wo
 which time stolen by other tenants of the VM's host does not inflate), the runner on decoded
 arrays at batch 64 (both cores), and ``Predictor.predict_bytes`` on one file (decoding included:
 one image's latency, the median of 20 calls).
-Every round runs every setting once, so the VM's slow and fast minutes fall on all of them alike;
-the report gives each setting's median and its per-round ratio to ``whole``.
+Every round runs every setting once, each round starting from the next setting, so the VM's slow
+and fast minutes, and a load that rises or falls during the run, fall on all of them alike; the
+report gives each setting's median and its per-round ratio to ``whole``.
 
     python bench/bench_onnx_stages.py [--rounds 8] [--files 512] [--chunks 1,2] [--before FILE] [--name NAME]
 """
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunks", default="", help="images per conv-stage call of staged runs to compare, e.g. 1,2")
     ap.add_argument("--before", type=Path, default=None, help="another version's fast.py to compare against")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    ap.add_argument("--name", default="onnx-stages", help="report file name, without suffix (default: %(default)s)")
+    ap.add_argument("--name", default="onnx-runs", help="report file name, without suffix (default: %(default)s)")
     args = ap.parse_args(argv)
     files = [str(p) for p in jpeg_files(args.data, args.files)]
     if not files:
@@ -130,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     gflops_start, snap = reference_gflops(), cpu_snapshot()
     keys = ("predict_files", "predict_files_cpu", "decoded_b64", "one_file_ms")
     rates: dict[str, dict[str, list[float]]] = {n: {k: [] for k in keys} for n in settings}
+    names = list(settings)
     for r in range(args.rounds):
-        for name in settings:
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # each setting leads a round in turn
             runner = use(name)
             t0, c0 = time.perf_counter(), time.process_time()
             preds, _ = predictor.predict_files(files, progress=False)
@@ -168,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"{mach['cpu']}, {mach['cores']} cores, onnxruntime {mach['onnxruntime']}; "
         f"machine speed {gflops_start:.0f} → {gflops_end:.0f} GFLOP/s (1024x1024 matrix product); "
-        f"other processes took {100 * (other or 0):.1f} % of the cores. {args.rounds} interleaved rounds; "
+        f"other processes took {100 * (other or 0):.1f} % of the cores. {args.rounds} interleaved rounds "
+        "(each led by the next setting); "
         f"`predict_files` on {len(files)} dataset JPEG files (decoding included; images per second of wall time, "
         "and per CPU-second of the process), decoded: the runner on 64 arrays, one file: `predict_bytes` "
         "(decoding included, median of 20). Ratios: each round's figure over `whole`'s in the same round.",

@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 #: as is, EXIF orientation applied (no JPEG or PNG of the Kaggle data changes).
 #: v3: JPEGs of at least 4x the input size on both sides are decoded in libjpeg's draft mode
 #: (:data:`pneumolens.io.DRAFT_FACTOR`; within one grey level; no Kaggle file is that large).
-PREPROCESS_VERSION = 3
+#: v4: JPEGs whose data ends early and blank inputs are refused (no array changes; an entry
+#: cached before would let such a file through).
+PREPROCESS_VERSION = 4
 
 #: Fewer files than this are decoded in this process: starting workers would cost more.
 POOL_MIN_FILES = 200

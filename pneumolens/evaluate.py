@@ -58,9 +58,30 @@ def _patient_level(
 
 def _write_predictions(path: Path, rows: list[dict[str, Any]]) -> None:
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["file", "patient_id", "subtype", "label", "probability", "predicted"])
+        writer = csv.DictWriter(
+            fh,
+            fieldnames=["file", "patient_id", "subtype", "label", "probability", "predicted", "ood_score",
+                        "in_distribution"],
+        )
         writer.writeheader()
         writer.writerows(rows)
+
+
+def _ood_summary(predictor: Predictor, flags: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any] | None:
+    """How many of the evaluated films the out-of-distribution guard flagged; None without a guard.
+
+    The guard's threshold was chosen on validation films to flag at most a set share of them
+    (``validation_flagged``); a much larger share here means this split is not like the training films.
+    """
+    if flags is None or predictor.ood is None:
+        return None
+    flagged = int(np.sum(~flags[1]))
+    return {
+        "flagged": flagged,
+        "flagged_share": flagged / max(1, len(flags[1])),
+        "threshold": float(predictor.ood.threshold),
+        "validation_flagged": float(predictor.ood.flagged_share),
+    }
 
 
 def evaluate_arrays(
@@ -95,7 +116,9 @@ def evaluate_arrays(
         extra: more keys for ``metrics.json`` (split, checkpoint, skipped, notes ...).
 
     Returns:
-        The dict written to ``metrics.json``.
+        The dict written to ``metrics.json``; its ``ood`` entry says how many films the
+        checkpoint's out-of-distribution guard flagged (None without a guard), and
+        ``predictions.csv`` carries each film's ``ood_score`` and ``in_distribution``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,6 +131,7 @@ def evaluate_arrays(
     source = "checkpoint" if threshold is None else "override"
     thr = float(predictor.threshold if threshold is None else threshold)
     probs = predictor.probabilities(images)
+    flags = predictor.ood_flags(images)
 
     metrics: dict[str, Any] = binary_metrics(y, probs, thr)
     metrics["threshold_source"] = source
@@ -124,6 +148,7 @@ def evaluate_arrays(
         pat = _patient_level(y, probs, patient_ids, thr)
         if pat is not None:
             metrics["patient_level"] = pat
+    metrics["ood"] = _ood_summary(predictor, flags)
     metrics.update(extra or {})
 
     names = list(predictor.class_names)
@@ -139,6 +164,8 @@ def evaluate_arrays(
             "label": names[y[i]],
             "probability": f"{probs[i]:.6f}",
             "predicted": names[int(probs[i] >= thr)],
+            "ood_score": "" if flags is None else f"{flags[0][i]:.6f}",
+            "in_distribution": "" if flags is None else str(bool(flags[1][i])).lower(),
         }
         for i in range(len(y))
     ]

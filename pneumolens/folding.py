@@ -7,9 +7,9 @@ fewer passes over memory. The copy is built from stock ``torch.nn`` layers only 
 PyTorch's ONNX exporter can write it (:mod:`pneumolens.onnx_export`) and it is the one
 definition every inference backend runs (:mod:`pneumolens.backends`).
 
-It has two stages, which ONNX Runtime may run as separate graphs (:mod:`pneumolens.onnx_runtime`):
-``features`` (the conv stage, image → last feature map) and ``head`` (the two LSTMs and the dense
-layers, feature map → logit).
+It has two stages, which the exporter can also write as separate graphs: ``features`` (the conv
+stage, image → last feature map) and ``head`` (the two LSTMs and the dense layers, feature map →
+logit).
 
 The original :class:`~pneumolens.model.CnnLstm` is never modified: explanations need gradients
 through its own modules (Grad-CAM hooks ``features.block3``), so the predictor keeps it as
@@ -84,21 +84,21 @@ def _stock_copy(layer: nn.Module) -> nn.Module:
     PyTorch's, which is what the ONNX exporter understands.
     """
     if isinstance(layer, nn.Conv2d):
-        copy = nn.Conv2d(
+        stock = nn.Conv2d(
             layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
             layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode,
         )  # fmt: skip
     elif isinstance(layer, nn.Linear):
-        copy = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None)
+        stock = nn.Linear(layer.in_features, layer.out_features, layer.bias is not None)
     elif isinstance(layer, nn.LSTM):
-        copy = nn.LSTM(
+        stock = nn.LSTM(
             layer.input_size, layer.hidden_size, layer.num_layers, layer.bias, layer.batch_first,
             bidirectional=layer.bidirectional, proj_size=layer.proj_size,
         )  # fmt: skip
     else:
         raise ConfigError(f"cannot fold a {type(layer).__name__}")
-    copy.load_state_dict({k: v.detach().float().cpu() for k, v in layer.state_dict().items()})
-    return copy
+    stock.load_state_dict({k: v.detach().float().cpu() for k, v in layer.state_dict().items()})
+    return stock
 
 
 class FoldedFeatures(nn.Module):
@@ -153,9 +153,10 @@ class FoldedCnnLstm(nn.Module):
             statistics are used, as in eval mode). It is read, never changed.
         channels_last: run the convolutions in NHWC memory layout. Default: True.
         conv_chunk: run the conv stage on at most this many images at a time (0: all at once).
-            Keeps every activation small and in cache: at batch 64 the first block's output
-            alone is over 100 MB, and allocating that afresh on every call costs tens of
-            thousands of page faults. The LSTMs still see the whole batch. Default: 8.
+            Keeps every activation small and in cache: at batch 64 and 128x128 the first
+            block's output alone is 64·32·128·128 floats (134 MB), allocated afresh, page by
+            page, on every call. The LSTMs still see the whole batch. ``bench/bench_core.py``
+            measures it (``BN-folded`` against ``chunked``). Default: 8.
 
     Attributes:
         features: the conv stage (:class:`FoldedFeatures`).

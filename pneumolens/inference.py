@@ -23,9 +23,11 @@ from tqdm.auto import tqdm
 
 from .cache import LoadResult, load_images
 from .checkpoint import Checkpoint, load_checkpoint
-from .errors import ConfigError, InvalidImageError
+from .errors import CheckpointError, ConfigError, InvalidImageError
 from .backends import BACKENDS, FastModel, optimize
 from .io import load_image
+from .jsonable import jsonable
+from .ood import OodGuard
 
 #: Files per unit of work when several threads each decode and predict (``predict_files``): small
 #: enough that the last units leave no core idle for long, large enough to fill two ONNX chunks.
@@ -34,15 +36,34 @@ PARALLEL_STEP = 32
 
 @dataclass(frozen=True)
 class Prediction:
-    """The model's answer for one image."""
+    """The model's answer for one image.
+
+    ``ood_score`` and ``in_distribution`` come from the checkpoint's out-of-distribution guard
+    (:mod:`pneumolens.ood`) on the same model input: higher scores are less like the training
+    films, and ``in_distribution`` is False when the score is above the guard's threshold (the
+    image :data:`~pneumolens.ood.WARNING`). Both are None when the checkpoint has no guard. A
+    flagged image keeps its probability and label.
+    """
 
     file: str
     probability: float  # calibrated probability of PNEUMONIA
     label: str  # class name at the checkpoint's threshold
     threshold: float
+    ood_score: float | None = None
+    in_distribution: bool | None = None
 
     def to_dict(self) -> dict:
-        return {"file": self.file, "probability": self.probability, "label": self.label, "threshold": self.threshold}
+        """Plain JSON values; a non-finite number becomes None (JSON has no NaN)."""
+        return jsonable(
+            {
+                "file": self.file,
+                "probability": self.probability,
+                "label": self.label,
+                "threshold": self.threshold,
+                "ood_score": self.ood_score,
+                "in_distribution": self.in_distribution,
+            }
+        )
 
 
 def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -50,8 +71,8 @@ def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
     On the CPU the conversion runs in NumPy on the calling thread (the same values as PyTorch's
     ``float() / 255``): PyTorch would run it on its OpenMP threads, whose spin-waiting after each
-    parallel region takes CPU from ``predict_files``' worker threads (302 → 313 images/s on 512
-    files, interleaved A/B, 2 cores).
+    parallel region takes CPU from ``predict_files``' worker threads (``bench/bench_core.py``
+    measures ``predict_files``).
     """
     t = torch.as_tensor(images)
     if t.ndim == 2:
@@ -80,6 +101,10 @@ class Predictor:
 
     The fast copy is built from the weights at first use; a caller that changes
     ``predictor.model``'s weights afterwards must call :meth:`reset_fast`.
+
+    ``predictor.ood`` is the checkpoint's out-of-distribution guard (None without one); every
+    prediction carries its score and flag (:class:`Prediction`). Set it to None to predict
+    without the guard.
 
     Example::
 
@@ -110,6 +135,12 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.size = self.checkpoint.input_size
         self.class_names = self.checkpoint.class_names
+        self.ood: OodGuard | None = self.checkpoint.ood
+        if self.ood is not None and self.ood.input_size != self.size:
+            raise CheckpointError(
+                f"the checkpoint's out-of-distribution guard was fitted on {self.ood.input_size}px inputs, "
+                f"its model takes {self.size}px"
+            )
         self.backend = backend if self.device.type == "cpu" else None
         self._fast: FastModel | None = None
         self._lock = threading.Lock()
@@ -180,12 +211,38 @@ class Predictor:
         names: Sequence[str] | None = None,
         forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> list[Prediction]:
-        """Predictions for uint8 arrays (N, S, S), named ``names`` (default ``"0"``, ``"1"``, ...)."""
+        """Predictions for uint8 arrays (N, S, S), named ``names`` (default ``"0"``, ``"1"``, ...).
+
+        Each carries the out-of-distribution guard's score and flag for its array (:meth:`ood_flags`).
+        """
         probs = self.probabilities(images, forward)
         names = list(names) if names is not None else [str(i) for i in range(len(probs))]
         if len(names) != len(probs):
             raise ValueError(f"got {len(names)} names for {len(probs)} images")
-        return [Prediction(n, float(p), self.label_of(float(p)), self.threshold) for n, p in zip(names, probs)]
+        flags = self.ood_flags(images)
+        scores, inside = flags if flags is not None else ([None] * len(probs), [None] * len(probs))
+        return [
+            Prediction(
+                n,
+                float(p),
+                self.label_of(float(p)),
+                self.threshold,
+                None if s is None else float(s),
+                None if d is None else bool(d),
+            )
+            for n, p, s, d in zip(names, probs, scores, inside)
+        ]
+
+    def ood_flags(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray] | None:
+        """The guard's ``(scores, in_distribution)`` for uint8 model inputs (N, S, S) or (S, S).
+
+        ``None`` when the checkpoint has no guard (or ``predictor.ood`` was set to None).
+        """
+        if self.ood is None:
+            return None
+        if isinstance(images, torch.Tensor):
+            images = images.detach().cpu().numpy()
+        return self.ood.flags(np.asarray(images))
 
     def predict_bytes(self, data: bytes, name: str = "<upload>") -> Prediction:
         """Predict one uploaded file; raises :class:`InvalidImageError` naming it."""
@@ -213,8 +270,7 @@ class Predictor:
             step = max(1, min(step, PARALLEL_STEP, -(-len(paths) // workers)))
         # With several workers the first unit is half size, so the workers decode at different times
         # rather than in lock-step, queueing for the GIL (Pillow's Python-side work) while no core
-        # infers. 512 dataset files, interleaved A/B: 299 (64 in lock-step) -> 308 (staggered) -> 315
-        # images/s (units of 32).
+        # infers (docs/performance.md: the stagger's A/B).
         first = max(1, step // 2) if workers > 1 and len(paths) > step else step
         chunks = [paths[:first]] + [paths[i : i + step] for i in range(first, len(paths), step)] if paths else []
         predictions: list[Prediction] = []

@@ -11,6 +11,9 @@ decodes a process (the web service) runs at once.
 Every failure on user input is an :class:`~pneumolens.errors.InvalidImageError` whose message
 is one line naming the file and the reason: files come from users and from the web, so any
 exception a decoder raises on bad bytes is turned into that error here, never a traceback.
+Corrupt data a decoder lets through is refused too: a JPEG whose data ends early (it decodes
+without an error, the missing rows grey) and, on the way to a model input, a decode that is
+blank or nearly so.
 """
 
 from __future__ import annotations
@@ -327,16 +330,44 @@ def _decode_pil(data: bytes, label: str, draft_size: int | None = None) -> np.nd
     _check_decoded_bytes(label, nbytes, img.size, _depth(img.mode))
     try:
         with _decode_slot(nbytes):
+            fmt = img.format
             img.load()
             orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
             gray = _pil_to_gray(img)
             img.close()  # the decoded pixels go now, not when the caller lets go of its result
+    except Exception as exc:
+        raise InvalidImageError(f"{label}: corrupt or truncated image ({_reason(exc)})") from exc
+    if fmt in ("JPEG", "MPO") and _jpeg_data_ran_out(gray):
+        raise InvalidImageError(
+            f"{label}: truncated JPEG: its image data ends before the last rows (the decoder filled them with grey)"
+        )
+    try:
         transpose = _EXIF_TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
         if transpose is not None:  # a photographed film stored sideways
             gray = np.asarray(Image.fromarray(gray).transpose(transpose), dtype=np.uint8)
         return gray
     except Exception as exc:
         raise InvalidImageError(f"{label}: corrupt or truncated image ({_reason(exc)})") from exc
+
+
+#: What libjpeg puts in every pixel of a block it has no data for (all coefficients zero).
+JPEG_FILL = 128
+
+
+def _jpeg_data_ran_out(gray: np.ndarray) -> bool:
+    """Whether a JPEG's decode ends in libjpeg's grey fill: its data stopped before the image did.
+
+    A JPEG cut short and closed with an end-of-image marker (or one whose header claims more rows
+    than its data holds) decodes without any error: libjpeg only warns ("premature end of data
+    segment"), Pillow does not pass the warning on, and every block after the cut comes out as
+    :data:`JPEG_FILL`. The bottom row, in stored orientation, is always in the last blocks decoded,
+    so a bottom row that is exactly that grey across the whole width, in an image that is not
+    that grey everywhere, means missing data (no film of the Kaggle set has such a row; a
+    uniformly grey image is left to :func:`blank_reason`). A progressive JPEG cut short is not
+    caught: it decodes to a blurred but complete image.
+    """
+    last = gray[-1]
+    return bool(last.size) and bool(np.all(last == JPEG_FILL)) and bool(np.any(gray != JPEG_FILL))
 
 
 def _first_value(value: Any) -> float:
@@ -635,7 +666,7 @@ def read_image(source: str | Path | bytes, name: str | None = None, draft_size: 
             or ``"<upload>"``.
         draft_size: when the caller will shrink the image anyway, a large JPEG may be decoded
             at a power-of-two fraction of its size that keeps both sides >= ``draft_size``
-            (libjpeg's DCT scaling: 2-3x faster on a 2400x2000 film). Default: full size.
+            (libjpeg's DCT scaling, which decodes fewer coefficients). Default: full size.
 
     Raises:
         InvalidImageError: missing, empty, truncated, unreadable or non-image data, an image
@@ -686,6 +717,64 @@ def resize_square(gray: np.ndarray, size: int) -> np.ndarray:
 DRAFT_FACTOR = 2
 
 
+#: A decoded image whose grey levels spread less than this (standard deviation) is blank: far
+#: below the least spread film of the Kaggle train and val splits (``bench/bench_blank_rule.py``
+#: measures the margin on every film).
+MIN_CONTENT_STD = 4.0
+
+#: A decoded image with at least this share of its pixels within :data:`DOMINANT_HALF_WIDTH` grey
+#: levels of one value is blank too (a flat field with a small mark on it); far above any Kaggle
+#: film (same script).
+MAX_DOMINANT_SHARE = 0.95
+DOMINANT_HALF_WIDTH = 2
+
+#: :func:`blank_reason` reads at most about this many pixels (a regular grid over a larger image).
+BLANK_SAMPLE_PIXELS = 1 << 20
+
+
+def blank_reason(image: np.ndarray) -> str | None:
+    """Why a decoded uint8 image is (nearly) constant, or ``None`` when it has content.
+
+    Blank: a standard deviation under :data:`MIN_CONTENT_STD` grey levels, or at least
+    :data:`MAX_DOMINANT_SHARE` of the pixels within ±:data:`DOMINANT_HALF_WIDTH` levels of one
+    grey level. Such a decode is a corrupt file or an empty picture, not an X-ray, and the model
+    would still answer it with confidence. Judged on the decode, not on the model input: fine
+    noise shrunk to the input size averages out to flat grey, yet it is an image (the
+    out-of-distribution guard's business, not a decoding error). Computed from one 256-bin
+    histogram of at most about :data:`BLANK_SAMPLE_PIXELS` pixels on a regular grid.
+    """
+    image = np.asarray(image, dtype=np.uint8)
+    if image.ndim == 2 and image.size > BLANK_SAMPLE_PIXELS:
+        step = int(np.ceil(np.sqrt(image.size / BLANK_SAMPLE_PIXELS)))
+        image = image[::step, ::step]
+    n = image.size
+    if n == 0:
+        return "image has no pixels"
+    hist = np.bincount(image.ravel(), minlength=256).astype(np.float64)
+    levels = np.arange(256, dtype=np.float64)
+    mean = float(hist @ levels) / n
+    std = float(np.sqrt(hist @ (levels - mean) ** 2 / n))
+    window = np.convolve(hist, np.ones(2 * DOMINANT_HALF_WIDTH + 1), mode="same")
+    peak = int(window.argmax())
+    share = float(window[peak]) / n
+    if std < MIN_CONTENT_STD or share >= MAX_DOMINANT_SHARE:
+        return (
+            f"image is blank or nearly so (grey levels spread {std:.1f}, {share:.0%} of pixels within "
+            f"{DOMINANT_HALF_WIDTH} levels of {peak}): a corrupt decode or an empty picture, not an X-ray"
+        )
+    return None
+
+
 def load_image(source: str | Path | bytes, size: int, name: str | None = None) -> np.ndarray:
-    """Read and resize in one step: the model's input as uint8 (size, size)."""
-    return resize_square(read_image(source, name=name, draft_size=DRAFT_FACTOR * size), size)
+    """Read and resize in one step: the model's input as uint8 (size, size).
+
+    Raises:
+        InvalidImageError: as :func:`read_image`, and for a decode that is blank or nearly so
+            (:func:`blank_reason`).
+    """
+    gray = read_image(source, name=name, draft_size=DRAFT_FACTOR * size)
+    reason = blank_reason(gray)
+    if reason is not None:
+        label = name or ("<upload>" if isinstance(source, (bytes, bytearray, memoryview)) else str(source))
+        raise InvalidImageError(f"{label}: {reason}")
+    return resize_square(gray, size)

@@ -5,10 +5,10 @@ its two stages), so the architecture is defined once, in :class:`~pneumolens.mod
 and the folded module and the ONNX graph follow from it.
 
 Exporter: the TorchScript-based one (``dynamo=False``), which PyTorch marks deprecated. It needs
-only the ``onnx`` package (``pip install pneumolens[fast]``) and exports several times faster
-than the ``torch.export``-based one (``dynamo=True``, PyTorch's default), which gives the same
-logits but also needs ``onnxscript``; the export is paid at every predictor's first use
-(``bench/results/onnx-export.md``). Switching is the ``dynamo`` argument plus that dependency.
+only the ``onnx`` package (``pip install pneumolens[fast]``) and exports faster than the
+``torch.export``-based one (``dynamo=True``, PyTorch's default), which gives the same logits but
+also needs ``onnxscript``; the export is paid at every predictor's first use
+(``bench/results/onnx-export.md`` has the times). Switching is the ``dynamo`` argument plus that dependency.
 """
 
 from __future__ import annotations

@@ -240,6 +240,17 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _ood_fact(ood: dict[str, Any] | None) -> str | None:
+    """``3 (0.6 %; the guard flags 1.0 % of validation films)``, or None without a guard."""
+    if not ood:
+        return None
+    share, val = ood.get("flagged_share"), ood.get("validation_flagged")
+    text = f"{ood.get('flagged')} ({100 * share:.1f} %" if share is not None else f"{ood.get('flagged')} ("
+    if val is not None:
+        text += f"; the guard's threshold flags {100 * val:.1f} % of validation films"
+    return text + ")"
+
+
 def write_report(
     metrics: dict[str, Any], out_dir: str | Path, figures: dict[str, str], title: str = "PneumoLens evaluation"
 ) -> Path:
@@ -263,6 +274,7 @@ def write_report(
         ("images", metrics.get("n")),
         ("PNEUMONIA / NORMAL", f"{metrics.get('n_pos')} / {metrics.get('n_neg')}"),
         ("skipped (unreadable)", metrics.get("skipped")),
+        ("flagged out of distribution", _ood_fact(metrics.get("ood"))),
         ("threshold", f"{metrics['threshold']:.4f} ({metrics.get('threshold_source', 'given')})"),
         ("temperature", metrics.get("temperature")),
     ]

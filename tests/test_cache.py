@@ -10,7 +10,7 @@ from PIL import Image
 
 from pneumolens import cache
 from pneumolens.cache import load_images, preprocess_tag
-from pneumolens.io import load_image
+from pneumolens.io import load_image, resize_square
 
 
 def write_images(folder: Path, n: int, seed: int = 0, shape: tuple[int, int] = (30, 40)) -> list[Path]:
@@ -51,9 +51,11 @@ def test_renamed_file_hits_edited_file_misses(tmp_path, monkeypatch):
     hit = load_images([renamed], 16, cache_dir=tmp_path / "c", progress=False).images[0]
     np.testing.assert_array_equal(hit, before)
     monkeypatch.undo()
-    Image.fromarray(np.full((30, 40), 200, dtype=np.uint8)).save(renamed)  # new bytes
+    edited = np.random.default_rng(1).integers(0, 256, (30, 40), dtype=np.uint8)
+    Image.fromarray(edited).save(renamed)  # new bytes
     after = load_images([renamed], 16, cache_dir=tmp_path / "c", progress=False).images[0]
-    assert (after == 200).all() and not np.array_equal(after, before)
+    np.testing.assert_array_equal(after, resize_square(edited, 16))
+    assert not np.array_equal(after, before)
     assert len(entries(tmp_path / "c", 16)) == 2
 
 

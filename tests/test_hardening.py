@@ -45,6 +45,10 @@ def pydicom_files() -> list[Path]:
     return found
 
 
+#: A small image with content (a blank one is refused as bad input).
+FILM = (np.add.outer(np.arange(40), np.arange(48)) * 2 + 30).astype(np.uint8)
+
+
 def test_hostile_folder_replay_is_only_one_line_messages(tmp_path: Path, tiny_checkpoint_path: Path):
     """Undecodable DICOMs (item 5), a symlink loop (3), control characters in names (7), a non-DICOM .dcm (6)."""
     folder = tmp_path / "hostile"
@@ -54,7 +58,7 @@ def test_hostile_folder_replay_is_only_one_line_messages(tmp_path: Path, tiny_ch
     os.symlink("selfref.jpeg", folder / "selfref.jpeg")
     (folder / "notes.dcm").write_text("not a DICOM file at all\n")
     (folder / "bad\nline\x1b[31m.png").write_text("not an image")
-    Image.fromarray(np.full((40, 48), 90, np.uint8)).save(folder / "ok\x1b]0;title\x07.png")
+    Image.fromarray(FILM).save(folder / "ok\x1b]0;title\x07.png")
     run = cli("predict", str(folder), "-c", str(tiny_checkpoint_path), "--skip-bad")
     assert run.returncode == 0, run.stderr
     for stream in (run.stdout, run.stderr):
@@ -73,7 +77,7 @@ def test_hostile_folder_replay_is_only_one_line_messages(tmp_path: Path, tiny_ch
 
 def test_hostile_explain_settings_replay_is_one_line_and_exit_2(tmp_path: Path, tiny_checkpoint_path: Path):
     image = tmp_path / "film.png"
-    Image.fromarray(np.full((40, 48), 90, np.uint8)).save(image)
+    Image.fromarray(FILM).save(image)
     run = cli("explain", str(image), "-c", str(tiny_checkpoint_path), "--out", str(tmp_path / "o"), "--no-progress",
               "--methods", "gradcam:layer=lstm1")
     lines = run.stderr.strip().splitlines()

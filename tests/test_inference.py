@@ -100,6 +100,8 @@ def test_predict_arrays_keeps_names_and_order(ckpt):
         "probability": preds[0].probability,
         "label": preds[0].label,
         "threshold": 0.5,
+        "ood_score": None,  # this checkpoint has no out-of-distribution guard
+        "in_distribution": None,
     }
     with pytest.raises(ValueError, match="3 names for 5 images"):
         Predictor(ckpt).predict_arrays(images, ["a", "b", "c"])

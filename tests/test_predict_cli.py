@@ -70,7 +70,7 @@ def test_csv_output(images, tiny_checkpoint_path, tmp_path, capsys, batch_size):
     assert f"8 predicted, 0 skipped; wrote {out_file}" in capsys.readouterr().out
     with open(out_file, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["file", "probability", "label", "threshold", "error"]
+    assert list(rows[0]) == ["file", "probability", "label", "threshold", "ood_score", "in_distribution", "error"]
     assert [r["file"] for r in rows] == [str(f) for f in files]
     expected = expected_probabilities(tiny_checkpoint_path, files)
     for r in rows:
@@ -117,7 +117,8 @@ def test_skip_bad_warns_and_predicts_the_rest(images, tiny_checkpoint_path, tmp_
     expected = expected_probabilities(tiny_checkpoint_path, all_images(images))
     for p in doc["predictions"]:
         assert p["probability"] == pytest.approx(expected[p["file"]], abs=1e-5)
-        assert set(p) == {"file", "probability", "label", "threshold"}
+        assert set(p) == {"file", "probability", "label", "threshold", "ood_score", "in_distribution"}
+        assert p["ood_score"] is None and p["in_distribution"] is None  # the tiny checkpoint has no guard
 
 
 def test_missing_file_named_on_the_command_line(images, tiny_checkpoint_path, capsys):
@@ -342,7 +343,7 @@ def test_csv_lists_skipped_files_with_their_error(images, tiny_checkpoint_path, 
     assert main(["predict", str(images), "-c", str(tiny_checkpoint_path), "--skip-bad", "--out", str(out_file)]) == 0
     with open(out_file, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["file", "probability", "label", "threshold", "error"]
+    assert list(rows[0]) == ["file", "probability", "label", "threshold", "ood_score", "in_distribution", "error"]
     assert len(rows) == 9
     (skipped,) = [r for r in rows if r["error"]]
     assert skipped["file"] == str(bad) and skipped["probability"] == "" and skipped["label"] == ""

@@ -250,7 +250,8 @@ def test_predict_uses_an_overridden_predictor(app, client):
         result = client.post("/v1/predict", files=[upload("x.png", encode(film()))]).json()["results"][0]
     finally:
         app.dependency_overrides.pop(get_predictor)
-    assert result == {"file": "x.png", "probability": 0.95, "label": "PNEUMONIA", "threshold": 0.9, "error": None}
+    assert result == {"file": "x.png", "probability": 0.95, "label": "PNEUMONIA", "threshold": 0.9,
+                      "ood_score": None, "in_distribution": None, "warning": None, "error": None}
 
 
 @pytest.mark.parametrize(

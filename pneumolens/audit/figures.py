@@ -122,7 +122,7 @@ def plot_lungs(
     methods = list(maps)
     cols = 1 + len(methods)
     rows = max(1, len(order))
-    fig = Figure(figsize=(2.0 * cols + 4.4, 2.35 * rows + 0.6), dpi=110, layout="constrained")
+    fig = Figure(figsize=(2.0 * cols + 4.4, 2.35 * rows + 0.6), dpi=85, layout="constrained")
     left, right = fig.subfigures(1, 2, width_ratios=[2.0 * cols, 4.2])
     axes = left.subplots(rows, cols, squeeze=False)
     for r, i in enumerate(order):

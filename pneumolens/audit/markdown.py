@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .figures import CREDIT, FAMILY_TITLES
-from .probes import BORDER_FILLS, BORDER_WIDTHS, FAMILIES, FONTS, MARKER_HEIGHTS, MARGIN, TEXT_HEIGHT
+from .probes import BORDER_WIDTHS, FAMILIES, FONTS, MARKER_HEIGHTS, MARGIN, TEXT_HEIGHT
 
 PROBE_TEXT = {
     "marker": (
@@ -17,7 +17,7 @@ PROBE_TEXT = {
     ),
     "border": (
         f"the outer band of the film, {' or '.join(f'{w:.0%}' for w in BORDER_WIDTHS)} of its shorter side wide on "
-        f"every side, replaced by the film's {', '.join(BORDER_FILLS[:-1])} or {BORDER_FILLS[-1]} grey"
+        "every side, replaced by the film's median grey, by black or by white"
     ),
     "annotation": (
         f"a white line of text ({TEXT_HEIGHT:.0%} of the film's height: \"AP PORTABLE\" at the top, \"SUPINE\" at the "

@@ -100,5 +100,11 @@ def run(args: argparse.Namespace) -> int:
     print("  " + "  ".join(_with_ci(m, k) for k in ("accuracy", "recall", "specificity", "roc_auc")))
     if m.get("ci"):
         print(f"  (95% bootstrap CIs, {m['bootstrap']['n_boot']} resamples by {m['bootstrap']['unit']})")
+    ood = m.get("ood")
+    if ood and ood.get("flagged"):
+        from ..ood import WARNING
+
+        print(f"  warning: {ood['flagged']} of {m['n']} images ({100 * ood['flagged_share']:.1f} %) flagged out of "
+              f"distribution: {WARNING} (their ood_score and in_distribution are in predictions.csv)")
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0

@@ -157,4 +157,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--methods: {exc}") from exc
     print(f"explained {len(records)} image(s) with {', '.join(s.label for s in specs)}; "
           f"open {printable(args.out / 'index.html')}")
+    flagged = sum(r["prediction"].get("in_distribution") is False for r in records)
+    if flagged:
+        from ..ood import WARNING
+
+        print(f"warning: {flagged} of {len(records)} image(s) flagged (in_distribution false, marked on the panel): "
+              f"{WARNING}")
     return 0

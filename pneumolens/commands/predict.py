@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,17 +80,19 @@ def _collect(inputs: list[str]) -> list[Path]:
 def render_predictions(
     suffix: str, predictions: list[Prediction], skipped: list[tuple[str, str]], meta: dict[str, Any]
 ) -> str:
-    """Predictions as CSV text (file, probability, label, threshold, error: a skipped file has only
-    its file, threshold and error) or JSON text (with the skipped files and metadata)."""
+    """Predictions as CSV text (file, probability, label, threshold, ood_score, in_distribution,
+    error: a skipped file has only its file, threshold and error; ood_score and in_distribution are
+    empty without a guard) or JSON text (with the skipped files and metadata)."""
     if suffix.lower() == ".csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow(["file", "probability", "label", "threshold", "error"])
+        writer.writerow(["file", "probability", "label", "threshold", "ood_score", "in_distribution", "error"])
         threshold = meta.get("threshold")
         for p in predictions:
-            writer.writerow([p.file, f"{p.probability:.6f}", p.label, f"{p.threshold:.6f}", ""])
+            writer.writerow([p.file, _number(p.probability), p.label, _number(p.threshold), _number(p.ood_score),
+                             _flag(p.in_distribution), ""])
         for file, reason in skipped:
-            writer.writerow([file, "", "", "" if threshold is None else f"{threshold:.6f}", reason])
+            writer.writerow([file, "", "", _number(threshold), "", "", reason])
         return buf.getvalue()
     doc = {
         **meta,
@@ -97,6 +100,39 @@ def render_predictions(
         "skipped": [{"file": f, "reason": r} for f, r in skipped],
     }
     return dumps(doc, indent=2) + "\n"
+
+
+def _number(value: float | None) -> str:
+    """A CSV cell: six decimals, empty for None or a non-finite value."""
+    return f"{value:.6f}" if value is not None and math.isfinite(value) else ""
+
+
+def _flag(value: bool | None) -> str:
+    """A CSV cell: ``true`` / ``false``, empty for None."""
+    return "" if value is None else str(bool(value)).lower()
+
+
+def flagged_summary(predictions: list[Prediction]) -> str | None:
+    """``warning: 2 of 40 images flagged: ... <the warning>``, or None when nothing was flagged."""
+    from ..ood import WARNING  # torch only when running
+
+    flagged = sum(p.in_distribution is False for p in predictions)
+    if not flagged:
+        return None
+    n = len(predictions)
+    return (f"warning: {flagged} of {n} image{'s' * (n != 1)} flagged (in_distribution false): "
+            f"{'it' if flagged == 1 else 'they'} {WARNING}; treat {'its' if flagged == 1 else 'their'} "
+            "prediction as meaningless")
+
+
+def ood_meta(predictor: Any, predictions: list[Prediction]) -> dict[str, Any] | None:
+    """What the JSON output says about the guard: its threshold, how many were flagged, the warning."""
+    from ..ood import WARNING
+
+    if predictor.ood is None:
+        return None
+    return {"threshold": predictor.ood.threshold, "flagged": sum(p.in_distribution is False for p in predictions),
+            "warning": WARNING}
 
 
 def write_predictions(
@@ -121,12 +157,19 @@ def write_predictions(
 
 
 def format_table(predictions: list[Prediction]) -> str:
-    """One aligned row per image: file (control characters escaped), probability, label."""
+    """One aligned row per image: file (control characters escaped), probability, label, and the
+    out-of-distribution warning on a flagged image."""
+    from ..ood import WARNING
+
     names = [printable(p.file) for p in predictions]
     width = max([len("file")] + [len(n) for n in names])
     lines = [f"{'file':<{width}}  probability  label"]
-    lines += [f"{n:<{width}}  {p.probability:>11.4f}  {p.label}" for n, p in zip(names, predictions)]
-    return "\n".join(lines)
+    lines += [
+        f"{n:<{width}}  {p.probability:>11.4f}  {p.label:<9}"
+        + (f"  warning: {WARNING}" if p.in_distribution is False else "")
+        for n, p in zip(names, predictions)
+    ]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def format_counts(predictions: list[Prediction], class_names: tuple[str, ...]) -> str:
@@ -154,10 +197,17 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidImageError(f"none of the {len(files)} files could be read; nothing to predict")
     source = "--threshold" if args.threshold is not None else f"checkpoint, {predictor.checkpoint.threshold_rule}"
     summary = f"{len(predictions)} predicted, {len(skipped)} skipped"
+    if predictor.ood is None:
+        print("pneumolens predict: note: this checkpoint has no out-of-distribution guard; "
+              "ood_score and in_distribution are left empty", file=sys.stderr)
+    flagged = flagged_summary(predictions)
     if args.out is not None:
-        meta = {"checkpoint": str(args.checkpoint or "shipped"), "threshold": predictor.threshold}
+        meta = {"checkpoint": str(args.checkpoint or "shipped"), "threshold": predictor.threshold,
+                "ood": ood_meta(predictor, predictions)}
         write_predictions(args.out, predictions, skipped, meta)
         print(f"{summary}; wrote {printable(args.out)}")
+        if flagged:
+            print(flagged)
         return 0
     if len(predictions) <= MAX_TABLE_ROWS:
         print(format_table(predictions))
@@ -165,4 +215,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"(more than {MAX_TABLE_ROWS} files: pass --out preds.csv to get one row per file)")
     print(f"threshold {predictor.threshold:.4f} ({source}): {format_counts(predictions, predictor.class_names)}")
     print(summary)
+    if flagged:
+        print(flagged)
     return 0

@@ -13,6 +13,7 @@ the web service.
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -34,6 +35,10 @@ TITLES = {
 SEQUENTIAL_CMAP = "inferno"
 DIVERGING_CMAP = "RdBu_r"
 MAX_ALPHA = 0.8
+#: Colour of a panel's title when it carries the out-of-distribution warning.
+WARNING_COLOUR = "#b00020"
+#: Characters per line of that warning in a title: what the narrowest panel (two images) holds.
+WARNING_WIDTH = 60
 
 
 def base_method(label: str) -> str:
@@ -99,9 +104,18 @@ def _colorbar(fig: Figure, ax: Axes, mappable: ScalarMappable, signed: bool) -> 
     cb.ax.tick_params(labelsize=6)
 
 
-def prediction_title(name: str, probability: float, label: str, threshold: float) -> str:
-    """``name`` then ``PNEUMONIA · p = 0.930 · threshold 0.420``."""
-    return f"{name}\n{label} · p(pneumonia) = {probability:.3f} · threshold {threshold:.3f}"
+def prediction_title(
+    name: str, probability: float, label: str, threshold: float, in_distribution: bool | None = None
+) -> str:
+    """``name`` then ``PNEUMONIA · p = 0.930 · threshold 0.420``; a third line with the
+    out-of-distribution warning when ``in_distribution`` is False (None: no guard, no line)."""
+    title = f"{name}\n{label} · p(pneumonia) = {probability:.3f} · threshold {threshold:.3f}"
+    if in_distribution is False:
+        from ..ood import WARNING
+
+        # wrapped to fit the narrowest panel (the input and one map)
+        title += "\n" + textwrap.fill(f"Warning: this image {WARNING}", width=WARNING_WIDTH)
+    return title
 
 
 def render_panel(
@@ -111,6 +125,7 @@ def render_panel(
     title: str = "",
     subtitles: Mapping[str, str] | None = None,
     dpi: int = 110,
+    flagged: bool = False,
 ) -> Path:
     """Write a panel PNG: the X-ray, then one overlay with a colour bar per entry of ``maps``.
 
@@ -120,6 +135,8 @@ def render_panel(
         path: the PNG to write (folders are created).
         title: the figure title (e.g. :func:`prediction_title`).
         subtitles: method label → text under the method name (e.g. its time).
+        flagged: the image was flagged out of distribution: the title (which then carries
+            :func:`prediction_title`'s warning line) is drawn in :data:`WARNING_COLOUR`.
     """
     n = 1 + len(maps)
     fig = Figure(figsize=(2.9 * n, 3.5), dpi=dpi, layout="constrained")
@@ -131,7 +148,7 @@ def render_panel(
         mappable = draw_overlay(ax, image, amap, label, _method_title(label, amap, (subtitles or {}).get(label)))
         _colorbar(fig, ax, mappable, is_signed(label, amap))
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, color=WARNING_COLOUR if flagged else "black")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidImageError
 from ..jsonable import dumps, jsonable
+from ..ood import WARNING
 from .base import LogitFn
 from .core import PERTURBATION, explain
 from .render import prediction_title, render_panel
@@ -58,7 +59,7 @@ def fast_grad_forward(model: Any) -> LogitFn | None:
     """A faster differentiable copy for ``ig`` and ``shap``: the BatchNorm-folded, channels-last CnnLstm.
 
     Same function (BatchNorm folded into the weights, Dropout removed: eval mode), so the same
-    input gradients up to float rounding, at ~2.4x less cost per forward + backward on the CPU.
+    input gradients up to float rounding, at less cost per forward + backward on the CPU (``bench/bench_explain.py``).
     Returns None (use the model itself) for other models or devices.
     """
     from ..model import CnnLstm
@@ -232,9 +233,11 @@ def explain_files(
                 entry["map"] = name
             record["methods"][spec.label] = entry
             record["timings_s"][spec.label] = round(att.elapsed_s, 4)
-        title = prediction_title(Path(pred.file).name, pred.probability, pred.label, pred.threshold)
+        title = prediction_title(Path(pred.file).name, pred.probability, pred.label, pred.threshold,
+                                 pred.in_distribution)
         subtitles = {label: f"{t:.2f} s" for label, t in record["timings_s"].items()}
-        render_panel(image, maps, out / record["panel"], title=title, subtitles=subtitles)
+        render_panel(image, maps, out / record["panel"], title=title, subtitles=subtitles,
+                     flagged=pred.in_distribution is False)
         (out / f"{stem}.json").write_text(dumps(record, indent=2) + "\n", encoding="utf-8")
         records.append(record)
         bar.update()
@@ -256,6 +259,7 @@ def _earlier_record(
             and record["seed"] == int(seed)
             and list(record["methods"]) == [m.label for m in methods]
             and abs(record["prediction"]["probability"] - pred.probability) < 1e-6
+            and record["prediction"].get("in_distribution") == pred.in_distribution  # and the guard's flag
             and (out / record["panel"]).is_file()
         )
         if same and save_maps:
@@ -273,16 +277,19 @@ def write_index(out: Path, records: Sequence[dict[str, Any]], methods: Sequence[
         name = html.escape(Path(r["file"]).name)
         stem = html.escape(Path(r["panel"]).stem)
         timings = ", ".join(f"{html.escape(k)} {v:.2f} s" for k, v in r["timings_s"].items())
+        warning = (f'<br><strong class="ood">Warning: this image {html.escape(WARNING)}</strong>'
+                   if p.get("in_distribution") is False else "")
         cards.append(
             f'<figure><a href="{html.escape(r["panel"])}"><img src="{html.escape(r["panel"])}" alt="{name}" loading="lazy"></a>'
             f"<figcaption><b>{name}</b> — {html.escape(p['label'])}, p(pneumonia) = {p['probability']:.3f} "
-            f"(threshold {p['threshold']:.3f})<br><small>{timings} · <a href=\"{stem}.json\">JSON</a></small>"
+            f"(threshold {p['threshold']:.3f}){warning}"
+            f"<br><small>{timings} · <a href=\"{stem}.json\">JSON</a></small>"
             "</figcaption></figure>"
         )
     doc = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>PneumoLens explanations</title>
 <style>body{{font-family:sans-serif;margin:1.5em}} figure{{margin:0 0 2em}} img{{max-width:100%;border:1px solid #ccc}}
-figcaption{{margin-top:.3em}}</style></head><body>
+figcaption{{margin-top:.3em}} .ood{{color:#b00020}}</style></head><body>
 <h1>PneumoLens explanations</h1>
 <p>{len(records)} image(s); methods: {html.escape(', '.join(methods))}. Red = evidence for pneumonia, blue = against
 (Grad-CAM: brighter = more evidence). Research and education use only: not a medical device.</p>

@@ -73,8 +73,7 @@ def switch_forward(fn: LogitFn, x: torch.Tensor, base: torch.Tensor, segments: n
 
     On the CPU the images are built in NumPy on the calling thread (the same float32 values):
     PyTorch would build them on its OpenMP threads, which then spin-wait for more work while
-    the model runs, taking CPU from ONNX Runtime's threads (LIME at 1000 samples: ~7 % slower,
-    A/B with ``OMP_WAIT_POLICY=passive``).
+    the model runs, taking CPU from ONNX Runtime's threads (``bench/bench_explain.py`` times LIME).
     """
     seg = torch.as_tensor(segments, device=x.device).reshape(-1)
     fwd = no_grad_column(fn)

@@ -5,9 +5,8 @@ concurrent requests fight over the cores. Here each request hands its decoded im
 :class:`PredictionBatcher` and waits; one thread takes every request waiting at that moment (up
 to ``max_images`` images), predicts them in one call, and hands each request its own results.
 Nothing waits on purpose: a lone request is predicted at once, and under load the requests that
-arrive while a batch runs form the next one. The gain measured on 2 cores was small: server CPU per
-dataset-film request 8.4 against 9.6 ms, averaged over two A/B pairs, within run-to-run noise of
-the latency figures (``bench/bench_service.py --server-env`` measures the service both ways).
+arrive while a batch runs form the next one. ``bench/bench_service.py --server-env`` measures the
+service both ways (docs/performance.md has the figures).
 """
 
 from __future__ import annotations

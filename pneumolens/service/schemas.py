@@ -52,6 +52,11 @@ class ModelCard(BaseModel):
     preprocessing: dict[str, Any]
     provenance: dict[str, Any] = Field(description="data, code and command that produced the weights")
     metrics: dict[str, Any] = Field(description="validation metrics recorded at training time")
+    ood: dict[str, Any] | None = Field(
+        default=None,
+        description="the out-of-distribution guard: method, threshold, share of validation films it flags "
+        "(null when the model has none)",
+    )
     notice: str = NOTICE
 
 
@@ -62,7 +67,28 @@ class Prediction(BaseModel):
     probability: float | None = Field(default=None, description="calibrated probability of PNEUMONIA")
     label: str | None = Field(default=None, description="PNEUMONIA if probability >= threshold, else NORMAL")
     threshold: float
+    ood_score: float | None = Field(
+        default=None,
+        description="out-of-distribution score: higher = less like the training films (null without a guard)",
+    )
+    in_distribution: bool | None = Field(
+        default=None,
+        description="false: the image does not look like the training films, and the prediction is not to be "
+        "trusted (it is kept); null when the model has no out-of-distribution guard",
+    )
+    warning: str | None = Field(
+        default=None, description="the plain warning shown for an image flagged out of distribution", examples=[
+            "does not look like the paediatric chest films this model was trained on"]
+    )
     error: str | None = Field(default=None, description="why this file has no prediction (batch uploads only)")
+
+    @classmethod
+    def of(cls, p: Any) -> "Prediction":
+        """The response entry of a :class:`pneumolens.inference.Prediction` (non-finite numbers as null)."""
+        from ..ood import WARNING
+
+        d = p.to_dict()
+        return cls(**d, warning=WARNING if d["in_distribution"] is False else None)
 
 
 class PredictResponse(BaseModel):

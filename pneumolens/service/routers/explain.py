@@ -68,7 +68,7 @@ def explain(
     p = predictor.predict_arrays(np.stack([image]), [name])[0]
     results = pool.run({"image": image, "methods": specs, "raw": raw, "seed": seed})
     return ExplainResponse(
-        prediction=Prediction(file=p.file, probability=p.probability, label=p.label, threshold=p.threshold),
+        prediction=Prediction.of(p),
         input_png=png_base64(image),
         explanations=[MethodResult(**r) for r in results],
         elapsed_s=time.perf_counter() - t0,

@@ -30,6 +30,10 @@ def predict(
 ) -> PredictResponse:
     """The calibrated probability of PNEUMONIA and the label at the model's threshold, per file.
 
+    Each entry also carries ``ood_score`` and ``in_distribution`` from the model's
+    out-of-distribution guard, and ``warning`` when the image is flagged: it does not look like
+    the training films, and its probability and label (kept) are not to be trusted.
+
     One bad file in a single-file request is an error (415 or 422, naming the file). In a
     multi-file request each bad file gets an entry with ``error`` and the others are predicted;
     the request fails only if no file could be read, and its error then names every file.
@@ -59,7 +63,7 @@ def predict(
             results.append(Prediction(file=name, threshold=predictor.threshold, error=str(exc)))
         else:
             p = next(predicted)
-            results.append(Prediction(file=p.file, probability=p.probability, label=p.label, threshold=p.threshold))
+            results.append(Prediction.of(p))
     return PredictResponse(results=results)
 
 

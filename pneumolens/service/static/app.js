@@ -75,6 +75,9 @@ function showPrediction(p) {
   $("threshold").textContent = (100 * p.threshold).toFixed(1) + " %";
   $("meter-fill").style.width = (100 * p.probability).toFixed(1) + "%";
   $("meter-threshold").style.left = (100 * p.threshold).toFixed(1) + "%";
+  // The out-of-distribution guard: shown only when it flagged the image (null = the model has no guard).
+  if (p.warning) $("ood-warning-text").textContent = p.warning;
+  show("ood-warning", p.in_distribution === false);
   show("result", true);
 }
 
