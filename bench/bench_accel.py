@@ -6,7 +6,7 @@ it up (deterministic algorithms on, no NaN fill of new tensors, glibc malloc tun
 :func:`pneumolens.accel.keep_freed_memory`). Settings:
 
 - ``stock``: the model as defined, stock ``torch.nn`` layers only;
-- each swap of :data:`pneumolens.accel.swaps.SWAPS` alone;
+- each swap of :data:`pneumolens.accel.swaps.SWAPS` alone (``--alone`` to time fewer);
 - ``kept``: the swaps :func:`pneumolens.accel.accelerate_cpu_training` applies (``--kept`` to try
   another set).
 
@@ -21,6 +21,7 @@ the fastest step of each setting, and the median CPU time per step (all threads)
 keeping at x1.10 or more at batch 32.
 
     python bench/bench_accel.py [--batch-sizes 32,8] [--rounds 30] [--steps 1] [--threads 2] [--quiet 0.25]
+                                [--alone dropout,conv,...] [--kept dropout,...]
                                 [--out bench/results/accel-ab.md] [--json FILE]
 """
 
@@ -106,12 +107,12 @@ class Setting:
         self.opt.step()
 
 
-def run_batch(batch: int, rounds: int, steps: int, kept: tuple[str, ...], quiet: float) -> dict:
+def run_batch(batch: int, rounds: int, steps: int, alone: tuple[str, ...], kept: tuple[str, ...], quiet: float) -> dict:
     torch.manual_seed(0)
     base = CnnLstm(ModelConfig()).to(memory_format=torch.channels_last)
     x = torch.rand(batch, 1, 128, 128).contiguous(memory_format=torch.channels_last)
     y = (torch.arange(batch) % 2).float()
-    plan = {"stock": ()} | {name: (name,) for name in SWAPS} | {"kept": kept}
+    plan = {"stock": ()} | {name: (name,) for name in alone} | {"kept": kept}
     settings = [Setting(name, base, swaps, x, y) for name, swaps in plan.items()]
     for s in settings:  # first steps allocate and tune: untimed
         s.step()
@@ -182,6 +183,7 @@ def main() -> int:
     ap.add_argument("--quiet", type=float, default=0.25,
                     help="leave out rounds in which other processes kept more cores busy (default: 0.25)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--alone", default=",".join(SWAPS), help="the swaps to time one by one (default: all of SWAPS)")
     ap.add_argument("--kept", default=",".join(KEPT), help="the swaps of the 'kept' setting (default: KEPT)")
     ap.add_argument("--out", type=Path, help="write the Markdown report here")
     ap.add_argument("--json", type=Path)
@@ -190,13 +192,15 @@ def main() -> int:
     torch.use_deterministic_algorithms(True)  # as the Trainer's deterministic=True
     torch.utils.deterministic.fill_uninitialized_memory = False  # as the training module's setup
     kept = tuple(k for k in args.kept.split(",") if k)
+    alone = tuple(k for k in args.alone.split(",") if k)
     load0 = os.getloadavg()
     batches = [int(b) for b in args.batch_sizes.split(",")]
-    results = {b: run_batch(b, args.rounds, args.steps, kept, args.quiet) for b in batches}
+    results = {b: run_batch(b, args.rounds, args.steps, alone, kept, args.quiet) for b in batches}
     load1 = os.getloadavg()
     lines = ["# CPU-training accelerator: interleaved A/B on the whole training step", "",
              f"`python bench/bench_accel.py --batch-sizes {args.batch_sizes} --rounds {args.rounds} "
-             f"--steps {args.steps} --threads {args.threads}`", "",
+             f"--steps {args.steps} --threads {args.threads} --quiet {args.quiet} --alone {','.join(alone)} "
+             f"--kept {','.join(kept)}`", "",
              f"Machine: {machine()}. {args.threads} torch threads; malloc tuning "
              f"{'on' if MALLOC else 'NOT applied'}; load average {load0[0]:.2f} at start, {load1[0]:.2f} at end.", "",
              "Step: forward + focal loss + backward + fused Adam, channels-last, 128x128, deterministic "

@@ -11,7 +11,7 @@ at 8 clients on 2 cores). The clients run in this process, so they share the CPU
 server: the numbers are for the whole machine, as a user on the same box would see them.
 
     python bench/bench_service.py --clients 8 --duration 10
-    python bench/bench_service.py --checkpoint runs/demo/model.pt --image some.jpeg --out bench/results/service.json
+    python bench/bench_service.py --checkpoint runs/train/model.pt --image some.jpeg --out bench/results/service.json
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .cache import preprocess_tag
@@ -46,6 +47,9 @@ class Checkpoint:
         metrics: validation metrics recorded at training time.
         ood: the out-of-distribution guard fitted on the training films (``None`` for a
             checkpoint written before guards existed, or by a run that could not fit one).
+        shap_background: training films at the input size, uint8 (K, S, S): the background
+            GradientSHAP explains against, so the CLI and the web service give the same maps
+            (``None``: a checkpoint written without one).
     """
 
     model: CnnLstm
@@ -58,6 +62,7 @@ class Checkpoint:
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     ood: OodGuard | None = None
+    shap_background: np.ndarray | None = None
 
     @property
     def input_size(self) -> int:
@@ -80,6 +85,9 @@ class Checkpoint:
             "ood": None if self.ood is None else {
                 "method": "pca-shape+statistics/v1", "threshold": self.ood.threshold,
                 "validation_flagged": self.ood.flagged_share,
+            },
+            "shap_background": None if self.shap_background is None else {
+                "images": int(self.shap_background.shape[0]), "size": int(self.shap_background.shape[-1]),
             },
         }
 
@@ -129,10 +137,22 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
     }
     if ckpt.ood is not None:
         payload["ood"] = ckpt.ood.state()
+    if ckpt.shap_background is not None:
+        payload["shap_background"] = torch.from_numpy(
+            np.ascontiguousarray(_checked_background(ckpt.shap_background, ckpt.config.input_size, path)))
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
     return path
+
+
+def _checked_background(value: Any, size: int, path: Path) -> np.ndarray:
+    """A SHAP background as uint8 (K, size, size), or a CheckpointError naming the file."""
+    arr = value.numpy() if torch.is_tensor(value) else np.asarray(value)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1:] != (size, size):
+        raise CheckpointError(f"{path}: shap_background must be uint8 (K, {size}, {size}) images at the model's "
+                              f"input size, got {arr.dtype} {tuple(arr.shape)}")
+    return arr
 
 
 def _load_failure(exc: Exception) -> str:
@@ -213,6 +233,9 @@ def load_checkpoint(path: str | Path | None = None, map_location: str | torch.de
     except Exception as exc:
         raise CheckpointError(f"{path}: weights do not match the architecture ({str(exc).splitlines()[0][:200]})") from exc
     model.eval()
+    background = None
+    if payload.get("shap_background") is not None:
+        background = _checked_background(payload["shap_background"], config.input_size, path).copy()
     return Checkpoint(
         model=model,
         config=config,
@@ -221,5 +244,6 @@ def load_checkpoint(path: str | Path | None = None, map_location: str | torch.de
         temperature=temperature,
         class_names=class_names,
         ood=ood,
+        shap_background=background,
         **meta,
     )

@@ -18,7 +18,7 @@ from .errors import PneumoLensError
 from .printable import PrintableFormatter, printable
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = ("demo", "train", "cv", "evaluate", "predict", "explain", "explain_eval", "audit", "ood_eval", "info", "serve")
+COMMANDS = ("demo", "train", "cv", "evaluate", "predict", "explain", "explain_eval", "audit", "ood_eval", "info", "export", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `pneumolens COMMAND --help` for the options of each command.",
     )
     parser.add_argument("--version", action="version", version=f"pneumolens {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log PneumoLens's debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         try:
@@ -45,13 +45,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Libraries whose debug and info messages drown the run's own under ``-v`` (matplotlib's font
+#: look-ups, PIL's chunk reads...): kept at WARNING whatever the verbosity.
+NOISY_LOGGERS = ("matplotlib", "PIL", "urllib3", "fsspec", "asyncio", "filelock", "httpx", "httpcore",
+                 "python_multipart", "multipart", "h5py", "numexpr", "git")
+
+
+def configure_logging(verbose: bool) -> None:
+    """Messages on stderr, control characters escaped: INFO and up; ``verbose`` adds PneumoLens's
+    own DEBUG messages (not every library's). :data:`NOISY_LOGGERS` stay at WARNING."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(PrintableFormatter("%(levelname)s: %(message)s"))  # file names may hold control characters
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("pneumolens").setLevel(logging.DEBUG if verbose else logging.NOTSET)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch").propagate = False  # Lightning prints its own INFO lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(PrintableFormatter("%(levelname)s: %(message)s"))  # file names may hold control characters
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
-    logging.getLogger("lightning.pytorch").propagate = False  # Lightning prints its own INFO lines
+    configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
     except PneumoLensError as exc:

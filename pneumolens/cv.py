@@ -90,7 +90,7 @@ def fold_marker_flip_rate(
 
 # --- one fold ----------------------------------------------------------------------------------
 def _oof_predictions(
-    model_path: Path, config: TrainConfig, data: Path, skip_bad: bool, max_images: int | None
+    model_path: Path, config: TrainConfig, data: Path, skip_bad: bool, max_images: int | None, progress: bool = True
 ) -> tuple[list[Any], np.ndarray, np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray], Any]:
     """(validation records, uint8 images, labels, calibrated probabilities, predict function, checkpoint)."""
     import torch
@@ -101,7 +101,7 @@ def _oof_predictions(
 
     ckpt = load_checkpoint(model_path)
     model = ckpt.model.eval()
-    dm = PneumoniaDataModule.from_config(config, data, skip_bad=skip_bad, max_images=max_images)
+    dm = PneumoniaDataModule.from_config(config, data, skip_bad=skip_bad, max_images=max_images, progress=progress)
     dm.setup("validate")
     images = torch.cat([x for x, _ in dm.val_dataloader()]).numpy()
     labels = np.array([r.label for r in dm.val_records], dtype=np.int64)
@@ -135,14 +135,15 @@ def _read_oof(path: Path) -> list[dict[str, Any]]:
 
 def score_fold(
     config: TrainConfig, data: Path, out: Path, fold: int, epochs: int | None = None, wall_s: float | None = None,
-    skip_bad: bool = False, max_images: int | None = None,
+    skip_bad: bool = False, max_images: int | None = None, progress: bool = True,
 ) -> dict[str, Any]:
-    """Score the finished fold ``fold`` in ``out/fold-k``: write its ``oof.csv`` and ``fold.json``."""
+    """Score the finished fold ``fold`` in ``out/fold-k``: write its ``oof.csv`` and ``fold.json``
+    (``progress``: the bars of loading its films)."""
     from . import metrics as M
 
     folder = fold_dir(out, fold)
     records, images, labels, prob, predict, ckpt = _oof_predictions(
-        folder / "model.pt", config, data, skip_bad, max_images
+        folder / "model.pt", config, data, skip_bad, max_images, progress
     )
     m = M.binary_metrics(labels, prob, ckpt.threshold)
     prov = ckpt.provenance
@@ -292,7 +293,8 @@ def run_cv(
             if not result.metrics:  # another rank of a multi-process run: rank 0 scores and reports
                 return {}
             epochs = result.epochs
-        scored = score_fold(cfg, Path(data), out, k, epochs=epochs, skip_bad=skip_bad, max_images=max_images)
+        scored = score_fold(cfg, Path(data), out, k, epochs=epochs, skip_bad=skip_bad, max_images=max_images,
+                            progress=fit_options.get("progress", True))
         say(f"fold {k}/{folds}: done in {(time.time() - t0) / 60:.1f} min: {fold_line(scored)}")
         summarize(out)  # after every fold, so cv.md is current while the next one trains
     summary = summarize(out)

@@ -125,6 +125,7 @@ class PneumoniaDataModule(L.LightningDataModule):
         skip_bad: warn about unreadable files and go on; otherwise the first one is an error.
         max_images: keep only the first patients up to this many images per class (tests, demos).
         cache_dir: where decoded arrays are kept (default ``~/.cache/pneumolens``).
+        progress: progress bars while decoding and loading (``--no-progress`` turns them off).
     """
 
     def __init__(
@@ -140,6 +141,7 @@ class PneumoniaDataModule(L.LightningDataModule):
         cache_dir: str | Path | None = None,
         folds: int = 0,
         fold: int = 0,
+        progress: bool = True,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -147,6 +149,7 @@ class PneumoniaDataModule(L.LightningDataModule):
         self.val_fraction, self.split_seed, self.seed = val_fraction, split_seed, seed
         self.skip_bad, self.max_images, self.cache_dir = skip_bad, max_images, cache_dir
         self.folds, self.fold = folds, fold
+        self.progress = progress
         self.train_records: list[Record] = []
         self.val_records: list[Record] = []
         self.bad: list[tuple[str, str]] = []
@@ -157,7 +160,7 @@ class PneumoniaDataModule(L.LightningDataModule):
     def from_config(cls, config: "TrainConfig", root: str | Path, **kwargs: object) -> "PneumoniaDataModule":
         """The data a training config asks for: input and batch size, its split or fold, its seed.
 
-        ``kwargs`` are the other constructor arguments (``skip_bad``, ``max_images``, ``cache_dir``).
+        ``kwargs`` are the other constructor arguments (``skip_bad``, ``max_images``, ``cache_dir``, ``progress``).
         """
         return cls(
             root, config.model.input_size, config.batch_size, config.val_fraction, config.split_seed, config.seed,
@@ -170,7 +173,8 @@ class PneumoniaDataModule(L.LightningDataModule):
             return  # fit() prepares before the Trainer does: hash and decode the files once
         self._prepared = True
         records = self.records()
-        load_images([r.path for r in records], self.input_size, cache_dir=self.cache_dir, desc="decoding train")
+        load_images([r.path for r in records], self.input_size, cache_dir=self.cache_dir, desc="decoding train",
+                    progress=self.progress)
 
     def records(self) -> list[Record]:
         """Every record of ``ROOT/train`` this module splits (whole patients up to ``max_images`` per class)."""
@@ -180,7 +184,8 @@ class PneumoniaDataModule(L.LightningDataModule):
         return records
 
     def _load(self, records: list[Record], desc: str) -> tuple[list[Record], torch.Tensor, torch.Tensor]:
-        res = load_images([r.path for r in records], self.input_size, cache_dir=self.cache_dir, desc=desc)
+        res = load_images([r.path for r in records], self.input_size, cache_dir=self.cache_dir, desc=desc,
+                          progress=self.progress)
         if res.bad:
             if not self.skip_bad:
                 raise InvalidImageError(f"{res.bad[0][1]} (use --skip-bad to leave bad files out)")

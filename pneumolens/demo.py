@@ -70,7 +70,8 @@ def _explain_examples(root: Path, checkpoint: str | Path | None, out: Path, n: i
     per_class = max(1, n // 2)
     files = [r.path for r in records if r.label == 0][:per_class] + [r.path for r in records if r.label == 1][:per_class]
     predictor = Predictor(checkpoint)
-    background, source = resolve_background(root, checkpoint, predictor.size, provenance=predictor.checkpoint.provenance)
+    background, source = resolve_background(None, checkpoint, predictor.size, provenance=predictor.checkpoint.provenance,
+                                            stored=predictor.checkpoint.shap_background, fallback_data=root)
     methods = [MethodSpec(m, m) for m in DEMO_METHODS]
     forward, grad_forward = fast_forwards(predictor.model, DEMO_METHODS)
     recs = explain_files(

@@ -22,6 +22,7 @@ from .checkpoint import Checkpoint, load_checkpoint
 from .data import Record, find_split, fold_split, patient_split, resolve_data_root
 from .errors import ConfigError, InvalidImageError
 from .inference import Predictor
+from .io import dicom_patient_id
 from .jsonable import dumps
 from .metrics import binary_metrics, bootstrap_ci, subtype_recall
 from .report import plot_confusion, plot_pr, plot_reliability, plot_roc, write_report
@@ -213,6 +214,7 @@ def evaluate_split(
     n_boot: int = 1000,
     progress: bool = True,
     use_cache: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a split of a Kaggle-layout dataset and write the report to ``out``.
 
@@ -229,6 +231,7 @@ def evaluate_split(
         n_boot: bootstrap resamples (0: no CIs).
         progress: show a progress bar while decoding.
         use_cache: use the decoded-array cache (``$PNEUMOLENS_CACHE``).
+        device: where the model runs (``cpu``, ``cuda``, ``cuda:N``). Default: ``cpu``.
 
     Raises:
         DatasetError: missing split or class folder. InvalidImageError: an unreadable file (without
@@ -270,17 +273,97 @@ def evaluate_split(
         "skipped_files": [path for path, _ in res.bad],
         "notes": notes,
     }
-    predictor = Predictor(ckpt, batch_size=batch_size)
+    predictor = Predictor(ckpt, batch_size=batch_size, device=device)
     return evaluate_arrays(
         predictor,
         res.images,
         [r.label for r in kept],
         out,
-        patient_ids=[r.patient_id for r in kept],
+        patient_ids=[dicom_patient_id(r.path) or r.patient_id for r in kept],  # a DICOM's PatientID first
         subtypes=[r.subtype for r in kept],
         threshold=threshold,
         title=f"PneumoLens evaluation: {split} split",
         files=[str(r.path) for r in kept],
+        n_boot=n_boot,
+        extra=extra,
+    )
+
+
+def evaluate_labels(
+    labels: str | Path,
+    checkpoint: str | Path | Checkpoint | None = None,
+    out: str | Path = "runs/evaluate",
+    threshold: float | None = None,
+    skip_bad: bool = False,
+    batch_size: int = 64,
+    n_boot: int = 1000,
+    progress: bool = True,
+    use_cache: bool = True,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on a user's own labelled films and write the report to ``out``.
+
+    The same metrics, bootstrap intervals (resampled by patient), report and figures as
+    :func:`evaluate_split`, on the films of ``labels``: a CSV of ``file,label[,patient_id]`` or a
+    folder holding ``NORMAL/`` and ``PNEUMONIA/`` (:mod:`pneumolens.labels`). Each film's patient
+    is the CSV's ``patient_id``, else its DICOM PatientID, else its Kaggle-style file name, else
+    the film alone; ``metrics.json`` counts each source (``patient_id_source``).
+
+    Args:
+        labels: the CSV or the folder.
+        checkpoint, threshold, skip_bad, batch_size, n_boot, progress, use_cache, device: as
+            :func:`evaluate_split`.
+
+    Raises:
+        DatasetError: a bad labels file or row (one line naming it). InvalidImageError: a missing
+        or unreadable film (without ``skip_bad``), or none readable. CheckpointError: as
+        :func:`evaluate_split`.
+    """
+    from .labels import SOURCE_WORDS, patient_ids, read_labels
+
+    source = Path(labels)
+    items = read_labels(source)  # a bad row is refused before the model is loaded
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    ckpt_name = str(checkpoint) if checkpoint is not None and not isinstance(checkpoint, Checkpoint) else (
+        "shipped model" if checkpoint is None else "in-memory checkpoint"
+    )
+    res = load_images([i.path for i in items], ckpt.input_size, use_cache=use_cache, progress=progress,
+                      desc="decoding")
+    if res.bad:
+        if not skip_bad:
+            more = f" (and {len(res.bad) - 1} more bad files)" if len(res.bad) > 1 else ""
+            raise InvalidImageError(f"{res.bad[0][1]}{more}; pass --skip-bad to evaluate the rest")
+        for _, reason in res.bad:
+            log.warning("skipping %s", reason)
+    kept = [items[i] for i in res.kept]
+    if not kept:
+        raise InvalidImageError(f"{source}: none of the {len(items)} files could be read")
+    pids, sources = patient_ids(kept)
+    named = ", ".join(f"{n} from {SOURCE_WORDS[s]}" for s, n in sources.items() if n)
+    notes = [(
+        f"Patient ids (the bootstrap resamples patients): {named}. A film whose patient is not known "
+        "from any of these counts as a patient of its own."
+    )]
+    extra = {
+        "split": "labels",
+        "labels": str(source),
+        "checkpoint": ckpt_name,
+        "threshold_rule": ckpt.threshold_rule,
+        "skipped": len(res.bad),
+        "skipped_files": [path for path, _ in res.bad],
+        "patient_id_source": sources,
+        "notes": notes,
+    }
+    predictor = Predictor(ckpt, batch_size=batch_size, device=device)
+    return evaluate_arrays(
+        predictor,
+        res.images,
+        [i.label for i in kept],
+        out,
+        patient_ids=pids,
+        threshold=threshold,
+        title=f"PneumoLens evaluation: {source.name}",
+        files=[str(i.path) for i in kept],
         n_boot=n_boot,
         extra=extra,
     )

@@ -106,9 +106,10 @@ class Predictor:
     prediction carries its score and flag (:class:`Prediction`). Set it to None to predict
     without the guard.
 
-    Example::
+    Example (the shipped model; a model of your own, from ``pneumolens train --out runs/train``:
+    ``Predictor("runs/train/model.pt")``)::
 
-        >>> p = Predictor("runs/demo/model.pt")            # doctest: +SKIP
+        >>> p = Predictor()                                 # doctest: +SKIP
         >>> p.predict_files(["x.jpeg"])[0][0].label        # doctest: +SKIP
         'PNEUMONIA'
     """

@@ -654,6 +654,38 @@ def _read_dicom(data: bytes, label: str) -> np.ndarray:
     return out
 
 
+def dicom_patient_id(path: str | Path) -> str | None:
+    """The PatientID of a DICOM file, read from its header alone (no pixel data), or ``None``.
+
+    Cheap enough to call on every file of a folder: a file without the ``DICM`` marker and without
+    a ``.dcm`` / ``.dicom`` name costs one 132-byte read; a DICOM file is parsed up to its
+    PatientID only (pydicom's ``stop_before_pixels`` and ``specific_tags``), its pixels never
+    decoded. ``None`` too for an empty PatientID and for a file that cannot be read or parsed:
+    decoding the image reports such a file by name, so this never raises on bad input.
+    """
+    path = Path(path)
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_FILE_BYTES:  # a FIFO could block the read
+            return None
+        with path.open("rb") as fh:
+            marked = fh.read(132)[128:132] == b"DICM"
+    except OSError:
+        return None
+    if not marked and not path.name.lower().endswith(DICOM_SUFFIXES):
+        return None
+    try:
+        import pydicom
+
+        _quiet_pydicom()
+        with warnings.catch_warnings():  # odd encodings warn; the image's own decode speaks for the file
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"], force=True)
+            value = str(ds.get("PatientID", "") or "").strip()
+    except Exception:  # noqa: BLE001 - untrusted bytes: any parser failure means "no patient id here"
+        return None
+    return value or None
+
+
 def read_image(source: str | Path | bytes, name: str | None = None, draft_size: int | None = None) -> np.ndarray:
     """Decode a JPEG, PNG or DICOM file (path or raw bytes) to an 8-bit grayscale array (H, W).
 
@@ -701,12 +733,13 @@ def resize_square(gray: np.ndarray, size: int) -> np.ndarray:
 
     Aspect ratio is deliberately not kept: part of the Kaggle data arrives already squashed to
     224x224, and any other policy would treat those films differently from the rest. Bilinear
-    filtering with PIL's area-aware support (antialiased when shrinking).
+    filtering with PIL's area-aware support (antialiased when shrinking). The result is a writable
+    array of its own (a view of PIL's buffer would be read-only, and torch warns on those).
     """
     if gray.shape == (size, size):
         return gray
     img = Image.fromarray(np.ascontiguousarray(gray, dtype=np.uint8))
-    return np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+    return np.array(img.resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
 #: A large JPEG is decoded at no less than this multiple of the model's input size. At 2x the final
@@ -766,7 +799,7 @@ def blank_reason(image: np.ndarray) -> str | None:
 
 
 def load_image(source: str | Path | bytes, size: int, name: str | None = None) -> np.ndarray:
-    """Read and resize in one step: the model's input as uint8 (size, size).
+    """Read and resize in one step: the model's input as uint8 (size, size), a writable array.
 
     Raises:
         InvalidImageError: as :func:`read_image`, and for a decode that is blank or nearly so
@@ -777,4 +810,5 @@ def load_image(source: str | Path | bytes, size: int, name: str | None = None) -
     if reason is not None:
         label = name or ("<upload>" if isinstance(source, (bytes, bytearray, memoryview)) else str(source))
         raise InvalidImageError(f"{label}: {reason}")
-    return resize_square(gray, size)
+    out = resize_square(gray, size)
+    return out if out.flags.writeable else out.copy()  # e.g. an EXIF-rotated decode already at the size

@@ -9,12 +9,21 @@ only the ``onnx`` package (``pip install pneumolens[fast]``) and exports faster 
 ``torch.export``-based one (``dynamo=True``, PyTorch's default), which gives the same logits but
 also needs ``onnxscript``; the export is paid at every predictor's first use
 (``bench/results/onnx-export.md`` has the times). Switching is the ``dynamo`` argument plus that dependency.
+
+Exports are kept in memory (:data:`EXPORT_CACHE_SIZE` graphs, least recently used dropped first)
+under a digest of everything the exporter reads: the module's class, layout and every parameter
+and buffer, the model configuration, the part, the opset and the PyTorch version. A process that
+builds several predictors on the same weights (tests, the service's workers, the explanation
+runner's fast copy) exports once; different weights always export anew.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import threading
 import warnings
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -30,6 +39,12 @@ ONNX_PARTS = ("all", "features", "head")
 #: ONNX operator set of the exported graphs (readable by every onnxruntime >= 1.14).
 OPSET = 17
 
+#: How many exported graphs :func:`export_onnx` keeps in memory (each about the size of the weights).
+EXPORT_CACHE_SIZE = 4
+
+_exports: OrderedDict[str, bytes] = OrderedDict()
+_exports_lock = threading.Lock()
+
 
 def onnx_available() -> bool:
     """Whether ONNX graphs can be exported and run here (``pip install pneumolens[fast]``)."""
@@ -41,6 +56,33 @@ def onnx_available() -> bool:
     return True
 
 
+def module_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's class, its layout (``repr``) and every parameter and buffer (name, dtype, shape, values).
+
+    Two modules of the same class with equal digests compute the same function, so the
+    exporter traces the same graph from both.
+    """
+    h = hashlib.sha256()
+    h.update(f"{type(module).__module__}.{type(module).__qualname__}\n{module!r}\n".encode())
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _export_key(folded: FoldedCnnLstm, part: str) -> str:
+    """Cache key of one export: what the exporter reads, and which exporter reads it."""
+    layout = f"channels_last={getattr(folded.features, 'channels_last', None)}"
+    return f"{module_digest(folded)}|{folded.config!r}|{layout}|{part}|opset{OPSET}|torch{torch.__version__}"
+
+
+def clear_export_cache() -> None:
+    """Forget every exported graph kept by :func:`export_onnx`."""
+    with _exports_lock:
+        _exports.clear()
+
+
 def export_onnx(folded: FoldedCnnLstm, part: str = "all") -> bytes:
     """The folded model, or one of its stages, as a serialised ONNX graph with a dynamic batch axis.
 
@@ -50,10 +92,27 @@ def export_onnx(folded: FoldedCnnLstm, part: str = "all") -> bytes:
             pooled map (B, C, S/8, S/8)) or ``head`` (``features`` → ``logit``).
 
     ``all`` is ``features`` followed by ``head``: the folded model without the eager-only
-    splitting of large batches into conv chunks.
+    splitting of large batches into conv chunks. A graph exported before from an equal module
+    (same digest, see the module docstring) is returned from memory.
     """
     if part not in ONNX_PARTS:
         raise ConfigError(f"part must be one of {', '.join(ONNX_PARTS)}, got {part!r}")
+    key = _export_key(folded, part)
+    with _exports_lock:
+        graph = _exports.get(key)
+        if graph is not None:
+            _exports.move_to_end(key)
+            return graph
+    graph = _export(folded, part)
+    with _exports_lock:
+        _exports[key] = graph
+        while len(_exports) > EXPORT_CACHE_SIZE:
+            _exports.popitem(last=False)
+    return graph
+
+
+def _export(folded: FoldedCnnLstm, part: str) -> bytes:
+    """Run the exporter (see :func:`export_onnx`)."""
     cfg = folded.config
     s, h = cfg.input_size, cfg.seq_len
     image = torch.rand(2, 1, s, s, generator=torch.Generator().manual_seed(0))

@@ -183,7 +183,7 @@ class OodGuard:
         validation_images: np.ndarray,
         n_components: int = 16,
         max_flagged: float = 0.01,
-    ) -> "OodGuard":
+    ) -> OodGuard:
         """Fit the three views on training films and choose the threshold on validation films.
 
         Args:
@@ -267,7 +267,7 @@ class OodGuard:
         return out
 
     @classmethod
-    def from_state(cls, state: dict[str, Any]) -> "OodGuard":
+    def from_state(cls, state: dict[str, Any]) -> OodGuard:
         """Rebuild from :meth:`state`; refuses missing, misshapen or non-finite values."""
         if state.get("method") != "pca-shape+statistics/v1":
             raise CheckpointError(f"unknown out-of-distribution guard {state.get('method')!r}")

@@ -13,7 +13,6 @@ report.md and a figure.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import warnings
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from .checkpoint import Checkpoint
 from .errors import DatasetError
 from .evaluate import training_split
 from .io import read_image, resize_square
-from .jsonable import jsonable
+from .jsonable import dumps
 from .ood import WARNING, OodGuard
 
 log = logging.getLogger(__name__)
@@ -242,7 +241,7 @@ def run_ood_eval(
         pass
     result["guard"] = {"method": "pca-shape+statistics/v1", "fitted_here": fitted_here,
                        "flagged_share_at_fit": guard.flagged_share}  # fmt: skip
-    (out / "metrics.json").write_text(json.dumps(jsonable(result), indent=2, allow_nan=False) + "\n")
+    (out / "metrics.json").write_text(dumps(result, indent=2) + "\n")
     _figure(guard, inside, sets, out / "ood.png")
     (out / "report.md").write_text(_report(result))
     return result
@@ -289,8 +288,8 @@ def _report(result: dict[str, Any]) -> str:
         "",
         f"A flagged prediction keeps its probability and label and carries the warning: *{WARNING}*.",
         "Score: the largest of three standardised distances from the training films (shape residual,",
-        "shape typicality, image statistics; see `pneumolens/ood.py`). Threshold "
-        f"{result['threshold']:.3f}, chosen so that at most 1 % of the validation films are flagged.",
+        "shape typicality, image statistics; see `pneumolens/ood.py`).",
+        f"Threshold {result['threshold']:.3f}, chosen so that at most 1 % of the validation films are flagged.",
         "",
         f"Validation films (in distribution): {ind['n']}, flagged {ind['flagged']:.1%}.",
     ]

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import auc as area_under, average_precision_score, precision_recall_curve, roc_curve
 
 from .errors import PneumoLensError
@@ -95,23 +96,67 @@ def plot_pr(y: Any, prob: Any, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def plot_reliability(y: Any, prob: Any, path: str | Path, n_bins: int = 15) -> Path:
-    """Reliability diagram: observed PNEUMONIA frequency per equal-width probability bin, and counts."""
+#: A reliability bin with fewer images than this is drawn light and hatched: its observed
+#: frequency is too uncertain to read as a bar (its count and 95 % interval are shown).
+FEW_IN_BIN = 10
+
+
+def wilson_interval(successes: np.ndarray, n: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of a proportion, per bin (NaN where ``n`` is 0)."""
+    k, n = np.asarray(successes, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = k / n
+        den = 1 + z * z / n
+        centre = (p + z * z / (2 * n)) / den
+        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return np.where(n > 0, centre - half, np.nan), np.where(n > 0, centre + half, np.nan)
+
+
+def reliability_figure(y: Any, prob: Any, n_bins: int = 15) -> Figure:
+    """The reliability diagram as a Figure (:func:`plot_reliability` saves it).
+
+    Top: observed PNEUMONIA frequency per equal-width probability bin, with its image count written
+    above it and a 95 % Wilson interval; bins with fewer than :data:`FEW_IN_BIN` images are drawn
+    light and hatched, empty bins not at all. Bottom: images per bin. The legend sits below the
+    axes, covering nothing.
+    """
     count, obs, conf = calibration_bins(y, prob, n_bins)
     ece = float(np.nansum(np.abs(obs - conf) * count) / count.sum())
     edges = np.linspace(0, 1, n_bins + 1)
-    fig = Figure(figsize=(4.4, 5.0))
-    ax, hx = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     width = 1 / n_bins
-    ax.bar(edges[:-1], np.nan_to_num(obs), width=width, align="edge", edgecolor="black", alpha=0.8,
-           label="observed frequency")
-    ax.plot(conf, obs, "o", color="crimson", ms=4, label="bin mean probability")
+    fig = Figure(figsize=(5.0, 6.0), layout="constrained")
+    ax, hx = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    full = count >= FEW_IN_BIN
+    few = (count > 0) & ~full
+    ax.bar(edges[:-1][full], obs[full], width=width, align="edge", edgecolor="black", color="tab:blue", alpha=0.8,
+           label=f"observed frequency ({FEW_IN_BIN}+ images)")
+    ax.bar(edges[:-1][few], obs[few], width=width, align="edge", edgecolor="0.4", color="tab:blue", alpha=0.2,
+           hatch="///", label=f"observed frequency (under {FEW_IN_BIN} images: uncertain)")
+    lo, hi = wilson_interval(np.nan_to_num(obs) * count, count)
+    seen = count > 0
+    centres = edges[:-1] + width / 2
+    ax.errorbar(centres[seen], obs[seen], yerr=[obs[seen] - lo[seen], hi[seen] - obs[seen]], fmt="none",
+                ecolor="black", elinewidth=0.8, capsize=2, label="95 % interval (Wilson)")
+    ax.plot(conf[seen], obs[seen], "o", color="crimson", ms=4, label="bin mean probability")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
-    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="fraction PNEUMONIA", title=f"Reliability (ECE {ece:.3f})")
-    ax.legend(loc="upper left", fontsize="small")
+    for x, n, top in zip(centres[seen], count[seen], hi[seen]):
+        ax.text(x, min(top + 0.02, 1.02), str(int(n)), ha="center", va="bottom", fontsize=6.5,
+                color="black" if n >= FEW_IN_BIN else "0.45")
+    ax.set(xlim=(0, 1), ylim=(0, 1.1), ylabel="fraction PNEUMONIA",
+           title=f"Reliability (ECE {ece:.3f}); numbers: images per bin")
+    ax.set_yticks(np.linspace(0, 1, 6))
     hx.bar(edges[:-1], count, width=width, align="edge", edgecolor="black", color="grey")
     hx.set(xlabel="predicted probability of PNEUMONIA", ylabel="images")
-    return _save(fig, path)
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: not labels[i].startswith("observed"))  # the bars first
+    fig.legend([handles[i] for i in order], [labels[i] for i in order], loc="outside lower center", ncol=2,
+               fontsize="small", frameon=False)
+    return fig
+
+
+def plot_reliability(y: Any, prob: Any, path: str | Path, n_bins: int = 15) -> Path:
+    """Reliability diagram (see :func:`reliability_figure`), saved as a PNG."""
+    return _save(reliability_figure(y, prob, n_bins), path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,15 +220,35 @@ def _find(history: dict[str, dict[int, float]], split: str, metric: str) -> str 
     return None
 
 
-def plot_history(metrics_csv_path: str | Path, path: str | Path) -> Path:
-    """Loss, accuracy and AUC per epoch for train and validation (plus the learning rate if logged).
+def best_epoch(history: dict[str, dict[int, float]]) -> int | None:
+    """The epoch training keeps: the lowest validation loss (the first one on a tie, as Lightning's
+    ``ModelCheckpoint(mode="min")`` keeps it); None without a validation loss column."""
+    col = _find(history, "val", "loss")
+    if col is None or not history[col]:
+        return None
+    return min(sorted(history[col].items()), key=lambda kv: kv[1])[0]
+
+
+def plot_history(metrics_csv_path: str | Path, path: str | Path, best: int | None = None) -> Path:
+    """The training history (:func:`history_figure`) saved as a PNG."""
+    return _save(history_figure(metrics_csv_path, best), path)
+
+
+def history_figure(metrics_csv_path: str | Path, best: int | None = None) -> Figure:
+    """Loss, accuracy and AUC per epoch for train and validation (plus the learning rate if logged),
+    with the best epoch marked on every panel (a dashed line; a ring on each validation curve), one
+    legend below the panels.
 
     Missing columns leave their curve (or panel) out.
+
+    Args:
+        best: the epoch the run kept; default: the lowest validation loss (:func:`best_epoch`).
 
     Raises:
         PneumoLensError: the file cannot be read, or holds none of the expected columns.
     """
     history = read_history(metrics_csv_path)
+    best = best if best is not None else best_epoch(history)
     panels = []
     for metric in _METRICS:
         cols = {split: _find(history, split, metric) for split in ("train", "val")}
@@ -194,7 +259,7 @@ def plot_history(metrics_csv_path: str | Path, path: str | Path) -> Path:
         found = ", ".join(sorted(history)) or "none"
         raise PneumoLensError(f"{metrics_csv_path}: no loss, accuracy or AUC columns (found: {found})")
     n = len(panels) + (lr_col is not None)
-    fig = Figure(figsize=(4.0 * n, 3.4))
+    fig = Figure(figsize=(4.0 * n, 3.7), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, n))
     for ax, (metric, cols) in zip(axes, panels):
         for split, col in cols.items():
@@ -202,17 +267,29 @@ def plot_history(metrics_csv_path: str | Path, path: str | Path) -> Path:
                 pts = sorted(history[col].items())
                 label = "validation" if split == "val" else "train"
                 ax.plot([e for e, _ in pts], [v for _, v in pts], "o-", ms=3, label=label)
+                if best is not None and split == "val" and best in history[col]:
+                    ax.plot([best], [history[col][best]], "o", ms=9, mfc="none", mec="crimson", mew=1.5)
+        if best is not None:
+            ax.axvline(best, color="crimson", ls="--", lw=1,
+                       label=f"best epoch {best} (lowest validation loss)")
         ax.set(xlabel="epoch", ylabel=metric, title=metric)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend()
     if lr_col is not None:
         ax = axes[-1]
         pts = sorted(history[lr_col].items())
         ax.plot([e for e, _ in pts], [v for _, v in pts], "o-", ms=3, color="grey")
+        if best is not None:
+            ax.axvline(best, color="crimson", ls="--", lw=1)
         ax.set(xlabel="epoch", ylabel="learning rate", title="learning rate", yscale="log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return _save(fig, path)
+    legend: dict[str, Any] = {}  # one legend for all panels, below them: it covers no curve
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncol=len(legend), frameon=False)
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------

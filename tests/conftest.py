@@ -12,10 +12,15 @@
 - ``real_data_root``: ``../shared/data/chest_xray`` next to the repo; skips when absent.
 - ``wait_until``: ``wait_until(condition, what, timeout_s=5.0)`` polls ``condition()`` and fails the
   test, naming ``what``, when it is still false at the deadline: no test waits without one.
+
+Under pytest-xdist (``make test`` and ``make test-fast`` run ``-n 2``) each worker gets its share
+of the cores for PyTorch's intra-op threads (:func:`pytest_configure`), so two workers on two
+cores never run four spinning threads. Tests about threads pass their thread counts explicitly.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -26,6 +31,16 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = REPO.parent / "shared" / "data" / "chest_xray"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In an xdist worker: PyTorch uses the worker's share of the cores (at least one thread)."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        import torch
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // int(workerinput["workercount"])))
 
 
 def tiny_model_config():

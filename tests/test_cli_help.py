@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -40,3 +41,27 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]
 def test_all_commands_are_registered() -> None:
     names = set(build_parser()._subparsers._group_actions[0].choices)  # noqa: SLF001
     assert names == {c.replace("_", "-") for c in COMMANDS}
+
+
+def _help_text(command: str, capsys: pytest.CaptureFixture[str]) -> str:
+    """``pneumolens COMMAND --help`` with its line wrapping undone (argparse wraps "(default:" / "None)")."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("command", [c.replace("_", "-") for c in COMMANDS])
+def test_help_never_shows_an_empty_or_doubled_default(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 18: `train --help` said "(default: $PNEUMOLENS_DATA, ...) (default: None)" and "(default: False)"."""
+    text = _help_text(command, capsys)
+    for empty in ("(default: None)", "(default: False)", "(default: ==SUPPRESS==)"):
+        assert empty not in text
+    assert re.search(r"\(default: [^()]*(\([^()]*\)[^()]*)*\)\s*\(default:", text) is None, text
+
+
+def test_help_keeps_the_defaults_that_say_something(capsys: pytest.CaptureFixture[str]) -> None:
+    text = _help_text("train", capsys)
+    assert "(default: default)" in text  # --preset
+    assert "(default: auto)" in text  # --accelerator
+    assert text.count("(default: $PNEUMOLENS_DATA") == 1  # --data says its own default once
+    assert "(default: runs/demo)" in _help_text("demo", capsys)

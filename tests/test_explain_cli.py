@@ -123,11 +123,12 @@ def test_missing_input_and_empty_folder(tmp_path: Path, tiny_checkpoint_path: Pa
 
 @pytest.mark.slow  # three methods, curves, the randomisation cascade and two figures
 def test_explain_eval_writes_metrics_report_and_figures(tmp_path: Path, trained_tiny_checkpoint_path: Path,
-                                                        synthetic_dataset: Path) -> None:
+                                                        synthetic_dataset: Path, capsys) -> None:
     out = tmp_path / "eval"
-    rc = main(["explain-eval", "-c", str(trained_tiny_checkpoint_path), "--data", str(synthetic_dataset),
-               "--split", "val", "--n", "4", "--methods", "gradcam,shap:n_samples=8,occlusion:window=8:stride=4",
-               "--steps", "8", "--sanity-n", "1", "--background-n", "6", "--out", str(out), "--no-progress"])
+    args = ["explain-eval", "-c", str(trained_tiny_checkpoint_path), "--data", str(synthetic_dataset),
+            "--split", "val", "--n", "4", "--methods", "gradcam,shap:n_samples=8,occlusion:window=8:stride=4",
+            "--steps", "8", "--sanity-n", "1", "--background-n", "6", "--out", str(out), "--no-progress"]
+    rc = main(args)
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_images"] == 4
@@ -140,6 +141,22 @@ def test_explain_eval_writes_metrics_report_and_figures(tmp_path: Path, trained_
     for fig in ("faithfulness.png", "examples.png"):
         with Image.open(out / fig) as im:
             im.verify()
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("explain-eval: 4 image(s) x 3 method(s), randomisation test on 1 image(s)")
+    assert len((out / "partial" / "images.jsonl").read_text().splitlines()) == 4
+    # the same command again finds everything done, computes nothing and writes the same numbers
+    assert main(args) == 0
+    assert "continuing: 4 of 4 image(s)" in capsys.readouterr().out
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["per_image"] == metrics["per_image"] and again["randomisation"] == metrics["randomisation"]
+
+
+def test_explain_eval_help_states_the_cost(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["explain-eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Expected cost, roughly" in text and "per image" in text and "randomisation test (--sanity-n K)" in text
+    assert "continues where it stopped" in text
 
 
 def test_same_file_names_in_two_folders_do_not_overwrite_each_other(tmp_path: Path, tiny_checkpoint_path: Path) -> None:
@@ -152,17 +169,87 @@ def test_same_file_names_in_two_folders_do_not_overwrite_each_other(tmp_path: Pa
     assert sorted(files) == sorted([str(a), str(b)])
 
 
-def test_shap_background_comes_from_the_default_data_root(
+def _with_background(checkpoint: Path, folder: Path, n: int = 5) -> tuple[Path, np.ndarray]:
+    """A copy of ``checkpoint`` storing ``n`` synthetic films as its SHAP background."""
+    from pneumolens.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    rng = np.random.default_rng(3)
+    ckpt.shap_background = rng.integers(0, 256, (n, ckpt.input_size, ckpt.input_size)).astype(np.uint8)
+    return save_checkpoint(ckpt, folder / "model.pt"), ckpt.shap_background
+
+
+def test_the_cli_and_the_service_explain_shap_against_the_models_stored_films(
+    tmp_path: Path, trained_tiny_checkpoint_path: Path, synthetic_dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One SHAP everywhere: no dataset is looked up on its own, the stored films are the background of both."""
+    from pneumolens.service.app import _worker_extras
+    from pneumolens.service.explaining import run_job, warm_up
+    from pneumolens.service.settings import ServeSettings
+
+    monkeypatch.setenv("PNEUMOLENS_DATA", str(synthetic_dataset))  # there, but not to be used
+    ckpt_path, films = _with_background(trained_tiny_checkpoint_path, tmp_path / "model")
+    f = _write_images(tmp_path / "in", 1)[0]
+    out = tmp_path / "out"
+    assert main(["explain", str(f), "-c", str(ckpt_path), "--methods", "shap", "--save-maps", "--out", str(out),
+                 "--no-progress"]) == 0
+    doc = json.loads((out / f"{f.stem}.json").read_text())
+    assert doc["methods"]["shap"]["params"]["background"] == "5 training images"
+    assert doc["methods"]["shap"]["params"]["background_source"] == "5 training films stored with the model"
+    predictor = Predictor(ckpt_path)
+    extras = _worker_extras(ServeSettings(checkpoint=ckpt_path), predictor.size, predictor.checkpoint.shap_background)
+    assert np.array_equal(extras["background"], films)
+    context = {"model": predictor.model, **extras}
+    warm_up(context)
+    image = load_image(f, predictor.size)
+    (served,) = run_job(context, {"image": image, "methods": [("shap", {})], "raw": True, "seed": 0})
+    assert served["params"]["background"] == "5 training images"
+    np.testing.assert_allclose(np.asarray(served["map"], np.float32), np.load(out / f"{f.stem}.shap.npy"),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_a_checkpoint_without_stored_films_falls_back_to_blur_even_beside_a_dataset(
     tmp_path: Path, trained_tiny_checkpoint_path: Path, synthetic_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PNEUMOLENS_DATA", str(synthetic_dataset))
-    _write_images(tmp_path / "in")
+    _write_images(tmp_path / "in", 1)
     out = tmp_path / "out"
-    rc = main(["explain", str(tmp_path / "in"), "-c", str(trained_tiny_checkpoint_path), "--methods", "shap",
-               "--out", str(out), "--no-progress"])
-    assert rc == 0
+    assert main(["explain", str(tmp_path / "in"), "-c", str(trained_tiny_checkpoint_path), "--methods", "shap",
+                 "--out", str(out), "--no-progress"]) == 0
     doc = json.loads(next(out.glob("*.json")).read_text())
-    assert "training images from" in doc["methods"]["shap"]["params"]["background_source"]
+    assert doc["methods"]["shap"]["params"]["background"].startswith("fallback:blur")  # as the service does
+
+
+def test_panels_carry_the_true_label_from_the_folder_layout(tmp_path: Path, tiny_checkpoint_path: Path) -> None:
+    from pneumolens.explain.runner import label_from_layout
+
+    assert label_from_layout("data/val/NORMAL/a.jpeg", ("NORMAL", "PNEUMONIA")) == "NORMAL"
+    assert label_from_layout("data/pneumonia/a.jpeg", ("NORMAL", "PNEUMONIA")) == "PNEUMONIA"
+    assert label_from_layout("scans/a.jpeg", ("NORMAL", "PNEUMONIA")) is None
+    normal = _write_images(tmp_path / "NORMAL", 1)[0]
+    other = _write_images(tmp_path / "scans", 1)[0]
+    out = tmp_path / "out"
+    assert main(["explain", str(normal), str(other), "-c", str(tiny_checkpoint_path), "--methods", "gradcam",
+                 "--out", str(out), "--no-progress"]) == 0
+    docs = {json.loads(p.read_text())["file"]: json.loads(p.read_text()) for p in out.glob("*.json")}
+    assert docs[str(normal)]["true_label"] == "NORMAL" and "true_label" not in docs[str(other)]
+    assert "true label NORMAL" in (out / "index.html").read_text()
+
+
+def test_panel_titles_hold_no_timings_and_the_film_keeps_its_aspect(
+    tmp_path: Path, tiny_checkpoint_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pneumolens.explain import runner
+
+    drawn = []
+    monkeypatch.setattr(runner, "render_panel", lambda image, maps, path, **kw: drawn.append((image, kw)))
+    f = _write_images(tmp_path / "in", 1)[0]  # 40 x 48 film; the model input is 32 x 32
+    assert main(["explain", str(f), "-c", str(tiny_checkpoint_path), "--methods", "gradcam,occlusion:window=8:stride=4",
+                 "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    (image, kw), = drawn
+    assert image.shape == (40, 48)
+    assert not kw.get("subtitles") and " s\n" not in kw["title"] and not kw["title"].endswith(" s")
+    assert json.loads((tmp_path / "o" / "film0.json").read_text())["timings_s"]["gradcam"] > 0  # kept in the JSON
 
 
 @pytest.mark.slow  # four runs of the command

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,8 @@ from test_folding import TINY, TOL, images, ref_logits, reference
 from pneumolens.errors import ConfigError
 from pneumolens.folding import FoldedCnnLstm
 from pneumolens.model import ModelConfig
-from pneumolens.onnx_export import ONNX_PARTS, export_onnx, onnx_available
+from pneumolens import onnx_export
+from pneumolens.onnx_export import ONNX_PARTS, clear_export_cache, export_onnx, module_digest, onnx_available
 
 pytestmark = pytest.mark.skipif(
     not onnx_available(), reason="onnx / onnxruntime not installed (pip install pneumolens[fast])"
@@ -95,3 +98,69 @@ def test_the_graph_has_no_batchnorm_or_dropout():
 def test_unknown_part_is_a_config_error():
     with pytest.raises(ConfigError, match="part must be one of"):
         export_onnx(FoldedCnnLstm(reference(TINY)), "lstm")
+
+
+@pytest.fixture
+def exporter_calls(monkeypatch):
+    """An empty export cache, and the list of parts PyTorch's exporter was really run for."""
+    calls = []
+    real = torch.onnx.export
+
+    def spy(module, args, *rest, **kwargs):
+        calls.append(tuple(args[0].shape[1:]))
+        return real(module, args, *rest, **kwargs)
+
+    clear_export_cache()
+    monkeypatch.setattr(torch.onnx, "export", spy)
+    yield calls
+    clear_export_cache()
+
+
+def test_equal_weights_export_once_and_get_the_same_graph(exporter_calls):
+    """A second folded copy of the same model (a second predictor) re-uses the first export."""
+    model = reference(TINY)
+    first = export_onnx(FoldedCnnLstm(model))
+    second = export_onnx(FoldedCnnLstm(model))
+    assert second == first
+    assert len(exporter_calls) == 1
+
+
+def test_other_weights_never_hit_the_cache(exporter_calls):
+    """One weight changed by 1e-3, in a new copy or in place: a new export that computes the new logits."""
+    model = reference(TINY)
+    folded = FoldedCnnLstm(model)
+    old = export_onnx(folded)
+    x = images(TINY, 3, seed=7)
+    with torch.no_grad():
+        folded.head.dense[-1].bias.add_(1e-3)  # every logit moves by exactly 1e-3
+        want = folded(x)
+    new = export_onnx(folded)
+    assert len(exporter_calls) == 2 and new != old
+    assert np.abs(run(session(new), x) - want.numpy()).max() < EXPORT_TOL
+    assert np.abs(run(session(old), x) - (want - 1e-3).numpy()).max() < EXPORT_TOL
+
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.lstm1.weight_hh_l0[0, 0] += 1e-3
+    assert module_digest(FoldedCnnLstm(other)) != module_digest(FoldedCnnLstm(model))
+    export_onnx(FoldedCnnLstm(other))
+    assert len(exporter_calls) == 3
+
+
+def test_each_part_and_input_size_is_its_own_export(exporter_calls):
+    folded = FoldedCnnLstm(reference(TINY))
+    graphs = {part: export_onnx(folded, part) for part in ONNX_PARTS}
+    assert len(set(graphs.values())) == 3
+    assert exporter_calls == [(1, 32, 32), (1, 32, 32), (TINY.channels[-1], TINY.seq_len, TINY.seq_len)]
+    assert {part: export_onnx(folded, part) for part in ONNX_PARTS} == graphs
+    assert len(exporter_calls) == 3
+
+
+def test_the_cache_keeps_only_the_most_recent_exports(exporter_calls, monkeypatch):
+    monkeypatch.setattr(onnx_export, "EXPORT_CACHE_SIZE", 2)
+    folded = FoldedCnnLstm(reference(TINY))
+    for part in ("all", "features", "all", "head", "features", "all"):
+        export_onnx(folded, part)
+    # all, features: exported; all: kept; head: exported, features dropped (least recent);
+    # features: exported again, all dropped; all: exported again
+    assert len(exporter_calls) == 5

@@ -132,3 +132,46 @@ def test_report_never_touches_pyplot_or_the_global_backend(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     _assert_png(tmp_path / "pr.png")
+
+
+def test_wilson_interval_by_hand() -> None:
+    from pneumolens.report import wilson_interval
+
+    lo, hi = wilson_interval(np.array([0, 3, 0]), np.array([3, 3, 0]))
+    z2 = 1.96**2
+    assert lo[0] == pytest.approx(0.0, abs=1e-12) and hi[0] == pytest.approx(z2 / (3 + z2))  # 0 of 3: 0 to 0.56
+    assert lo[1] == pytest.approx(3 / (3 + z2)) and hi[1] == pytest.approx(1.0)  # 3 of 3: 0.44 to 1
+    assert np.isnan(lo[2]) and np.isnan(hi[2])  # an empty bin has no interval
+
+
+def test_reliability_writes_counts_fades_few_image_bins_and_keeps_the_legend_off_the_bars() -> None:
+    from pneumolens.report import FEW_IN_BIN, reliability_figure
+
+    # 4 bins of width 0.25: 12 images at 0.1 (3 positive), 3 at 0.6 (all positive), none at 0.25-0.5, 20 at 0.9
+    p = np.array([0.1] * 12 + [0.6] * 3 + [0.9] * 20)
+    y = np.array([1] * 3 + [0] * 9 + [1] * 3 + [1] * 18 + [0] * 2)
+    fig = reliability_figure(y, p, n_bins=4)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    assert sorted(t.get_text() for t in ax.texts) == ["12", "20", "3"]  # the count over every non-empty bin
+    bars = [r for r in ax.patches if r.get_height() > 0]
+    heights = {round(r.get_x(), 2): (round(r.get_height(), 3), r.get_alpha(), r.get_hatch()) for r in bars}
+    assert heights[0.0] == (0.25, 0.8, None) and heights[0.75] == (0.9, 0.8, None)  # 3/12 and 18/20: solid
+    assert heights[0.5][0] == 1.0 and heights[0.5][1] < 0.5 and heights[0.5][2]  # 3 of 3: faint and hatched
+    assert 3 < FEW_IN_BIN <= 12
+    (legend,) = fig.legends
+    assert not legend.get_window_extent().overlaps(ax.get_window_extent())  # the legend covers nothing
+
+
+def test_history_marks_the_best_epoch_by_validation_loss(tmp_path) -> None:
+    from pneumolens.report import best_epoch, history_figure
+
+    assert best_epoch({"val_loss": {0: 0.5, 1: 0.4, 2: 0.4, 3: 0.45}}) == 1  # the first of a tie, as Lightning keeps it
+    assert best_epoch({"train_loss": {0: 0.5}}) is None
+    csv_path = tmp_path / "metrics.csv"
+    csv_path.write_text(LIGHTNING_CSV)  # val_loss 0.65 then 0.55: epoch 1
+    fig = history_figure(csv_path)
+    for ax in fig.axes:
+        assert any(list(line.get_xdata()) == [1, 1] for line in ax.get_lines()), ax.get_title()
+    assert "best epoch 1 (lowest validation loss)" in [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any(list(line.get_xdata()) == [0, 0] for line in history_figure(csv_path, best=0).axes[0].get_lines())

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from ._common import DATA_HELP, data_root
-from .train import PRESET_NAMES
+from ._help import DefaultsHelpFormatter
+from .train import PRESET_NAMES, add_scale_flags, scale_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "SIGTERM saves the running fold; rerun with --resume to continue. With --table, no training: print "
             "one markdown table of the cv.json of several OUT folders."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--table", nargs="+", metavar="DIR", help="no training: one table of these cross-validations")
     p.add_argument("--table-out", help="with --table: also write the table to this file")
@@ -42,8 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed for weights, shuffling and augmentation")
     p.add_argument("--split-seed", type=int, help="seed of the fold assignment")
     p.add_argument("--resume", action="store_true", help="keep finished folds, continue interrupted ones")
-    p.add_argument("--devices", default="1", help="number of devices (processes on CPU) or 'auto'")
-    p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
+    add_scale_flags(p)  # each fold's training is spread over them
     p.add_argument("--skip-bad", action="store_true", help="warn about unreadable images and train on the rest")
     p.add_argument("--max-images", type=int, help="use whole patients up to about N images per class (quick runs)")
     p.add_argument("--limit-train-batches", type=float, help="Lightning's limit_train_batches (quick runs)")
@@ -88,8 +88,7 @@ def run(args: argparse.Namespace) -> int:
     run_cv(
         config, data_root(args.data), args.out, folds=args.folds, fold_ids=fold_ids, resume=args.resume,
         preset=args.preset, label=args.name, skip_bad=args.skip_bad, max_images=args.max_images,
-        limit_train_batches=limit, report=lambda line: print(line, flush=True),
-        devices=args.devices if args.devices == "auto" else int(args.devices), accelerator=args.accelerator,
+        limit_train_batches=limit, report=lambda line: print(line, flush=True), **scale_options(args),
         progress=not args.no_progress,
     )
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ._common import DATA_HELP, data_root
+from ._help import DefaultsHelpFormatter
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "figures; then explain a few official val films with Grad-CAM, SHAP and LIME. Writes OUT/summary.md. "
             "Without a shipped model it first trains a short demo model."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--data", help=DATA_HELP)
     p.add_argument("--out", default="runs/demo", help="output folder")

@@ -1,4 +1,4 @@
-"""``pneumolens evaluate``: metrics with 95 % CIs, report and figures for one split."""
+"""``pneumolens evaluate``: metrics with 95 % CIs, report and figures for one split or your own labelled films."""
 
 from __future__ import annotations
 
@@ -6,12 +6,16 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..devices import add_device_argument, resolve_device
+from ..errors import ConfigError
+from ..printable import printable
 from ._common import DATA_DEFAULT_HELP, data_root
 
 SPLITS = ("validation", "val", "test")  # = pneumolens.evaluate.SPLITS, kept here so --help needs no torch
 
 DESCRIPTION = """\
-Evaluate a checkpoint on one split of the dataset and write, under --out:
+Evaluate a checkpoint on one split of the dataset, or on your own labelled films
+(--labels), and write, under --out:
 metrics.json (accuracy, precision, recall, specificity, F1, ROC/PR AUC, Brier, ECE,
 confusion matrix, bootstrap 95 % CIs resampled by patient, recall per subtype),
 predictions.csv, report.md and figures (confusion.png, roc.png, pr.png, reliability.png).
@@ -19,7 +23,14 @@ predictions.csv, report.md and figures (confusion.png, roc.png, pr.png, reliabil
 Splits: 'validation' is the patient-level part of train held out when the checkpoint was
 trained (recreated from its provenance); 'val' is the official 16-image folder (reported,
 never tuned on); 'test' is the official test folder when your copy has it.
-The decision threshold is the checkpoint's (chosen on validation) unless --threshold is given."""
+The decision threshold is the checkpoint's (chosen on validation) unless --threshold is given.
+
+Your own films: --labels labels.csv, a CSV whose header names the columns file and label
+(NORMAL / PNEUMONIA or 0 / 1, any case) and optionally patient_id; relative file names are
+read from the CSV's folder. Or --labels DIR, a folder holding NORMAL/ and PNEUMONIA/.
+A film's patient (the bootstrap resamples patients) is its patient_id, else its DICOM
+PatientID, else its Kaggle-style file name, else the film alone.
+  Example: pneumolens evaluate --labels my_films/labels.csv --out runs/my-eval"""
 
 
 def _probability(text: str) -> float:
@@ -60,7 +71,10 @@ def add_parser(subparsers: Any) -> None:
     add("--checkpoint", metavar="C",
         help="model.pt (or its folder); default: the model shipped in the package")
     add("--data", metavar="DIR", help=f"dataset root holding train/ val/ [test/]; {DATA_DEFAULT_HELP}")
-    add("--split", choices=SPLITS, default="validation", help="which images to evaluate (default: validation)")
+    add("--split", choices=SPLITS, default=None, help="which images to evaluate (default: validation)")
+    add("--labels", metavar="CSV_OR_DIR", type=Path, default=None,
+        help="evaluate your own films instead of a split: a CSV of file,label[,patient_id] or a folder "
+             "with NORMAL/ and PNEUMONIA/ (see above)")
     add("--out", metavar="DIR", required=True, type=Path,
         help="output folder for metrics.json, predictions.csv, report.md and figures")
     add("--threshold", metavar="T", type=_probability,
@@ -70,6 +84,7 @@ def add_parser(subparsers: Any) -> None:
     add("--batch-size", metavar="N", type=_positive, default=64, help="images per forward pass (default: 64)")
     add("--bootstrap", metavar="N", type=_non_negative, default=1000,
         help="bootstrap resamples for the CIs, 0 for none (default: 1000)")
+    add_device_argument(p)
     p.set_defaults(func=run)
 
 
@@ -82,21 +97,25 @@ def _with_ci(m: dict[str, Any], key: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate_split  # torch and scikit-learn only when running
+    from ..evaluate import evaluate_labels, evaluate_split  # torch and scikit-learn only when running
 
-    m = evaluate_split(
-        checkpoint=args.checkpoint,
-        data=data_root(args.data),
-        split=args.split,
-        out=args.out,
-        threshold=args.threshold,
-        skip_bad=args.skip_bad,
-        batch_size=args.batch_size,
-        n_boot=args.bootstrap,
-    )
+    if args.labels is not None:
+        for given, flag in ((args.split, "--split"), (args.data, "--data")):
+            if given is not None:
+                raise ConfigError(f"{flag} and --labels exclude each other: --labels names the films to evaluate")
+    device = resolve_device(args.device, "--device")
+    common = {"checkpoint": args.checkpoint, "out": args.out, "threshold": args.threshold, "skip_bad": args.skip_bad,
+              "batch_size": args.batch_size, "n_boot": args.bootstrap, "device": str(device)}
+    if args.labels is not None:
+        m = evaluate_labels(args.labels, **common)
+        name = printable(args.labels)
+    else:
+        args.split = args.split or "validation"
+        m = evaluate_split(data=data_root(args.data), split=args.split, **common)
+        name = args.split
     skipped = f", {m['skipped']} skipped" if m.get("skipped") else ""
     counts = f"{m['n']} images ({m['n_pos']} PNEUMONIA, {m['n_neg']} NORMAL{skipped})"
-    print(f"{args.split}: {counts}, threshold {m['threshold']:.4f} ({m['threshold_source']})")
+    print(f"{name}: {counts}, threshold {m['threshold']:.4f} ({m['threshold_source']})")
     print("  " + "  ".join(_with_ci(m, k) for k in ("accuracy", "recall", "specificity", "roc_auc")))
     if m.get("ci"):
         print(f"  (95% bootstrap CIs, {m['bootstrap']['n_boot']} resamples by {m['bootstrap']['unit']})")

@@ -9,10 +9,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..devices import add_device_argument, resolve_device
 from ..errors import ConfigError, DatasetError, SettingError
 from ..io import IMAGE_SUFFIXES
 from ..outputs import check_output_dir
 from ..printable import printable
+from ..shards import parse_shard, take_shard
 
 DEFAULT_METHODS = "gradcam,lime,shap"
 #: = tuple(pneumolens.explain.core.METHODS), listed here so that --help does not import torch
@@ -41,9 +43,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--seed", type=int, default=0, help="seed for the sampling methods (default: 0)")
     p.add_argument("--skip-bad", action="store_true", help="warn about unreadable files and explain the others")
     p.add_argument("--background-data", default=None, metavar="DIR",
-                   help="dataset root whose training split gives SHAP's background (default: background.npy "
-                        "beside the checkpoint, else a blurred copy of the image)")
-    p.add_argument("--background-n", type=int, default=32, help="SHAP background images (default: 32)")
+                   help="dataset root whose training split gives SHAP's background instead of the model's own "
+                        "(default: the training films stored with the model, the ones the web service uses too; a "
+                        "model without them: background.npy beside it, else a blurred copy of the image)")
+    p.add_argument("--background-n", type=int, default=32,
+                   help="SHAP background images sampled with --background-data (default: 32)")
     p.add_argument("--n-samples", type=int, default=None,
                    help="perturbed samples for lime and kernelshap (default: 1000)")
     p.add_argument("--threads", type=int, default=None,
@@ -52,6 +56,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="redo images already explained in --out (default: an earlier run's finished images are kept, "
                         "so an interrupted run continues where it stopped)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--shard", metavar="I/N", default=None,
+                   help="explain shard I of N only (I from 0 to N-1): every file whose position in the list of "
+                        "files sorted by path is I modulo N, the same on every machine, so that N array jobs cover "
+                        "each file once; give each shard its own --out (e.g. expl/shard-I)")
+    add_device_argument(p)
     p.set_defaults(func=run)
     return p
 
@@ -113,7 +122,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import find_images
     from ..explain.runner import explain_files, fast_forwards, resolve_background
-    from ._common import data_fallbacks
     from ..explain.settings import SETTINGS
     from ..inference import Predictor
 
@@ -127,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)  # before the fast copies are built: ONNX Runtime takes the same count
     specs = parse_methods(args.methods, args.n_samples)
+    shard = parse_shard(args.shard) if args.shard is not None else None
+    device = resolve_device(args.device, "--device")
     check_output_dir(args.out)  # before any work: a file in the way must not waste the explanations
 
     def folder_warning(folder: Path, message: str) -> None:
@@ -135,14 +145,19 @@ def run(args: argparse.Namespace) -> int:
     files, _ = find_images(args.inputs, on_warning=folder_warning)
     if not files:
         raise DatasetError(f"no image files ({' '.join(IMAGE_SUFFIXES)}) found in {', '.join(args.inputs)}")
-    predictor = Predictor(args.checkpoint)
+    if shard is not None:
+        n_all, files = len(files), take_shard(files, shard)
+        print(f"pneumolens explain: shard {shard}: {len(files)} of {n_all} files", file=sys.stderr)
+        if not files:  # more shards than files: nothing to do here, and that is no error
+            return 0
+    predictor = Predictor(args.checkpoint, device=device)
     check_settings(predictor.model, predictor.size, specs)
     background, source = None, ""
     if any(s.name == "shap" for s in specs):
         background, source = resolve_background(args.background_data, args.checkpoint, predictor.size,
                                                 n=args.background_n, seed=args.seed,
                                                 provenance=predictor.checkpoint.provenance,
-                                                data_fallbacks=data_fallbacks())
+                                                stored=predictor.checkpoint.shap_background)
     forward, grad_forward = fast_forwards(predictor.model, [s.name for s in specs])
 
     def warn(reason: str) -> None:

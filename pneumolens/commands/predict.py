@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from .. import outputs
 from ..data import find_images
+from ..devices import add_device_argument, resolve_device
 from ..errors import ConfigError, DatasetError, InvalidImageError
 from ..io import IMAGE_SUFFIXES
 from ..jsonable import dumps
 from ..printable import printable
+from ..shards import parse_shard, take_shard
 
 if TYPE_CHECKING:
     from ..inference import Prediction
@@ -29,6 +31,12 @@ if TYPE_CHECKING:
 MAX_TABLE_ROWS = 50
 
 OUT_SUFFIXES = (".csv", ".json")
+
+SHARD_HELP = (
+    "predict shard I of N only (I from 0 to N-1): every file whose position in the list of files sorted by path "
+    "is I modulo N, the same on every machine, so that N array jobs cover each file once. Each shard's CSV "
+    "starts with the same header line; join them with: awk 'FNR>1 || NR==1' preds-*.csv > preds.csv"
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -47,6 +55,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
     p.add_argument("--out", type=Path, default=None, help="write all predictions to a .csv or .json file")
+    p.add_argument("--shard", metavar="I/N", default=None, help=SHARD_HELP)
+    add_device_argument(p)
     p.set_defaults(func=run)
     return p
 
@@ -58,6 +68,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.out is not None and args.out.suffix.lower() not in OUT_SUFFIXES:
         raise ConfigError(f"--out {args.out}: the file name must end in .csv or .json")
+    args.shard = parse_shard(args.shard) if args.shard is not None else None
 
 
 def _collect(inputs: list[str]) -> list[Path]:
@@ -183,10 +194,20 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     if args.out is not None:
         outputs.check_output_file(args.out)  # before any work: a bad --out must not waste the predictions
+    device = resolve_device(args.device, "--device")  # before any work: `cuda` without a GPU is one line
     files = _collect(args.inputs)
+    if args.shard is not None:
+        n_all, files = len(files), take_shard(files, args.shard)
+        print(f"pneumolens predict: shard {args.shard}: {len(files)} of {n_all} files", file=sys.stderr)
+        if not files:  # more shards than files: nothing to do here, and that is no error
+            if args.out is not None:
+                write_predictions(args.out, [], [], {"checkpoint": str(args.checkpoint or "shipped"),
+                                                     "shard": str(args.shard)})
+                print(f"0 predicted, 0 skipped; wrote {printable(args.out)}")
+            return 0
     from ..inference import Predictor  # torch only when running
 
-    predictor = Predictor(args.checkpoint, threshold=args.threshold, batch_size=args.batch_size)
+    predictor = Predictor(args.checkpoint, threshold=args.threshold, batch_size=args.batch_size, device=device)
     try:
         predictions, skipped = predictor.predict_files(files, skip_bad=args.skip_bad)
     except InvalidImageError as exc:
@@ -204,7 +225,10 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         meta = {"checkpoint": str(args.checkpoint or "shipped"), "threshold": predictor.threshold,
                 "ood": ood_meta(predictor, predictions)}
+        if args.shard is not None:
+            meta["shard"] = str(args.shard)
         write_predictions(args.out, predictions, skipped, meta)
+        print(f"threshold {predictor.threshold:.4f} ({source}): {format_counts(predictions, predictor.class_names)}")
         print(f"{summary}; wrote {printable(args.out)}")
         if flagged:
             print(flagged)

@@ -15,6 +15,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..devices import add_device_argument, resolve_device
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -41,7 +42,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "PNEUMOLENS_EXPLAIN_THREADS, PNEUMOLENS_RETRY_AFTER_S, PNEUMOLENS_MAX_CONCURRENT_LARGE_DECODES "
             "(uploads decoded to more than 16 MB at once), PNEUMOLENS_ALLOWED_HOSTS and PNEUMOLENS_CORS_ORIGINS "
             "(comma-separated); options win. "
-            "Example: pneumolens serve --checkpoint runs/demo/model.pt --port 8000"
+            "Examples: pneumolens serve --port 8000 (the shipped model); pneumolens serve --checkpoint "
+            "runs/train/model.pt (a model of your own, written by `pneumolens train --out runs/train`)"
         ),
     )
     p.add_argument("--host", default=None, help="interface to listen on (default: 127.0.0.1)")
@@ -73,6 +75,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="a web origin (https://viewer.example) whose pages may call the API (repeatable; "
         "cross-origin POSTs from any other page get 403)",
     )
+    add_device_argument(p)
     p.set_defaults(func=run)
     return p
 
@@ -143,8 +146,10 @@ def run(args: argparse.Namespace) -> int:
     from ..service import create_app
 
     settings = settings_from_args(args)
+    device = resolve_device(args.device, "--device")
     check_listen_address(settings.host, settings.port)
-    predictor = Predictor(settings.checkpoint, threshold=settings.threshold)  # CheckpointError → exit 2
+    # CheckpointError → exit 2
+    predictor = Predictor(settings.checkpoint, threshold=settings.threshold, device=device)
     if not _is_loopback(settings.host):
         log.warning(
             "listening on %s: the service has no authentication; anyone who can reach it can use it "

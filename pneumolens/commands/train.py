@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
 from ..printable import printable
 from ._common import DATA_HELP, data_root
+from ._help import DefaultsHelpFormatter
 
 #: = sorted(pneumolens.config.PRESETS); listed here so that --help does not import torch.
 PRESET_NAMES = ("debug", "default", "robust", "seed")
+
+#: ``--accelerator`` choices: Lightning's names.
+ACCELERATORS = ("auto", "cpu", "gpu")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "OUT/training_history.png and resumable checkpoints in OUT/checkpoints. Ctrl-C or SIGTERM saves a "
             "checkpoint; rerun with --resume to continue."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("--data", help=DATA_HELP)
     p.add_argument("--out", required=True, help="output folder")
@@ -50,9 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="no training: write OUT/model.pt (calibrated, marked interim) from the best checkpoint so far of a "
         "run in OUT that is still going or was interrupted",
     )
-    p.add_argument("--devices", default="1", help="number of devices (processes on CPU) or 'auto'")
-    p.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
-    p.add_argument("--strategy", default="auto", help="Lightning strategy, e.g. ddp")
+    add_scale_flags(p)
     p.add_argument("--skip-bad", action="store_true", help="warn about unreadable images and train on the rest")
     p.add_argument("--max-images", type=int, help="use whole patients up to about N images per class (quick runs)")
     p.add_argument("--limit-train-batches", type=float, help="Lightning's limit_train_batches (quick runs)")
@@ -64,6 +67,53 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(they change speed, not results)",
     )
     p.set_defaults(func=run)
+
+
+def _devices(text: str) -> int | str:
+    """``--devices``: a positive whole number, or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is neither a number of devices nor 'auto'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: the number of devices must be at least 1")
+    return value
+
+
+def _nodes(text: str) -> int:
+    """``--num-nodes``: a positive whole number."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of machines") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: the number of machines must be at least 1")
+    return value
+
+
+def add_scale_flags(p: argparse.ArgumentParser) -> None:
+    """``--accelerator --devices --num-nodes --strategy``: handed to Lightning's Trainer as they are.
+
+    Under ``torchrun`` or SLURM, Lightning reads the ranks from the environment (its cluster
+    environments); ``--devices`` is then the processes per machine and ``--num-nodes`` the machines.
+    """
+    p.add_argument("--accelerator", default="auto", choices=ACCELERATORS,
+                   help="where to train: cpu, gpu, or auto (a GPU when there is one)")
+    p.add_argument("--devices", type=_devices, default=1, metavar="N",
+                   help="devices per machine (GPUs, or processes on CPU), or 'auto' (all of them); under "
+                   "torchrun, its --nproc-per-node")
+    p.add_argument("--num-nodes", type=_nodes, default=1, metavar="M",
+                   help="machines taking part (torchrun's --nnodes, SLURM's --nodes)")
+    p.add_argument("--strategy", default="auto",
+                   help="Lightning strategy, e.g. ddp (auto: ddp when more than one device or machine)")
+
+
+def scale_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The Trainer keywords of :func:`add_scale_flags`, as ``fit`` takes them."""
+    return {"accelerator": args.accelerator, "devices": args.devices, "num_nodes": args.num_nodes,
+            "strategy": args.strategy}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,19 +146,18 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.preset, args.config, overrides)
     root = data_root(args.data)
-    devices = args.devices if args.devices == "auto" else int(args.devices)
     limit = args.limit_train_batches
     if limit is not None and limit >= 1:
         limit = int(limit)
     if args.export_best:
-        result = export_best(config, root, args.out, preset=args.preset)
+        result = export_best(config, root, args.out, preset=args.preset, progress=not args.no_progress)
     else:
         point = resume_point(args.out) if args.resume else None  # one line and exit 2 if unsafe
         if point is not None and int(os.environ.get("LOCAL_RANK", 0)) == 0:  # once, not per DDP process
             print(f"resuming from {printable(point.path)} (epoch {point.epoch}, step {point.global_step})", flush=True)
         result = fit(
-            config, root, args.out, resume=args.resume, devices=devices, accelerator=args.accelerator,
-            strategy=args.strategy, skip_bad=args.skip_bad, max_images=args.max_images,
+            config, root, args.out, resume=args.resume, **scale_options(args), skip_bad=args.skip_bad,
+            max_images=args.max_images,
             limit_train_batches=limit, progress=not args.no_progress, preset=args.preset,
         )
     m = result.metrics

@@ -3,11 +3,14 @@
 * **Deletion / insertion** (Petsiuk et al. 2018, RISE, https://arxiv.org/abs/1806.07421): remove
   pixels from the image in the map's order (most pneumonia evidence first) and follow the
   pneumonia probability: a faithful map makes it fall fast (low deletion AUC); insert pixels
-  into a blurred canvas in the same order: it should rise fast (high insertion AUC). Removed
-  pixels become black (deletion) and the canvas is the image blurred with sigma S/16
-  (insertion), as in RISE. Ties in a map are broken by a seeded random order. Beside every
-  method: a random map (uniform noise on an 16x16 grid, upsampled: blobs the size of
-  superpixels) as the baseline to beat.
+  into a start image in the same order: it should rise fast (high insertion AUC). Removed
+  pixels become black (deletion), as in RISE. RISE's insertion starts from the image blurred
+  with sigma S/16; but a start image only works if the model calls it normal, and a blurred
+  film (like a black or a mean-grey one) is called pneumonia by the shipped model, so every
+  curve would start at the top (the explain-eval report gives the start's probability). :func:`normal_references` picks
+  training films the model does call normal to start from instead. Ties in a map are broken
+  by a seeded random order. Beside every method: a random map (uniform noise on an 16x16
+  grid, upsampled: blobs the size of superpixels) as the baseline to beat.
 * **Model-parameter randomisation** (Adebayo et al. 2018, "Sanity Checks for Saliency Maps",
   https://arxiv.org/abs/1810.03292): the stages of re-initialised layers, from the top
   (``head.out`` first) down, and the randomised copies of a model.
@@ -86,6 +89,7 @@ def deletion_insertion(
     seed: int = 0,
     blur_sigma: float | None = None,
     substrate: str = "black",
+    insertion_start: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Deletion (most relevant first), reverse deletion (least relevant first) and insertion curves.
 
@@ -97,6 +101,8 @@ def deletion_insertion(
         temperature: logit temperature of the checkpoint (probabilities as the predictor reports them).
         blur_sigma: blur of the insertion canvas (and of the ``blur`` substrate). Default: S / 16.
         substrate: what deleted pixels become: ``black`` (RISE) or ``blur``. Default: black.
+        insertion_start: the image (1, 1, S, S) insertion starts from, e.g. a film the model
+            calls normal (:func:`normal_references`). Default: ``x`` blurred (RISE).
 
     Returns:
         (deletion, reverse deletion, insertion) curves, each float (len(maps), steps + 1) of probabilities.
@@ -106,16 +112,36 @@ def deletion_insertion(
     if substrate not in ("black", "blur"):
         raise ValueError(f"substrate must be 'black' or 'blur', got {substrate!r}")
     sigma = blur_sigma if blur_sigma is not None else x.shape[-1] / 16
-    canvas = blur(x, sigma)
-    removed = torch.zeros_like(x) if substrate == "black" else canvas
+    blurred = blur(x, sigma)
+    removed = torch.zeros_like(x) if substrate == "black" else blurred
+    canvas = blurred if insertion_start is None else insertion_start.to(x.device, x.dtype).reshape(x.shape)
     batches = []
     for amap in maps:
         order = pixel_order(amap, seed)
         batches.append(curve_inputs(x, removed, order, steps))  # deletion, most relevant first
         batches.append(curve_inputs(x, removed, order[::-1], steps))  # deletion, least relevant first
-        batches.append(curve_inputs(canvas, x, order, steps))  # insertion: blurred -> x
+        batches.append(curve_inputs(canvas, x, order, steps))  # insertion: start image -> x
     probs = _probabilities(forward, torch.cat(batches), temperature).reshape(len(maps), 3, steps + 1)
     return probs[:, 0], probs[:, 1], probs[:, 2]
+
+
+def normal_references(
+    forward: LogitFn, films: torch.Tensor, temperature: float, threshold: float
+) -> tuple[torch.Tensor, np.ndarray]:
+    """The films (K, 1, S, S) the model calls NORMAL (probability below ``threshold``), and their probabilities.
+
+    Insertion starts from one of them (:func:`insertion_start_for`): an image the model itself
+    calls normal, so the curve can show the evidence coming back. Empty when it calls none normal.
+    """
+    probs = _probabilities(forward, films, temperature)
+    keep = probs < threshold
+    return films[torch.as_tensor(keep)], probs[keep]
+
+
+def insertion_start_for(index: int, seed: int, n_references: int) -> int:
+    """Which reference film image ``index`` starts its insertion from: a seeded draw, so the choice
+    depends only on the image's position and the seed (a resumed run draws the same one)."""
+    return int(np.random.default_rng([seed, index]).integers(n_references))
 
 
 def random_map(size: int, seed: int, grid: int = RANDOM_GRID) -> np.ndarray:

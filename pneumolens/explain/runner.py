@@ -1,8 +1,9 @@
 """Explain image files end to end: what ``pneumolens explain`` does, callable from Python.
 
-Per image it writes ``<stem>.png`` (the panel), ``<stem>.json`` (prediction, per-method
-parameters, ``timings_s``) and, if asked, ``<stem>.<method>.npy`` (float32 maps at the model's
-input size); then an ``index.html`` gallery for the run.
+Per image it writes ``<stem>.png`` (the panel: the film in its own aspect ratio with the maps
+stretched onto it, see :mod:`pneumolens.explain.render`), ``<stem>.json`` (prediction, true label
+when known, per-method parameters, ``timings_s``) and, if asked, ``<stem>.<method>.npy`` (float32
+maps at the model's input size); then an ``index.html`` gallery for the run.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -23,7 +24,7 @@ from ..jsonable import dumps, jsonable
 from ..ood import WARNING
 from .base import LogitFn
 from .core import PERTURBATION, explain
-from .render import prediction_title, render_panel
+from .render import display_film, prediction_title, render_panel
 from .shap import background_beside, build_background, load_background
 
 log = logging.getLogger(__name__)
@@ -87,41 +88,39 @@ def resolve_background(
     n: int = 32,
     seed: int = 0,
     provenance: dict[str, Any] | None = None,
-    data_fallbacks: Sequence[str | Path] = ("chest_xray",),
+    stored: np.ndarray | None = None,
+    fallback_data: str | Path | None = None,
 ) -> tuple[np.ndarray | str, str]:
-    """The SHAP background for the CLI, and where it came from.
+    """The SHAP background, and where it came from: the same one the web service uses, by default.
 
-    Order: ``--background-data DIR`` (sampled from the training side of the checkpoint's
-    patient-level split of ``DIR/train``), else ``background.npy`` beside the checkpoint (or the
-    shipped model), else the training split of the default data root (``$PNEUMOLENS_DATA``, else
-    the first of ``data_fallbacks`` that exists: see :func:`pneumolens.data.resolve_data_root`),
-    else the ``blur`` fallback.
+    Order: ``background_data`` (the CLI's explicit ``--background-data DIR``: ``n`` films sampled
+    from the training side of the checkpoint's patient-level split of ``DIR/train``); else the
+    films stored in the checkpoint (``stored``: :attr:`Checkpoint.shap_background
+    <pneumolens.checkpoint.Checkpoint.shap_background>`, which the service uses too); else
+    ``background.npy`` beside the checkpoint (or the shipped model); else ``fallback_data`` sampled
+    like ``background_data`` (e.g. the demo's dataset); else the ``blur`` fallback, with a warning.
+    No dataset is looked up on its own: the CLI and the service must explain against the same
+    background.
     """
     if background_data is not None:
         prov = provenance or {}
         arr = build_background(background_data, n=n, size=size, seed=seed,
                                val_fraction=float(prov.get("val_fraction", 0.1)), split_seed=int(prov.get("split_seed", 0)))
         return arr, f"{len(arr)} training images from {background_data}/train (patient-level training side)"
+    if stored is not None:
+        return np.asarray(stored), f"{len(stored)} training films stored with the model"
     from ..checkpoint import SHIPPED
 
-    stored = background_beside(checkpoint if checkpoint is not None else SHIPPED)
-    if stored.is_file():
-        arr = load_background(stored)
+    beside = background_beside(checkpoint if checkpoint is not None else SHIPPED)
+    if beside.is_file():
+        arr = load_background(beside)
         if arr.shape[1:] == (size, size):
-            return arr, str(stored)
-        log.warning("%s holds %dx%d images, the model takes %d: not used", stored, arr.shape[1], arr.shape[2], size)
-    # Then the dataset where the caller would look for it ($PNEUMOLENS_DATA, then data_fallbacks): no
-    # dataset image ever ships inside the package, so the shipped model has no stored background.
-    from ..data import resolve_data_root
-    from ..errors import PneumoLensError
-
-    try:
-        root = resolve_data_root(None, data_fallbacks)
-        if (root / "train").is_dir():
-            return resolve_background(root, checkpoint, size, n=n, seed=seed, provenance=provenance)
-    except PneumoLensError:
-        pass
-    log.warning("shap: no training background (pass --background-data DIR); using a blurred copy of each image")
+            return arr, str(beside)
+        log.warning("%s holds %dx%d images, the model takes %d: not used", beside, arr.shape[1], arr.shape[2], size)
+    if fallback_data is not None:
+        return resolve_background(fallback_data, checkpoint, size, n=n, seed=seed, provenance=provenance)
+    log.warning("shap: this model has no stored background (pass --background-data DIR, or store one with "
+                "scripts/add_shap_background.py); using a blurred copy of each image")
     return "blur", "fallback: blurred image"
 
 
@@ -134,6 +133,27 @@ def unique_stems(files: Sequence[str | Path]) -> list[str]:
         seen[stem] = n
         out.append(stem if n == 1 else f"{stem}-{n}")
     return out
+
+
+def label_from_layout(path: str | Path, class_names: Sequence[str]) -> str | None:
+    """The true label a dataset's folder layout gives a file: its folder's name when that is a
+    class name (``.../NORMAL/x.jpeg`` → ``NORMAL``, any case), else None."""
+    folder = Path(path).parent.name.upper()
+    return next((c for c in class_names if c.upper() == folder), None)
+
+
+def film_for_display(path: str | Path, fallback: np.ndarray) -> np.ndarray:
+    """The decoded film shrunk for the panel (:func:`~pneumolens.explain.render.display_film`);
+    ``fallback`` (the model input) if the file no longer decodes."""
+    from ..errors import PneumoLensError
+    from ..io import read_image
+    from .render import DISPLAY_SIDE
+
+    try:
+        return display_film(read_image(path, draft_size=DISPLAY_SIDE))
+    except (PneumoLensError, OSError) as exc:
+        log.warning("%s: drawing the model input instead of the film (%s)", path, exc)
+        return fallback
 
 
 def safe_label(label: str) -> str:
@@ -156,6 +176,7 @@ def explain_files(
     progress: bool = True,
     on_skip: Callable[[str], None] | None = None,
     overwrite: bool = False,
+    true_labels: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Explain every file with every method; returns the per-image records (as written to JSON).
 
@@ -176,6 +197,9 @@ def explain_files(
         forward, grad_forward: fast logit functions for perturbation and input-gradient methods
             (see :func:`fast_forwards`). Default: the model itself.
         overwrite: redo images that an earlier run already explained.
+        true_labels: file (as given in ``files``) → its true class name (e.g. from a labels CSV);
+            a file not in it takes its folder's name when that is a class name (the dataset's
+            layout, :func:`label_from_layout`). Shown in the panel's title and kept in the JSON.
 
     Raises:
         InvalidImageError: the first unreadable file, unless ``skip_bad``; or no readable file at all.
@@ -196,6 +220,7 @@ def explain_files(
     kept = [files[i] for i in loaded.kept]
     predictions = predictor.predict_arrays(loaded.images, kept)
     stems = unique_stems(kept)
+    class_names = tuple(getattr(getattr(predictor, "checkpoint", None), "class_names", ("NORMAL", "PNEUMONIA")))
     records = []
     bar = tqdm(total=len(kept), desc="explaining", unit="img", disable=not progress)
     reused = 0
@@ -215,6 +240,9 @@ def explain_files(
             "methods": {},
             "timings_s": {},
         }
+        truth = (true_labels or {}).get(pred.file) or label_from_layout(pred.file, class_names)
+        if truth is not None:
+            record["true_label"] = truth
         for spec in methods:
             params = dict(spec.params)
             if spec.name == "shap":
@@ -234,9 +262,8 @@ def explain_files(
             record["methods"][spec.label] = entry
             record["timings_s"][spec.label] = round(att.elapsed_s, 4)
         title = prediction_title(Path(pred.file).name, pred.probability, pred.label, pred.threshold,
-                                 pred.in_distribution)
-        subtitles = {label: f"{t:.2f} s" for label, t in record["timings_s"].items()}
-        render_panel(image, maps, out / record["panel"], title=title, subtitles=subtitles,
+                                 pred.in_distribution, true_label=truth)
+        render_panel(film_for_display(pred.file, image), maps, out / record["panel"], title=title,
                      flagged=pred.in_distribution is False)
         (out / f"{stem}.json").write_text(dumps(record, indent=2) + "\n", encoding="utf-8")
         records.append(record)
@@ -282,7 +309,9 @@ def write_index(out: Path, records: Sequence[dict[str, Any]], methods: Sequence[
         cards.append(
             f'<figure><a href="{html.escape(r["panel"])}"><img src="{html.escape(r["panel"])}" alt="{name}" loading="lazy"></a>'
             f"<figcaption><b>{name}</b> — {html.escape(p['label'])}, p(pneumonia) = {p['probability']:.3f} "
-            f"(threshold {p['threshold']:.3f}){warning}"
+            f"(threshold {p['threshold']:.3f})"
+            + (f"; true label {html.escape(r['true_label'])}" if r.get("true_label") else "")
+            + f"{warning}"
             f"<br><small>{timings} · <a href=\"{stem}.json\">JSON</a></small>"
             "</figcaption></figure>"
         )

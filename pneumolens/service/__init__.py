@@ -1,7 +1,7 @@
 """PneumoLens web service: a REST API and a page to upload an X-ray and see the prediction and why.
 
     from pneumolens.service import ServeSettings, create_app
-    app = create_app(ServeSettings(checkpoint="runs/demo/model.pt"))
+    app = create_app(ServeSettings(checkpoint="runs/train/model.pt"))  # or ServeSettings(): the shipped model
 
 Run it with ``pneumolens serve``. Research use only: not a medical device.
 """

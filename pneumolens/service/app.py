@@ -55,11 +55,14 @@ def _load_predictor(settings: ServeSettings) -> Predictor:
     return predictor
 
 
-def _worker_extras(settings: ServeSettings, size: int) -> dict[str, Any]:
-    """SHAP's training background, when ``background.npy`` (of the model's size) lies beside the checkpoint.
+def _worker_extras(settings: ServeSettings, size: int, stored: Any = None) -> dict[str, Any]:
+    """SHAP's training background: the films stored in the checkpoint (``stored``, what the CLI uses
+    too), else ``background.npy`` (of the model's size) beside the checkpoint.
 
-    Without it GradientSHAP falls back to a blurred copy of the image (recorded in its params).
+    Without either, GradientSHAP falls back to a blurred copy of the image (recorded in its params).
     """
+    if stored is not None:
+        return {"background": stored}
     try:
         from ..explain.shap import background_beside, load_background
     except ImportError:
@@ -89,7 +92,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     predictor = app.state.preloaded or await run_in_threadpool(_load_predictor, settings)
     pool = None
     if app.state.methods:
-        extras = await run_in_threadpool(_worker_extras, settings, predictor.size)
+        extras = await run_in_threadpool(_worker_extras, settings, predictor.size,
+                                         getattr(predictor.checkpoint, "shap_background", None))
         pool = ExplainPool(
             predictor.checkpoint,
             size=settings.max_concurrent_explanations,
@@ -211,7 +215,7 @@ def create_app(settings: ServeSettings | None = None, predictor: Predictor | Non
 
     Example::
 
-        >>> app = create_app(ServeSettings(checkpoint="runs/demo/model.pt"))   # doctest: +SKIP
+        >>> app = create_app(ServeSettings(checkpoint="runs/train/model.pt"))  # doctest: +SKIP
         >>> uvicorn.run(app, host="127.0.0.1", port=8000)                       # doctest: +SKIP
     """
     settings = settings or ServeSettings()

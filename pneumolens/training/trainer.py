@@ -6,7 +6,10 @@ Trainer settings (deterministic algorithms, no sanity validation, no model summa
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
@@ -15,6 +18,23 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from ..config import TrainConfig
 from .resume import ResumeCallback
+
+#: Lightning's warnings that a user of ``pneumolens train`` can do nothing about (regular expressions
+#: matched at the start of the message): silenced by :func:`quiet_training_warnings`.
+QUIET_WARNINGS = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning's own use of torch's pytree
+    r"The number of training batches \(\d+\) is smaller than the logging interval",  # a short epoch logs at its end
+)
+
+
+@contextlib.contextmanager
+def quiet_training_warnings() -> Iterator[None]:
+    """Silence :data:`QUIET_WARNINGS` inside the block (a training run), and only there: a library
+    user's own warning filters are restored as they were when it ends."""
+    with warnings.catch_warnings():
+        for pattern in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        yield
 
 
 def build_trainer(
@@ -25,6 +45,7 @@ def build_trainer(
     devices: int | str = 1,
     accelerator: str = "auto",
     strategy: str = "auto",
+    num_nodes: int = 1,
     progress: bool = True,
     limit_train_batches: int | float | None = None,
     max_steps: int = -1,
@@ -42,7 +63,8 @@ def build_trainer(
 
     Args:
         log_part: number of this run segment's CSV log (0 for a fresh run).
-        devices, accelerator, strategy: Lightning's (processes on CPU, ``gpu``, ``ddp``...).
+        devices, accelerator, strategy, num_nodes: Lightning's (processes on CPU, ``gpu``, ``ddp``, machines);
+            under ``torchrun`` or SLURM Lightning takes the ranks from the environment.
         progress: a tqdm progress bar (readable in a log file too, with ETA).
         limit_train_batches: Lightning's, for quick runs. max_steps: stop after this many steps (-1: epochs decide).
         extra_callbacks: added after the Trainer's own (tests interrupt runs with them).
@@ -78,6 +100,7 @@ def build_trainer(
         accelerator=accelerator,
         devices=devices,
         strategy=strategy,
+        num_nodes=num_nodes,
         callbacks=callbacks,
         logger=loggers or False,
         enable_checkpointing=out is not None,
