@@ -1,11 +1,14 @@
-"""Ship a trained model: copy it into ``pneumolens/weights/``, evaluate it, write ``MODEL_CARD.md``.
+"""Ship a trained model: copy it into ``pneumolens/weights/``, evaluate and audit it, write ``MODEL_CARD.md``.
 
-    python scripts/ship_model.py runs/default/model.pt [--data DIR] [--note TEXT]
+    python scripts/ship_model.py runs/default/model.pt [--data DIR] [--note TEXT] [--shift FILE]
 
 Evaluates on the patient-level validation split (the one the checkpoint's threshold and
-temperature were chosen on) and on the official 16-image val folder, then writes the model card
-from the checkpoint's own provenance and those metrics, so every number in the card is the output
-of this command. Figures go to ``docs/figures/shipped/``.
+temperature were chosen on) and on the official 16-image val folder, runs the shortcut audit
+(``docs/audit/shipped/``) and the out-of-distribution evaluation (``docs/ood/shipped/``), then
+writes the model card from the checkpoint's own provenance and those results, so every number in
+the card is the output of this command. ``--shift FILE`` adds a markdown section of figures
+measured elsewhere (the withheld test split's, which come back from the maintainers). Figures go
+to ``docs/figures/shipped/``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from pathlib import Path
 
 from pneumolens.checkpoint import SHIPPED, load_checkpoint
 from pneumolens.commands._common import data_root
+from pneumolens.audit import run_audit
 from pneumolens.evaluate import evaluate_split
+from pneumolens.ood_eval import run_ood_eval
 from results_table import training_time_s  # scripts/ is on sys.path when this file runs as a script
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +36,48 @@ def _ci(m: dict, key: str) -> str:
     return f"{v:.3f} (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else f"{v:.3f}"
 
 
-def card(info: dict, val: dict, official: dict, note: str, trained_s: tuple[float, int] | None = None) -> str:
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def audit_section(audit: dict | None, ood: dict | None) -> str:
+    """The card's shortcut-audit and out-of-distribution sections from their metrics.json."""
+    parts = []
+    if ood:
+        sets = [m for m in ood["sets"].values() if m.get("n")]
+        parts.append(
+            "## Out-of-distribution guard\n"
+            f"Every prediction carries `ood_score` and `in_distribution`; threshold {ood['threshold']:.3f}, chosen so that "
+            f"{_pct(ood['in_distribution']['flagged'])} of the validation films are flagged. Against {len(sets)} sets of "
+            f"images that are not paediatric chest films, the lowest AUROC is {min(m['auroc'] for m in sets):.4f} and the "
+            f"lowest flagged share {_pct(min(m['flagged'] for m in sets))} (`pneumolens ood-eval`, "
+            "[report](../../docs/ood/shipped/report.md))."
+        )
+    if audit:
+        fam = audit["probes"]["families"]
+        names = {"marker": "laterality letter pasted in a corner", "border": "outer border band replaced",
+                 "annotation": "text line or ruler burnt in"}  # fmt: skip
+        rows = "\n".join(
+            f"| {names.get(k, k)} | {_pct(m['flip_rate'])} ({m['flips_to_pneumonia']} → PNEUMONIA, "
+            f"{m['flips_to_normal']} → NORMAL) | {m['specificity']['clean']:.3f} → {m['specificity']['probed']:.3f} |"
+            for k, m in fam.items()
+        )
+        parts.append(
+            "## Shortcut audit\n"
+            f"`pneumolens audit --split validation` on {audit['n_films']} films ([report](../../docs/audit/shipped/report.md)):\n\n"
+            "| probe family | (film, probe) pairs that flip label | specificity, clean → probed |\n|---|---:|---|\n" + rows
+        )
+    return "\n\n".join(parts) + ("\n\n" if parts else "")
+
+
+def card(
+    info: dict,
+    val: dict,
+    official: dict,
+    note: str,
+    trained_s: tuple[float, int] | None = None,
+    extra: str = "",
+) -> str:
     p, cfg = info["provenance"], info["provenance"].get("train_config", {})
     if trained_s:
         took = f" in {trained_s[0] / 3600:.1f} h of training, one thread, in {trained_s[1]} segment(s)"
@@ -94,7 +140,7 @@ Validation confusion matrix at the threshold: {val['confusion']}. Recall by subt
 
 Figures (from this command): `docs/figures/shipped/` — ROC, PR, reliability, confusion matrix.
 
-## Limits
+{extra}## Limits
 - One hospital, one population (young children), one view (AP). No adult films, no lateral views, no
   other findings: anything that is not "normal vs pneumonia" in a child is out of scope.
 - The dataset's test films are known to differ from its training films; models that score highly on
@@ -113,6 +159,8 @@ def main() -> None:
     ap.add_argument("checkpoint", type=Path)
     ap.add_argument("--data")
     ap.add_argument("--note", default="", help="a line at the top of the card (e.g. an interim model)")
+    ap.add_argument("--shift", type=Path, help="markdown section with figures measured elsewhere (withheld test split)")
+    ap.add_argument("--skip-audit", action="store_true", help="no audit / OOD evaluation (quick re-ship of the card)")
     args = ap.parse_args()
     ck = load_checkpoint(args.checkpoint)
     root = data_root(args.data)  # as the CLI finds it
@@ -121,7 +169,13 @@ def main() -> None:
     val = evaluate_split(SHIPPED, root, "validation", FIGS / "validation", progress=False)
     official = evaluate_split(SHIPPED, root, "val", FIGS / "val", progress=False)
     trained = training_time_s(args.checkpoint.parent)  # None when the run folder has no TensorBoard events
-    (SHIPPED.parent / "MODEL_CARD.md").write_text(card(ck.info(), val, official, args.note, trained))
+    audit = ood = None
+    if not args.skip_audit:
+        audit = run_audit(SHIPPED, root, split="validation", out=REPO / "docs" / "audit" / "shipped", progress=False,
+                          command=f"pneumolens audit --checkpoint {args.checkpoint} --split validation")  # fmt: skip
+        ood = run_ood_eval(load_checkpoint(SHIPPED), root, REPO / "docs" / "ood" / "shipped", progress=False)
+    extra = audit_section(audit, ood) + (args.shift.read_text().strip() + "\n\n" if args.shift else "")
+    (SHIPPED.parent / "MODEL_CARD.md").write_text(card(ck.info(), val, official, args.note, trained, extra))
     print(f"shipped {args.checkpoint} -> {SHIPPED}; validation AUC {val['roc_auc']:.4f}, accuracy {val['accuracy']:.4f}")
 
 

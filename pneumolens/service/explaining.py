@@ -6,7 +6,9 @@ Two halves:
   ``methods`` field (``"gradcam,lime:n_samples=200"``) before any work is queued;
 * in a worker process, :func:`run_job` computes each method's map with
   :func:`pneumolens.explain.explain` and draws it with
-  :func:`pneumolens.explain.render.overlay_png`.
+  :func:`pneumolens.explain.render.overlay_png` over the uploaded film in its own aspect ratio
+  (:func:`film_of_upload`), as the CLI's panels are drawn. GradientSHAP explains against the
+  training films stored with the model (the pool's ``background``), as the CLI does.
 
 If the library's interface changes, this file is the one to adapt.
 """
@@ -69,6 +71,21 @@ def parse_methods(text: str | None, model: Any = None, size: int | None = None) 
     return out
 
 
+def film_of_upload(upload: Any, name: str) -> np.ndarray | None:
+    """The uploaded film decoded and shrunk for drawing, aspect ratio kept
+    (:func:`~pneumolens.explain.render.display_film`); None if it cannot be (the overlay then
+    uses the model input). Called after the upload was read once as the model input."""
+    from ..errors import PneumoLensError
+    from ..explain.render import DISPLAY_SIDE, display_film
+    from ..io import read_image
+
+    try:
+        upload.file.seek(0)
+        return display_film(read_image(upload.file.read(), name=name, draft_size=DISPLAY_SIDE))
+    except (PneumoLensError, OSError, ValueError):
+        return None
+
+
 # ----------------------------------------------------------------------------- worker side
 
 
@@ -91,8 +108,10 @@ def run_job(context: dict[str, Any], payload: dict[str, Any]) -> list[dict[str, 
         context: ``model`` (the served CnnLstm), ``forward`` and ``grad_forward`` (its fast
             copies, set by :func:`warm_up`) and optionally ``background`` (uint8 (K, S, S) training images
             for ``shap``).
-        payload: ``image`` uint8 (S, S) (the model's input), ``methods`` (from
-            :func:`parse_methods`), ``raw`` (bool: include the maps), ``seed`` (int).
+        payload: ``image`` uint8 (S, S) (the model's input), optionally ``film`` uint8 (H, W)
+            (the upload shrunk for drawing: :func:`film_of_upload`), ``methods`` (from
+            :func:`parse_methods`), ``raw`` (bool: include the maps, on the model's input grid),
+            ``seed`` (int).
 
     Returns:
         One dict per method: method, overlay_png (base64), elapsed_s (the explanation),
@@ -104,6 +123,8 @@ def run_job(context: dict[str, Any], payload: dict[str, Any]) -> list[dict[str, 
     from ..jsonable import jsonable
 
     image = np.asarray(payload["image"], dtype=np.uint8)
+    film = payload.get("film")
+    film = image if film is None else np.asarray(film, dtype=np.uint8)
     results = []
     for method, params in payload["methods"]:
         params = dict(params)
@@ -120,7 +141,7 @@ def run_job(context: dict[str, Any], payload: dict[str, Any]) -> list[dict[str, 
         )
         heat = att.maps[0]
         t0 = time.perf_counter()
-        png = overlay_png(image, heat, method)
+        png = overlay_png(film, heat, method)
         results.append(
             {
                 "method": method,

@@ -18,7 +18,7 @@ from PIL import Image
 
 from ...inference import Predictor
 from ..dependencies import get_explain_pool, get_predictor
-from ..explaining import DEFAULT_METHODS, parse_methods
+from ..explaining import DEFAULT_METHODS, film_of_upload, parse_methods
 from ..schemas import ExplainResponse, MethodResult, MethodsResponse, Prediction, error_responses
 from ..uploads import UploadRoute, read_upload
 from ..workers import ExplainPool
@@ -66,7 +66,8 @@ def explain(
     specs = parse_methods(methods, model=getattr(predictor, "model", None), size=predictor.size)
     name, image = read_upload(file, 0, predictor.size)
     p = predictor.predict_arrays(np.stack([image]), [name])[0]
-    results = pool.run({"image": image, "methods": specs, "raw": raw, "seed": seed})
+    film = film_of_upload(file, name)  # the overlays are drawn on the film in its own aspect ratio
+    results = pool.run({"image": image, "film": film, "methods": specs, "raw": raw, "seed": seed})
     return ExplainResponse(
         prediction=Prediction.of(p),
         input_png=png_base64(image),
