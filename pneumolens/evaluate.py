@@ -12,8 +12,9 @@ from __future__ import annotations
 import csv
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -203,6 +204,27 @@ def split_records(root: str | Path, split: str, provenance: dict[str, Any] | Non
     raise ConfigError(f"split '{split}' is not one of {', '.join(SPLITS)}")
 
 
+def _load_checkpoint_named(checkpoint: str | Path | Checkpoint | None) -> tuple[Checkpoint, str]:
+    """The checkpoint and how reports name it."""
+    if isinstance(checkpoint, Checkpoint):
+        return checkpoint, "in-memory checkpoint"
+    return load_checkpoint(checkpoint), "shipped model" if checkpoint is None else str(checkpoint)
+
+
+def _load_films(paths: list, size: int, skip_bad: bool, use_cache: bool, progress: bool, desc: str, where: str):
+    """Decode the films; a bad one stops the run (named) unless ``skip_bad``; none readable always does."""
+    res = load_images(paths, size, use_cache=use_cache, progress=progress, desc=desc)
+    if res.bad:
+        if not skip_bad:
+            more = f" (and {len(res.bad) - 1} more bad files)" if len(res.bad) > 1 else ""
+            raise InvalidImageError(f"{res.bad[0][1]}{more}; pass --skip-bad to evaluate the rest")
+        for _, reason in res.bad:
+            log.warning("skipping %s", reason)
+    if not res.kept:
+        raise InvalidImageError(f"{where}: none of the {len(paths)} files could be read")
+    return res
+
+
 def evaluate_split(
     checkpoint: str | Path | Checkpoint | None = None,
     data: str | Path | None = None,
@@ -237,23 +259,12 @@ def evaluate_split(
         DatasetError: missing split or class folder. InvalidImageError: an unreadable file (without
         ``skip_bad``). CheckpointError: a missing or foreign checkpoint.
     """
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-    ckpt_name = str(checkpoint) if checkpoint is not None and not isinstance(checkpoint, Checkpoint) else (
-        "shipped model" if checkpoint is None else "in-memory checkpoint"
-    )
+    ckpt, ckpt_name = _load_checkpoint_named(checkpoint)
     root = resolve_data_root(data)
     records = split_records(root, split, ckpt.provenance)
-    paths = [r.path for r in records]
-    res = load_images(paths, ckpt.input_size, use_cache=use_cache, progress=progress, desc=f"decoding {split}")
-    if res.bad:
-        if not skip_bad:
-            more = f" (and {len(res.bad) - 1} more bad files)" if len(res.bad) > 1 else ""
-            raise InvalidImageError(f"{res.bad[0][1]}{more}; pass --skip-bad to evaluate the rest")
-        for _, reason in res.bad:
-            log.warning("skipping %s", reason)
+    res = _load_films([r.path for r in records], ckpt.input_size, skip_bad, use_cache, progress,
+                      f"decoding {split}", f"{root}/{split}")  # fmt: skip
     kept = [records[i] for i in res.kept]
-    if not kept:
-        raise InvalidImageError(f"{root}/{split}: none of the {len(records)} files could be read")
     notes = []
     if split == "validation" and threshold is None and not ckpt.threshold_rule.startswith("fixed"):
         notes.append(
@@ -323,21 +334,9 @@ def evaluate_labels(
 
     source = Path(labels)
     items = read_labels(source)  # a bad row is refused before the model is loaded
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-    ckpt_name = str(checkpoint) if checkpoint is not None and not isinstance(checkpoint, Checkpoint) else (
-        "shipped model" if checkpoint is None else "in-memory checkpoint"
-    )
-    res = load_images([i.path for i in items], ckpt.input_size, use_cache=use_cache, progress=progress,
-                      desc="decoding")
-    if res.bad:
-        if not skip_bad:
-            more = f" (and {len(res.bad) - 1} more bad files)" if len(res.bad) > 1 else ""
-            raise InvalidImageError(f"{res.bad[0][1]}{more}; pass --skip-bad to evaluate the rest")
-        for _, reason in res.bad:
-            log.warning("skipping %s", reason)
+    ckpt, ckpt_name = _load_checkpoint_named(checkpoint)
+    res = _load_films([i.path for i in items], ckpt.input_size, skip_bad, use_cache, progress, "decoding", str(source))
     kept = [items[i] for i in res.kept]
-    if not kept:
-        raise InvalidImageError(f"{source}: none of the {len(items)} files could be read")
     pids, sources = patient_ids(kept)
     named = ", ".join(f"{n} from {SOURCE_WORDS[s]}" for s, n in sources.items() if n)
     notes = [(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -90,17 +92,11 @@ def test_accelerate_swaps_in_place_idempotently_and_keeps_the_state_dict() -> No
 
 def test_kept_swaps_are_known_and_the_swapped_names_are_reported() -> None:
     assert set(KEPT) <= set(SWAPS)
-    model = CnnLstm(ModelConfig())
-    swapped = accelerate_cpu_training(model)
-    expected = []
-    if "dropout" in KEPT:
-        expected += ["features.block1.drop", "drop1", "head.dense2.drop"]
-    if "conv" in KEPT:
-        expected += ["features.block1.conv", "features.block3.conv"]
-    if "lstm" in KEPT:
-        expected += ["lstm1"]
-    assert set(expected) <= set(swapped)
-    assert "lstm2" not in swapped
+    swapped = accelerate_cpu_training(CnnLstm(ModelConfig()))
+    drops = ["features.block1.drop", "features.block2.drop", "features.block3.drop", "drop1", "drop2",
+             "head.dense1.drop", "head.dense2.drop"]
+    blocks = ["features.block1", "features.block2", "features.block3"]
+    assert swapped == drops * ("dropout" in KEPT) + blocks * ("pool-first" in KEPT)
 
 
 def test_a_model_off_the_cpu_is_left_alone() -> None:
@@ -139,53 +135,63 @@ def test_shipped_checkpoint_gives_the_same_logits_accelerated_in_eval_mode() -> 
 # --- same training, same weights -------------------------------------------------------------------
 
 
-def train(model: CnnLstm, x: torch.Tensor, y: torch.Tensor, steps: int, masks: list | None = None) -> list:
-    """SGD steps on (x, y). Accelerated: record the fast dropout masks in ``masks``; stock: replay them."""
-    handles, replay = [], None
-    if masks is not None and not any(isinstance(m, fast_dropout.FastDropout) for m in model.modules()):
-        replay = iter(masks)
+def record_masks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[torch.Tensor, float]]:
+    """From now on, every fast dropout mask drawn, in order, with its scale."""
+    masks: list[tuple[torch.Tensor, float]] = []
+    draw = fast_dropout.keep_mask
 
-        def same_mask(module: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor:
-            keep, scale = next(replay)
-            return inputs[0] * keep * scale
+    def recorded(x: torch.Tensor, p: float, generator: torch.Generator | None = None) -> tuple[torch.Tensor, float]:
+        keep, scale = draw(x, p, generator)
+        masks.append((keep, scale))
+        return keep, scale
 
-        handles = [m.register_forward_hook(same_mask) for m in model.modules() if isinstance(m, nn.Dropout)]
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    model.train()
+    monkeypatch.setattr(fast_dropout, "keep_mask", recorded)
+    return masks
+
+
+@contextmanager
+def replay_masks(model: CnnLstm, masks: list[tuple[torch.Tensor, float]]) -> Iterator[None]:
+    """The stock model's dropout layers apply the recorded masks, in order (forward hooks)."""
+    replay = iter(masks)
+
+    def same_mask(module: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor:
+        keep, scale = next(replay)
+        return inputs[0] * keep * scale
+
+    handles = [m.register_forward_hook(same_mask) for m in model.modules() if type(m) is nn.Dropout]
     try:
-        for _ in range(steps):
-            opt.zero_grad()
-            F.binary_cross_entropy_with_logits(model(x), y).backward()
-            opt.step()
+        yield
     finally:
         for h in handles:
             h.remove()
-    if replay is not None:
-        assert next(replay, None) is None  # every recorded mask replayed, in order
+    assert next(replay, None) is None  # every recorded mask replayed
+
+
+def train(model: CnnLstm, x: torch.Tensor, y: torch.Tensor, steps: int) -> list[torch.Tensor]:
+    """SGD steps on (x, y); the state dict's tensors afterwards."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for _ in range(steps):
+        opt.zero_grad()
+        F.binary_cross_entropy_with_logits(model(x), y).backward()
+        opt.step()
     return list(model.state_dict().values())
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 1e-5)])
 def test_stock_and_accelerated_training_reach_the_same_weights(dtype, tol, monkeypatch) -> None:
     """Same seed, same batches, same dropout masks (the stock run replays the accelerated run's)."""
-    masks: list = []
-    draw = fast_dropout.keep_mask
-
-    def recorded(x, p, generator=None):
-        keep, scale = draw(x, p, generator)
-        masks.append((keep, scale))
-        return keep, scale
-
-    monkeypatch.setattr(fast_dropout, "keep_mask", recorded)
+    masks = record_masks(monkeypatch)
     torch.manual_seed(0)
     stock = CnnLstm(SMALL).to(dtype).to(memory_format=torch.channels_last)
     accelerated = copy.deepcopy(stock)
     start = [t.clone() for t in stock.state_dict().values()]
     assert accelerate_cpu_training(accelerated)
     x, y = batch(dtype=dtype)
-    fast = train(accelerated, x, y, steps=3, masks=masks)
+    fast = train(accelerated, x, y, steps=3)
     assert len(masks) == 3 * 7  # every dropout drew its mask from the fast path, at every step
-    slow = train(stock, x, y, steps=3, masks=masks)
+    with replay_masks(stock, masks):
+        slow = train(stock, x, y, steps=3)
     moved = sum(float((a.double() - b.double()).abs().sum()) for a, b in zip(slow, start) if a.is_floating_point())
     assert moved > 1.0  # the weights did move, by far more than the tolerance
     for a, b in zip(fast, slow):
@@ -216,34 +222,55 @@ def test_a_few_bfloat16_autocast_steps_run_and_update_the_weights() -> None:
 def test_the_accelerated_kernels_run_in_a_plain_training_step() -> None:
     model = CnnLstm(SMALL).train()
     accelerate_cpu_training(model)
-    expected = {"dropout": "_MaskedScaleBackward", "conv": "_Conv3x3Backward", "lstm": "_LstmLayerBackward"}
-    assert {expected[k] for k in KEPT if k in expected} <= custom_nodes(model(batch()[0]))
+    assert custom_nodes(model(batch()[0])) == ({"_MaskedScaleBackward"} if "dropout" in KEPT else set())
+
+
+def test_pool_first_gives_the_written_orders_values_and_gradients_exactly() -> None:
+    """ReLU and 2x2 max-pooling commute: the swapped block equals the written order bit for bit."""
+    from pneumolens.accel.poolfirst import PoolFirstBlock
+    from pneumolens.model import ConvBlock
+
+    torch.manual_seed(0)
+    block = ConvBlock(1, 4, dropout=0.0).train()
+    x = torch.randn(3, 1, 8, 8, requires_grad=True)
+    written = block(x)
+    (g_written,) = torch.autograd.grad(written.square().sum(), x)
+    block.__class__ = PoolFirstBlock
+    fast = block(x)
+    (g_fast,) = torch.autograd.grad(fast.square().sum(), x)
+    assert torch.equal(fast, written) and torch.equal(g_fast, g_written)
+    relu_in: list[torch.Tensor] = []
+    block.relu.register_forward_hook(lambda m, i, o: relu_in.append(i[0]))
+    block(x)
+    assert relu_in[-1].shape == (3, 4, 4, 4)  # training: the ReLU sees the pooled map ...
+    block.eval()(x)
+    assert relu_in[-1].shape == (3, 4, 8, 8)  # ... eval (Grad-CAM): the full-size map, as written
 
 
 @pytest.mark.parametrize("wrt", ["input", "parameters"])
-def test_double_backward_through_the_accelerated_model_equals_stock(wrt: str) -> None:
+def test_double_backward_through_the_accelerated_model_equals_stock(wrt: str, monkeypatch) -> None:
     """A gradient penalty (gradients of gradients) gives the stock model's parameter gradients."""
+    masks = record_masks(monkeypatch)
     torch.manual_seed(3)
-    cfg = ModelConfig(input_size=32, channels=(8, 16, 16), lstm_units=(16, 8), dense_units=(16, 8),
-                      conv_dropout=(0.0, 0.0, 0.0), lstm_dropout=0.0, dense_dropout=0.0)  # the same function both ways
-    stock = CnnLstm(cfg).double().train()
+    stock = CnnLstm(SMALL).double().train()
     accelerated = copy.deepcopy(stock)
     accelerate_cpu_training(accelerated)
     x, y = batch(dtype=torch.float64)
 
     def penalised_grads(model: CnnLstm) -> list[torch.Tensor]:
-        model.zero_grad()
         xx = x.clone().requires_grad_(wrt == "input")
-        out = model(xx)
-        loss = F.binary_cross_entropy_with_logits(out, y)
+        loss = F.binary_cross_entropy_with_logits(model(xx), y)
         of = [xx] if wrt == "input" else list(model.parameters())
         grads = torch.autograd.grad(loss, of, create_graph=True)
         (loss + sum(g.square().sum() for g in grads)).backward()
         return [p.grad.clone() for p in model.parameters()]
 
-    got, expected = penalised_grads(accelerated), penalised_grads(stock)
+    got = penalised_grads(accelerated)
+    assert len(masks) == 7  # the fast masks were drawn
+    with replay_masks(stock, masks):
+        expected = penalised_grads(stock)
     for (name, _), a, b in zip(stock.named_parameters(), got, expected):
-        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9, msg=name)
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=name)
 
 
 @pytest.mark.slow
@@ -272,5 +299,7 @@ def test_accelerating_in_a_lightning_modules_setup_trains(tmp_path) -> None:
     trainer = pl.Trainer(max_steps=2, accelerator="cpu", deterministic=True, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(module, loader)
-    assert module.swapped and "lstm1" in module.swapped or "lstm" not in KEPT
+    assert module.swapped == accelerate_cpu_training(CnnLstm(SMALL))
+    assert all(type(m).__module__.startswith("pneumolens.accel.") for n, m in module.model.named_modules()
+               if n in module.swapped)
     assert any(not torch.equal(p, before[n]) for n, p in module.model.named_parameters())

@@ -379,6 +379,17 @@ def test_explain_maps_equal_the_library_on_the_plain_model(client, reference, in
         np.testing.assert_allclose(np.asarray(e["map"]), plain, rtol=1e-3, atol=1e-5 * np.abs(plain).max())
 
 
+def test_explain_overlays_are_drawn_on_the_film_in_its_own_aspect_ratio(client, inline_pool):
+    import base64
+
+    sizes = {}
+    for name, (h, w) in {"wide": (40, 96), "tall": (96, 40)}.items():
+        r = client.post("/v1/explain", files=[upload(f"{name}.png", encode(film(h, w, seed=3)))])
+        assert r.status_code == 200, r.text
+        sizes[name] = Image.open(io.BytesIO(base64.b64decode(r.json()["explanations"][0]["overlay_png"]))).size
+    assert sizes["wide"][0] == sizes["tall"][0] and sizes["tall"][1] > 1.5 * sizes["wide"][1]
+
+
 def test_explain_defaults_to_gradcam_without_raw_maps(client, inline_pool):
     body = client.post("/v1/explain", files=[upload("e.png", encode(film()))]).json()
     assert [e["method"] for e in body["explanations"]] == ["gradcam"]

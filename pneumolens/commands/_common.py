@@ -7,7 +7,9 @@ The library (:func:`pneumolens.data.resolve_data_root`) knows only an explicit f
 
 from __future__ import annotations
 
+import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from ..data import resolve_data_root
@@ -41,3 +43,29 @@ def data_root(data: str | Path | None) -> Path:
         DatasetError: the chosen folder does not exist, or none of the defaults does.
     """
     return resolve_data_root(data, fallbacks=data_fallbacks())
+
+
+def integer_at_least(minimum: int, what: str = "") -> Callable[[str], int]:
+    """An argparse ``type``: a whole number ``>= minimum``; ``what`` names it in the message."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number{' of ' + what if what else ''}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be >= {minimum}{' (' + what + ')' if what else ''}")
+        return value
+
+    return parse
+
+
+def probability(text: str) -> float:
+    """An argparse ``type``: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not a probability in [0, 1]")
+    return value

@@ -10,7 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ._common import DATA_HELP, data_root
+from ._common import DATA_HELP, data_root, integer_at_least
 from .evaluate import SPLITS
 
 DEFAULT_METHODS = "gradcam,ig,occlusion"  # = pneumolens.audit.run.DEFAULT_METHODS, here so --help needs no torch
@@ -34,19 +34,6 @@ Writes under --out: metrics.json, report.md, films.csv (one row per film), probe
 per film and probe), probes.png and lungs.png. Deterministic for a given --seed."""
 
 
-def _count(minimum: int):  # noqa: ANN202 - an argparse type
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} must be >= {minimum}")
-        return value
-
-    return parse
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "audit",
@@ -63,18 +50,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="validation = the checkpoint's patient-level held-out part of train (default); "
              "val, test = official folders")
     add("--out", "-o", metavar="DIR", type=Path, required=True, help="output folder")
-    add("--n", metavar="N", type=_count(1), default=None,
+    add("--n", metavar="N", type=integer_at_least(1), default=None,
         help="probe a seeded subset of N films, class proportions kept (default: the whole split)")
-    add("--markers-per-film", metavar="K", type=_count(0), default=12,
+    add("--markers-per-film", metavar="K", type=integer_at_least(0), default=12,
         help="marker variants per film, of 72; 0 = all (default: 12)")
     add("--methods", "-m", default=DEFAULT_METHODS,
         help="explanation methods, comma-separated, NAME:KEY=VALUE for settings; '' for none "
              f"(default: {DEFAULT_METHODS})")
-    add("--explain-n", metavar="N", type=_count(0), default=20,
+    add("--explain-n", metavar="N", type=integer_at_least(0), default=20,
         help="films explained, half per class; 0 skips the explanations (default: 20)")
     add("--seed", type=int, default=0, help="seed for the subsets, the markers per film and the methods (default: 0)")
     add("--skip-bad", action="store_true", help="warn about unreadable files and audit the rest")
-    add("--threads", type=_count(1), default=None,
+    add("--threads", type=integer_at_least(1), default=None,
         help="CPU threads for torch and ONNX Runtime (default: torch's choice; 1 is best when the CPU is shared)")
     add("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

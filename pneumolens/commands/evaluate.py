@@ -9,7 +9,7 @@ from typing import Any
 from ..devices import add_device_argument, resolve_device
 from ..errors import ConfigError
 from ..printable import printable
-from ._common import DATA_DEFAULT_HELP, data_root
+from ._common import DATA_DEFAULT_HELP, data_root, integer_at_least, probability
 
 SPLITS = ("validation", "val", "test")  # = pneumolens.evaluate.SPLITS, kept here so --help needs no torch
 
@@ -33,33 +33,6 @@ PatientID, else its Kaggle-style file name, else the film alone.
   Example: pneumolens evaluate --labels my_films/labels.csv --out runs/my-eval"""
 
 
-def _probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is not a probability in [0, 1]")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = _non_negative(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return value
-
-
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "evaluate",
@@ -77,12 +50,12 @@ def add_parser(subparsers: Any) -> None:
              "with NORMAL/ and PNEUMONIA/ (see above)")
     add("--out", metavar="DIR", required=True, type=Path,
         help="output folder for metrics.json, predictions.csv, report.md and figures")
-    add("--threshold", metavar="T", type=_probability,
+    add("--threshold", metavar="T", type=probability,
         help="decision threshold on P(PNEUMONIA); default: the checkpoint's")
     add("--skip-bad", action="store_true",
         help="warn about unreadable files and evaluate the rest (counted as 'skipped')")
-    add("--batch-size", metavar="N", type=_positive, default=64, help="images per forward pass (default: 64)")
-    add("--bootstrap", metavar="N", type=_non_negative, default=1000,
+    add("--batch-size", metavar="N", type=integer_at_least(1), default=64, help="images per forward pass (default: 64)")
+    add("--bootstrap", metavar="N", type=integer_at_least(0), default=1000,
         help="bootstrap resamples for the CIs, 0 for none (default: 1000)")
     add_device_argument(p)
     p.set_defaults(func=run)

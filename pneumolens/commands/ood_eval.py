@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._common import DATA_HELP, data_root
+from ._common import DATA_HELP, data_root, integer_at_least
 
 DESCRIPTION = """\
 Measure a checkpoint's out-of-distribution guard: the OOD score of the checkpoint's validation
@@ -21,16 +21,6 @@ A checkpoint without a guard gets one fitted on its training films first (about 
 Takes one to three minutes on two CPU cores."""
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
-
-
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "ood-eval",
@@ -41,7 +31,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--checkpoint", metavar="C", help="model.pt or its folder (default: the shipped model)")
     p.add_argument("--data", metavar="DIR", help=DATA_HELP)
     p.add_argument("--out", metavar="DIR", type=Path, required=True, help="folder for metrics.json, report.md, ood.png")
-    p.add_argument("--n", metavar="N", type=_positive, default=100,
+    p.add_argument("--n", metavar="N", type=integer_at_least(1), default=100,
                    help="validation films corrupted for the corrupted-film sets (default: 100)")
     p.add_argument("--refit", action="store_true", help="fit a new guard even if the checkpoint has one")
     p.add_argument("--fit-into", metavar="FILE", type=Path,

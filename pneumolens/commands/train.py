@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from ..printable import printable
-from ._common import DATA_HELP, data_root
+from ._common import DATA_HELP, data_root, integer_at_least
 from ._help import DefaultsHelpFormatter
 
 #: = sorted(pneumolens.config.PRESETS); listed here so that --help does not import torch.
@@ -73,24 +73,10 @@ def _devices(text: str) -> int | str:
     """``--devices``: a positive whole number, or ``auto``."""
     if text.strip().lower() == "auto":
         return "auto"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is neither a number of devices nor 'auto'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: the number of devices must be at least 1")
-    return value
+    return integer_at_least(1, "devices")(text)
 
 
-def _nodes(text: str) -> int:
-    """``--num-nodes``: a positive whole number."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number of machines") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value}: the number of machines must be at least 1")
-    return value
+_nodes = integer_at_least(1, "machines")
 
 
 def add_scale_flags(p: argparse.ArgumentParser) -> None:
@@ -153,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         result = export_best(config, root, args.out, preset=args.preset, progress=not args.no_progress)
     else:
         point = resume_point(args.out) if args.resume else None  # one line and exit 2 if unsafe
-        if point is not None and int(os.environ.get("LOCAL_RANK", 0)) == 0:  # once, not per DDP process
+        if point is not None and int(os.environ.get("LOCAL_RANK", "0")) == 0:  # once, not per DDP process
             print(f"resuming from {printable(point.path)} (epoch {point.epoch}, step {point.global_step})", flush=True)
         result = fit(
             config, root, args.out, resume=args.resume, **scale_options(args), skip_bad=args.skip_bad,

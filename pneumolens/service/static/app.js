@@ -3,12 +3,13 @@
 "use strict";
 
 const NAMES = {
-  gradcam: "Grad-CAM", lime: "LIME", kernelshap: "KernelSHAP", shap: "GradientSHAP",
+  gradcam: "Grad-CAM", lime: "LIME", kernelshap: "KernelSHAP", shap: "GradientSHAP (expected gradients)",
   ig: "Integrated Gradients", occlusion: "Occlusion",
 };
 
 const $ = (id) => document.getElementById(id);
 let previewUrl = null;
+let overlayUrls = [];  // blob: URLs of the overlays shown, revoked when the next ones replace them
 let busy = false;
 
 function show(id, visible) { $(id).hidden = !visible; }
@@ -81,16 +82,31 @@ function showPrediction(p) {
   show("result", true);
 }
 
+// A base64 PNG as a blob: URL, so a map can be opened full size in a tab of its own.
+function pngUrl(base64) {
+  const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+  const url = URL.createObjectURL(new Blob([bytes], { type: "image/png" }));
+  overlayUrls.push(url);
+  return url;
+}
+
 function showExplanations(data) {
   const grid = $("explanations");
   grid.replaceChildren();
+  overlayUrls.forEach((u) => URL.revokeObjectURL(u));
+  overlayUrls = [];
   const template = $("explanation-template");
   for (const e of data.explanations) {
     const node = template.content.firstElementChild.cloneNode(true);
     const name = NAMES[e.method] || e.method;
     const img = node.querySelector("img");
-    img.src = "data:image/png;base64," + e.overlay_png;
+    const url = pngUrl(e.overlay_png);
+    img.src = url;
     img.alt = `${name} map over the X-ray`;
+    for (const link of node.querySelectorAll("a.full-size")) {
+      link.href = url;
+      link.title = `${name}: open full size`;
+    }
     node.dataset.method = e.method;
     node.querySelector(".method").textContent = name;
     node.querySelector(".timing").textContent = e.elapsed_s < 1 ? `${Math.round(1000 * e.elapsed_s)} ms` : `${e.elapsed_s.toFixed(1)} s`;
