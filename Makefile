@@ -4,6 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?=
 DEMO_OUT ?= runs/demo
+# pytest-xdist workers for the tests that do not depend on timing (auto: one per core; 0: all in one process).
+TEST_WORKERS ?= auto
+# Bytecode caching on for the tests, whatever PYTHONDONTWRITEBYTECODE says: without it every worker and
+# every command-line subprocess compiles the package again and pytest rewrites every test module again.
+PYTEST := PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest
 
 .PHONY: setup demo test test-fast browser bench clean
 
@@ -30,12 +35,15 @@ browser:
 	    (apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) ; } || \
 	  echo "note: chromium/chromedriver not installed; the browser test will be skipped"
 
+# The whole suite in two runs: first the test-fast set spread over TEST_WORKERS processes, then the tests
+# marked slow or browser in one process, so that no timing-dependent test shares the cores with a worker.
 test: setup browser
-	$(BIN)/python -m pytest -q
+	$(PYTEST) -q -n $(TEST_WORKERS) --dist worksteal -m "not slow and not browser"
+	$(PYTEST) -q -m "slow or browser"
 
 # Target: under a minute on 2 idle cores. Leaves out tests marked slow (seconds long or timing-dependent) and the browser.
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow and not browser" --durations=10
+	$(PYTEST) -q -n $(TEST_WORKERS) --dist worksteal -m "not slow and not browser" --durations=10
 
 bench: setup
 	$(BIN)/python bench/bench_core.py

@@ -12,7 +12,7 @@ fast forwards:
 * the deletion / reverse-deletion / insertion curves of one map at ``--steps 50``;
 * one randomisation stage's set-up (re-initialised copy and its fast forwards).
 
-Writes ``pneumolens/explain/explain_eval_costs.json`` (read by :mod:`pneumolens.explain.cost`):
+Writes ``pneumolens/explain/explain_eval_costs.json`` (read by :mod:`pneumolens.explain_cost`):
 for each, the lowest and highest time seen, widened by ``--margin`` either side, since a rough
 range is what a user can plan with; plus the machine, the thread count and the load average
 before and after (on a shared machine the figures are only as good as that load). A markdown
@@ -29,23 +29,22 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pneumolens.cache import load_images  # noqa: E402
-from pneumolens.checkpoint import load_checkpoint  # noqa: E402
-from pneumolens.commands._common import data_root  # noqa: E402
-from pneumolens.commands.explain_eval import DEFAULT_METHODS, pick_balanced  # noqa: E402
-from pneumolens.evaluate import split_records  # noqa: E402
-from pneumolens.explain import explain  # noqa: E402
-from pneumolens.explain.base import as_batch  # noqa: E402
-from pneumolens.explain.cost import COSTS_FILE  # noqa: E402
-from pneumolens.explain.faithfulness import available_stages, deletion_insertion, random_map, randomised_copy  # noqa: E402
-from pneumolens.explain.runner import fast_forwards  # noqa: E402
-from pneumolens.explain.settings import SETTINGS  # noqa: E402
+from pneumolens.cache import load_images
+from pneumolens.checkpoint import load_checkpoint
+from pneumolens.commands._common import data_root
+from pneumolens.commands.explain_eval import DEFAULT_METHODS, pick_balanced
+from pneumolens.evaluate import split_records
+from pneumolens.explain import explain
+from pneumolens.explain.base import as_batch
+from pneumolens.explain.faithfulness import available_stages, deletion_insertion, random_map, randomised_copy
+from pneumolens.explain.runner import fast_forwards
+from pneumolens.explain.settings import SETTINGS
+from pneumolens.explain_cost import COSTS_FILE
 
 STEPS = 50
 
@@ -93,10 +92,12 @@ def main() -> None:
               for n in names}
     methods_s: dict[str, list[float]] = {}
     for name in names:
-        run = lambda i: explain(ckpt.model, images[i : i + 1], name, forward=forward,  # noqa: E731
-                                grad_forward=grad_forward, **params[name])
+
+        def run(i: int, name: str = name) -> None:
+            explain(ckpt.model, images[i : i + 1], name, forward=forward, grad_forward=grad_forward, **params[name])
+
         run(0)  # warm-up
-        methods_s[name] = [timed(lambda i=i: run(i)) for i in range(len(images))]
+        methods_s[name] = [timed(lambda i=i, run=run: run(i)) for i in range(len(images))]
         print(f"{name}: {', '.join(f'{t:.2f}' for t in methods_s[name])} s", flush=True)
     x = as_batch(images)
     maps = [random_map(ckpt.input_size, s) for s in range(len(names) + 1)]
@@ -107,7 +108,8 @@ def main() -> None:
     setup, done = [], []
     for k, stage in enumerate(stages[:2]):
         done += list(stage)
-        setup.append(timed(lambda: fast_forwards(randomised_copy(ckpt.model, done, 1 + k), names)))
+        setup.append(timed(lambda done=tuple(done), k=k: fast_forwards(randomised_copy(ckpt.model, done, 1 + k),
+                                                                         names)))
     print(f"stage set-up: {', '.join(f'{t:.2f}' for t in setup)} s", flush=True)
     load_after = load()
 
@@ -133,9 +135,9 @@ def main() -> None:
         "raw_s": {"methods": methods_s, "curves_per_map": curves, "stage_setup": setup},
     }
     args.out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    lines = [f"# explain-eval cost ({doc['date']})", "", f"`python bench/bench_explain_eval_cost.py --images "
-             f"{args.images} --threads {args.threads}`: {doc['machine']}; {doc['load']}.", "",
-             "| part | seconds per image, each film (raw) | range quoted (±{:.0%}) |".format(args.margin), "|---|---|---|"]
+    command = f"python bench/bench_explain_eval_cost.py --images {args.images} --threads {args.threads}"
+    lines = [f"# explain-eval cost ({doc['date']})", "", f"`{command}`: {doc['machine']}; {doc['load']}.", "",
+             f"| part | seconds per image, each film (raw) | range quoted (±{args.margin:.0%}) |", "|---|---|---|"]
     for n, v in methods_s.items():
         lines.append(f"| {n} | {', '.join(f'{t:.2f}' for t in v)} | {doc['methods_s'][n][0]}–{doc['methods_s'][n][1]} |")
     lines.append(f"| curves, per map ({STEPS} steps) | {', '.join(f'{t:.2f}' for t in curves)} | "

@@ -236,9 +236,13 @@ class Model:
     # ------------------------------------------------------------------ explanations
 
     def _background(self, background: Any) -> tuple[Any, str]:
-        """SHAP's background: the caller's, else ``background.npy`` beside the checkpoint, else ``blur``."""
+        """SHAP's background: the caller's, else the training films stored in the checkpoint (the ones
+        the CLI and the web service use), else ``background.npy`` beside it, else ``blur``."""
         if background is not None:
             return background, "given" if not isinstance(background, str) else f"fallback:{background}"
+        films = getattr(self.predictor.checkpoint, "shap_background", None)
+        if films is not None:
+            return films, f"{len(films)} training films stored with the model"
         from .explain.shap import background_beside, load_background
 
         stored = background_beside(self.source if self.source is not None else SHIPPED)

@@ -15,7 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from sklearn.metrics import auc as area_under, average_precision_score, precision_recall_curve, roc_curve
+from sklearn.metrics import auc as area_under
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
 
 from .errors import PneumoLensError
 from .metrics import calibration_bins
@@ -109,7 +110,9 @@ def wilson_interval(successes: np.ndarray, n: np.ndarray, z: float = 1.96) -> tu
         den = 1 + z * z / n
         centre = (p + z * z / (2 * n)) / den
         half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return np.where(n > 0, centre - half, np.nan), np.where(n > 0, centre + half, np.nan)
+    lo = np.where(k == 0, 0.0, np.clip(centre - half, 0.0, 1.0))  # exact ends: float rounding must not put
+    hi = np.where(k == n, 1.0, np.clip(centre + half, 0.0, 1.0))  # 0 of n above 0, or n of n below 1
+    return np.where(n > 0, lo, np.nan), np.where(n > 0, hi, np.nan)
 
 
 def reliability_figure(y: Any, prob: Any, n_bins: int = 15) -> Figure:
@@ -129,9 +132,9 @@ def reliability_figure(y: Any, prob: Any, n_bins: int = 15) -> Figure:
     full = count >= FEW_IN_BIN
     few = (count > 0) & ~full
     ax.bar(edges[:-1][full], obs[full], width=width, align="edge", edgecolor="black", color="tab:blue", alpha=0.8,
-           label=f"observed frequency ({FEW_IN_BIN}+ images)")
+           label=f"observed frequency ({FEW_IN_BIN}+ images)" if full.any() else None)
     ax.bar(edges[:-1][few], obs[few], width=width, align="edge", edgecolor="0.4", color="tab:blue", alpha=0.2,
-           hatch="///", label=f"observed frequency (under {FEW_IN_BIN} images: uncertain)")
+           hatch="///", label=f"observed frequency (under {FEW_IN_BIN} images: uncertain)" if few.any() else None)
     lo, hi = wilson_interval(np.nan_to_num(obs) * count, count)
     seen = count > 0
     centres = edges[:-1] + width / 2

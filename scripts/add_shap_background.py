@@ -1,14 +1,14 @@
-"""Store a GradientSHAP background (training films at the model's input size) inside a checkpoint.
+"""Store a GradientSHAP background (prototype training films at the model's input size) inside a checkpoint.
 
     python scripts/add_shap_background.py pneumolens/weights/model.pt [--data DIR] [--n 32] [--seed 0]
 
-Samples ``--n`` films (seeded, uniform, so the class mix follows the training data) from the
-training side of the checkpoint's own patient-level split of ``DIR/train`` — never a validation
-or test film — and re-saves the checkpoint with them under ``shap_background`` (uint8 (K, S, S):
-32 films at 128 x 128 are 0.5 MB), everything else unchanged (checked after writing). The CLI
-(``pneumolens explain``), the web service and ``explain-eval`` then all explain SHAP against these
-films. The films are from Kermany et al. 2018 (CC BY 4.0): credit the dataset wherever the
-checkpoint is shared.
+Reads every film of the training side of the checkpoint's own patient-level split of
+``DIR/train`` (never a validation or test film), summarises them as ``--n`` prototypes — the
+k-means centroids, each the mean of many films, so no patient's film is stored — and re-saves the
+checkpoint with them under ``shap_background`` (uint8 (K, S, S): 32 at 128 x 128 are 0.5 MB),
+everything else unchanged (checked after writing). The CLI (``pneumolens explain``), the web
+service, the Python API and ``explain-eval`` then all explain SHAP against these prototypes.
+Derived from Kermany et al. 2018 (CC BY 4.0): credit the dataset wherever the checkpoint is shared.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 
 from pneumolens.checkpoint import load_checkpoint, save_checkpoint
 from pneumolens.commands._common import data_root
-from pneumolens.explain.shap import build_background
+from pneumolens.explain.shap import build_background, prototype_background
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -39,10 +39,12 @@ def add_background(checkpoint: Path, data: str | None, n: int = 32, seed: int = 
     before = torch.load(checkpoint, map_location="cpu", weights_only=True)
     ckpt = load_checkpoint(checkpoint)
     prov = ckpt.provenance
-    ckpt.shap_background = build_background(
-        data_root(data), n=n, size=ckpt.input_size, seed=seed,
+    films = build_background(
+        data_root(data), n=10**9, size=ckpt.input_size, seed=seed,  # every training-side film
         val_fraction=float(prov.get("val_fraction", 0.1)), split_seed=int(prov.get("split_seed", 0)),
     )
+    ckpt.shap_background, counts = prototype_background(films, k=n, seed=seed)
+    print(f"{len(films)} training films -> {n} prototypes of {counts.min()} to {counts.max()} films each")
     size_before = checkpoint.stat().st_size
     save_checkpoint(ckpt, checkpoint)
     after = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -61,7 +63,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="which films (default: 0)")
     args = ap.parse_args()
     added = add_background(args.checkpoint, args.data, args.n, args.seed)
-    print(f"{args.checkpoint}: stored {args.n} training films as its SHAP background (+{added / 1024:.0f} KiB)")
+    print(f"{args.checkpoint}: stored {args.n} prototype films as its SHAP background (+{added / 1024:.0f} KiB)")
 
 
 if __name__ == "__main__":

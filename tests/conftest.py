@@ -13,9 +13,11 @@
 - ``wait_until``: ``wait_until(condition, what, timeout_s=5.0)`` polls ``condition()`` and fails the
   test, naming ``what``, when it is still false at the deadline: no test waits without one.
 
-Under pytest-xdist (``make test`` and ``make test-fast`` run ``-n 2``) each worker gets its share
-of the cores for PyTorch's intra-op threads (:func:`pytest_configure`), so two workers on two
-cores never run four spinning threads. Tests about threads pass their thread counts explicitly.
+Under pytest-xdist (``make test-fast``, and the first half of ``make test``, run one worker per
+core) each worker, and each command-line subprocess it starts, gets its share of the cores for
+PyTorch's and ONNX Runtime's intra-op threads (:func:`pytest_configure`): two workers on two cores
+never run four threads that spin while they wait for each other. Tests about threads pass their
+thread counts explicitly.
 """
 
 from __future__ import annotations
@@ -34,13 +36,15 @@ REAL_DATA = REPO.parent / "shared" / "data" / "chest_xray"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """In an xdist worker: PyTorch uses the worker's share of the cores (at least one thread)."""
+    """In an xdist worker: PyTorch, here and in subprocesses, uses the worker's share of the cores (at least one)."""
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
         import torch
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores // int(workerinput["workercount"])))
+        share = max(1, cores // int(workerinput["workercount"]))
+        os.environ["OMP_NUM_THREADS"] = str(share)  # the CLI subprocesses' default thread count
+        torch.set_num_threads(share)
 
 
 def tiny_model_config():

@@ -263,6 +263,19 @@ def test_explain_shap_uses_the_background_stored_beside_the_checkpoint(tiny_chec
     assert stored.params["background"] == "4 training images"
 
 
+def test_explain_shap_prefers_the_films_stored_in_the_checkpoint(tiny_checkpoint_path, tmp_path) -> None:
+    """One SHAP everywhere: the API explains against the same stored films as the CLI and the service."""
+    import pneumolens
+    from pneumolens.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(tiny_checkpoint_path)
+    ckpt.shap_background = np.stack([film(seed=s, shape=(32, 32)) for s in range(3)])
+    path = save_checkpoint(ckpt, tmp_path / "model.pt")
+    e = pneumolens.load(path, device="cpu").explain(film(), method="shap", n_samples=4)
+    assert e.params["background_source"] == "3 training films stored with the model"
+    assert e.params["background"] == "3 training images"
+
+
 def test_explain_refuses_an_unknown_method_or_setting(model) -> None:
     with pytest.raises(ValueError, match="unknown method 'magic'"):
         model.explain(film(), method="magic")

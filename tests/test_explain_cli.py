@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_explain_support import one_thread  # noqa: F401 (fixture)
 
 from pneumolens.cli import main
 from pneumolens.explain import explain
 from pneumolens.inference import Predictor
 from pneumolens.io import load_image
-from test_explain_support import one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -320,3 +320,43 @@ def test_out_that_is_an_existing_file_is_refused_before_any_work(tmp_path: Path,
                "--no-progress", "--methods", "gradcam"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and str(taken) in err[0] and "not a folder" in err[0]
+
+
+def test_a_checkpoint_keeps_its_shap_background_and_refuses_a_malformed_one(
+    tmp_path: Path, tiny_checkpoint_path: Path
+) -> None:
+    import torch
+
+    from pneumolens.checkpoint import load_checkpoint
+    from pneumolens.errors import CheckpointError
+
+    path, films = _with_background(tiny_checkpoint_path, tmp_path / "ok", n=3)
+    ckpt = load_checkpoint(path)
+    assert ckpt.shap_background.dtype == np.uint8 and np.array_equal(ckpt.shap_background, films)
+    assert ckpt.info()["shap_background"] == {"images": 3, "size": 32}
+    assert load_checkpoint(tiny_checkpoint_path).shap_background is None  # older files have none: still load
+    payload = torch.load(path, weights_only=True)
+    payload["shap_background"] = torch.zeros(3, 16, 16, dtype=torch.uint8)  # not the model's input size
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"bad.pt: shap_background must be uint8 \(K, 32, 32\)"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_the_shipped_model_carries_its_shap_background() -> None:
+    from pneumolens.checkpoint import SHIPPED, load_checkpoint
+
+    if not SHIPPED.is_file():
+        pytest.skip("no shipped model in this install")
+    bg = load_checkpoint().shap_background
+    assert bg is not None and bg.dtype == np.uint8 and bg.shape[1:] == (128, 128) and 16 <= len(bg) <= 32
+    assert bg.nbytes < 1 << 20
+
+
+def test_explain_labels_csv_gives_the_true_label(tmp_path: Path, tiny_checkpoint_path: Path) -> None:
+    a, b = _write_images(tmp_path / "scans", 2)
+    (tmp_path / "scans" / "labels.csv").write_text("file,label\nfilm0.png,pneumonia\nfilm1.png,0\n")
+    out = tmp_path / "out"
+    assert main(["explain", str(a), str(b), "-c", str(tiny_checkpoint_path), "--methods", "gradcam",
+                 "--labels", str(tmp_path / "scans" / "labels.csv"), "--out", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "film0.json").read_text())["true_label"] == "PNEUMONIA"
+    assert json.loads((out / "film1.json").read_text())["true_label"] == "NORMAL"

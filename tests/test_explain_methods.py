@@ -317,3 +317,15 @@ def test_switched_images_are_base_plus_the_switched_on_superpixels() -> None:
     expected = on.mul(x - base).add(base)  # PyTorch's float32 arithmetic, in the same order
     assert torch.equal(built[0], expected)
     torch.testing.assert_close(logits[:, 0], expected.flatten(1).sum(1))
+
+
+def test_prototype_background_is_the_cluster_means_largest_first():
+    from pneumolens.explain.shap import prototype_background
+
+    a = np.full((5, 8, 8), 10, np.uint8)  # five dark films
+    b = np.full((3, 8, 8), 200, np.uint8)  # three bright films
+    b[0] = 203
+    protos, counts = prototype_background(np.concatenate([b, a]), k=2, seed=0)
+    assert protos.dtype == np.uint8 and protos.shape == (2, 8, 8)
+    assert counts.tolist() == [5, 3]
+    assert (protos[0] == 10).all() and (protos[1] == 201).all()  # (203 + 200 + 200) / 3 = 201

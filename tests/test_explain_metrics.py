@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from test_explain_support import (  # noqa: F401 (one_thread is a fixture)
     QuadrantNet,
     one_thread,
@@ -15,6 +14,7 @@ from test_explain_support import (  # noqa: F401 (one_thread is a fixture)
     textured_images,
     tiny_cnnlstm,
 )
+
 from pneumolens.explain.base import as_batch
 from pneumolens.explain.evaluation import evaluate_explanations, randomisation_check
 from pneumolens.explain.faithfulness import (
@@ -25,8 +25,8 @@ from pneumolens.explain.faithfulness import (
     finite_or_none,
     nan_median,
     pixel_order,
-    randomised_copy,
     random_map,
+    randomised_copy,
     spearman,
 )
 from pneumolens.explain.runner import MethodSpec
@@ -294,7 +294,7 @@ COSTS = {"methods_s": {"a": [1.0, 2.0], "b": [0.5, 1.0]}, "curves_per_map_s": [0
 
 
 def test_cost_estimate_by_hand() -> None:
-    from pneumolens.explain.cost import estimate, span
+    from pneumolens.explain_cost import estimate, span
 
     e = estimate(COSTS, [("a", {"n_samples": 200}), ("b", {})], n=10, sanity_n=2, steps=50)
     # a at 200 samples: 2-4 s; + b: 2.5-5 s of maps per image; + 3 maps' curves (a, b, random): 0.3-0.6 s
@@ -307,7 +307,7 @@ def test_cost_estimate_by_hand() -> None:
 
 
 def test_first_line_and_help_state_the_cost() -> None:
-    from pneumolens.explain.cost import first_line, help_text, load_costs
+    from pneumolens.explain_cost import first_line, help_text, load_costs
 
     line = first_line(COSTS, [("a", {}), ("c", {})], n=4, sanity_n=8, steps=50)
     assert line.startswith("explain-eval: 4 image(s) x 2 method(s), randomisation test on 4 image(s); expect roughly")

@@ -6,9 +6,8 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from matplotlib.figure import Figure
+from PIL import Image
 
 from pneumolens.explain.render import (
     DIVERGING_CMAP,

@@ -142,6 +142,15 @@ def test_wilson_interval_by_hand() -> None:
     assert lo[0] == pytest.approx(0.0, abs=1e-12) and hi[0] == pytest.approx(z2 / (3 + z2))  # 0 of 3: 0 to 0.56
     assert lo[1] == pytest.approx(3 / (3 + z2)) and hi[1] == pytest.approx(1.0)  # 3 of 3: 0.44 to 1
     assert np.isnan(lo[2]) and np.isnan(hi[2])  # an empty bin has no interval
+    # float rounding put 0 of 11 just above 0 and 7 of 7 just under 1: negative error bars, a crash
+    lo, hi = wilson_interval(np.array([0, 7, 5]), np.array([11, 7, 5]))
+    assert lo[0] == 0.0 and hi[1] == 1.0 and hi[2] == 1.0
+
+
+def test_reliability_of_bins_all_negative_or_all_positive_draws(tmp_path) -> None:
+    p = np.array([0.02] * 11 + [0.98] * 7)
+    y = np.array([0] * 11 + [1] * 7)
+    _assert_png(plot_reliability(y, p, tmp_path / "r.png"))
 
 
 def test_reliability_writes_counts_fades_few_image_bins_and_keeps_the_legend_off_the_bars() -> None:

@@ -1,13 +1,15 @@
 """Optional CPU-training accelerator for :class:`pneumolens.model.CnnLstm`.
 
 The model is built from stock ``torch.nn`` layers. This sub-package holds the only custom
-autograd kernels of the project and swaps them in explicitly, the way an accelerator library
-optimises a stock model: the training command calls :func:`accelerate_cpu_training` when it
-trains on the CPU (switched off by the training config's ``accelerate`` flag). Each swapped
-module runs its stock layer wherever its kernel cannot serve — eval mode, no autograd, autocast,
-non-CPU tensors, other dtypes, tracing/compiling (:mod:`pneumolens.accel.fallback`) — and its
-backward pass stays differentiable for double backward. Inference, explanations and the export
-never need it.
+autograd code of the project and swaps it in explicitly, the way an accelerator library
+optimises a stock model: the training code calls :func:`accelerate_cpu_training` when it trains
+on the CPU (switched off by the training config's ``accelerate`` flag). Each swapped module runs
+its stock layer wherever its kernel cannot serve — eval mode, no autograd, autocast, non-CPU
+tensors, other dtypes, tracing/compiling (:mod:`pneumolens.accel.fallback`) — and its backward
+pass stays differentiable for double backward. Inference, explanations and the export never
+need it. The swaps (:mod:`pneumolens.accel.swaps`): dropout masks drawn four per random word
+(:mod:`~pneumolens.accel.dropout`) and conv blocks that max-pool before the ReLU
+(:mod:`~pneumolens.accel.poolfirst`); ``bench/bench_accel.py`` measures each.
 
 :func:`keep_freed_memory` (glibc malloc tuning) is for the training command only; a server
 should not call it.

@@ -10,9 +10,11 @@ float32 or float64 training step on the CPU with autograd recording — so the s
 - on tensors that are not plain float32/float64 CPU tensors, or whose dtypes differ;
 - while ``torch.compile``, ``torch.jit`` or a ``torch.func`` transform traces the call.
 
-Double backward is not decided here: a gradient graph is asked for only when the backward pass
-runs, so each kernel's backward is itself differentiable (it switches to differentiable
-operations when autograd records it; see the kernels' modules).
+Double backward is not decided here: whether a gradient graph is wanted (``create_graph=True``)
+is known only when the backward pass runs, long after this check. So every kernel's backward
+must itself be differentiable: fast dropout's multiplies by the same saved mask, and the
+pool-first blocks use stock operations only (tests/test_accel.py checks a gradient penalty
+against the stock model).
 """
 
 from __future__ import annotations

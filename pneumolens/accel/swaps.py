@@ -7,7 +7,8 @@ left alone and not reported again.
 
 Only swaps that pay on a whole training step stay here (``bench/bench_accel.py``, results in
 ``bench/results/accel-ab.md``). Blocked convolution weight gradients, an unrolled first LSTM and
-the first block's convolution folded with its BatchNorm were measured the same way and removed.
+the first block's convolution folded with its BatchNorm were measured the same way and removed
+(``bench/results/accel-candidates.md``; their code is in the git history, commit 36806ac).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             f"Methods: {', '.join(METHOD_NAMES)}; settings per method as NAME:KEY=VALUE, e.g. "
             "ig:baseline=blur:n_steps=64 or gradcam:layer=features.block2.relu."
         ),
-        epilog="Example: pneumolens explain scans/ --methods gradcam,lime,shap --background-data chest_xray --out expl/",
+        epilog="Example: pneumolens explain scans/ --methods gradcam,lime,shap --out expl/",
     )
     p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="image files and/or folders")
     p.add_argument("--checkpoint", "-c", default=None, help="model.pt or a run folder (default: the shipped model)")
@@ -56,6 +56,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="redo images already explained in --out (default: an earlier run's finished images are kept, "
                         "so an interrupted run continues where it stopped)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--labels", metavar="CSV_OR_DIR", type=Path, default=None,
+                   help="true labels to show in each panel's title, as evaluate --labels reads them (a CSV with "
+                        "columns file,label, or a folder of NORMAL/ and PNEUMONIA/); without it, a film in a folder "
+                        "named NORMAL or PNEUMONIA takes that label")
     p.add_argument("--shard", metavar="I/N", default=None,
                    help="explain shard I of N only (I from 0 to N-1): every file whose position in the list of "
                         "files sorted by path is I modulo N, the same on every machine, so that N array jobs cover "
@@ -159,6 +163,12 @@ def run(args: argparse.Namespace) -> int:
                                                 provenance=predictor.checkpoint.provenance,
                                                 stored=predictor.checkpoint.shap_background)
     forward, grad_forward = fast_forwards(predictor.model, [s.name for s in specs])
+    true_labels = None
+    if args.labels is not None:
+        from ..labels import read_labels
+
+        names = predictor.checkpoint.class_names
+        true_labels = {str(f.path.resolve()): names[f.label] for f in read_labels(args.labels)}
 
     def warn(reason: str) -> None:
         print(f"pneumolens explain: warning: skipped {printable(reason)}", file=sys.stderr)
@@ -167,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         records = explain_files(files, predictor, specs, args.out, seed=args.seed, save_maps=args.save_maps,
                                 skip_bad=args.skip_bad, background=background, background_source=source,
                                 forward=forward, grad_forward=grad_forward, progress=not args.no_progress,
-                                on_skip=warn, overwrite=args.overwrite)
+                                on_skip=warn, overwrite=args.overwrite, true_labels=true_labels)
     except ValueError as exc:  # a setting the method refuses (e.g. baseline=white, window larger than the image)
         raise ConfigError(f"--methods: {exc}") from exc
     print(f"explained {len(records)} image(s) with {', '.join(s.label for s in specs)}; "

@@ -2,7 +2,7 @@
 
 Parses arguments and calls :func:`pneumolens.explain.evaluation.evaluate_explanations` and
 :func:`pneumolens.explain.eval_report.write_eval_report`; nothing else. Its help and its first
-line give the expected cost (:mod:`pneumolens.explain.cost`); finished images are kept in
+line give the expected cost (:mod:`pneumolens.explain_cost`); finished images are kept in
 ``OUT/partial/`` (:mod:`pneumolens.explain.partial`), so the same command run again after an
 interruption continues where it stopped.
 """
@@ -25,7 +25,7 @@ INSERTION_FILMS = 16
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from ..explain.cost import help_text, load_costs
+    from ..explain_cost import help_text, load_costs
     from .evaluate import SPLITS  # the torch-free copy
 
     p = subparsers.add_parser(
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from ..cache import load_images
     from ..checkpoint import SHIPPED, load_checkpoint
     from ..evaluate import split_records
-    from ..explain.cost import first_line, load_costs
+    from ..explain_cost import first_line, load_costs
     from ..explain.eval_report import write_eval_report
     from ..explain.evaluation import evaluate_explanations
     from ..explain.partial import PartialResults

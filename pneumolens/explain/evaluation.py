@@ -194,8 +194,8 @@ def evaluate_explanations(
                 got = (partial.add_image(i, record, image_maps) if partial is not None
                        else (roundtrip(record), image_maps))
             records.append(got[0])
-            for label in maps:
-                maps[label].append(got[1][label])
+            for label, so_far in maps.items():
+                so_far.append(got[1][label])
             bar.update()
     bar.close()
     curves = {kind: {label: np.asarray([r["curves"][label][kind] for r in records], dtype=np.float32)

@@ -142,6 +142,13 @@ def label_from_layout(path: str | Path, class_names: Sequence[str]) -> str | Non
     return next((c for c in class_names if c.upper() == folder), None)
 
 
+def _true_label(true_labels: Mapping[str, str] | None, file: str) -> str | None:
+    """``file``'s entry in ``true_labels``, by the name as given or by its resolved path."""
+    if not true_labels:
+        return None
+    return true_labels.get(file) or true_labels.get(str(Path(file).resolve()))
+
+
 def film_for_display(path: str | Path, fallback: np.ndarray) -> np.ndarray:
     """The decoded film shrunk for the panel (:func:`~pneumolens.explain.render.display_film`);
     ``fallback`` (the model input) if the file no longer decodes."""
@@ -197,7 +204,8 @@ def explain_files(
         forward, grad_forward: fast logit functions for perturbation and input-gradient methods
             (see :func:`fast_forwards`). Default: the model itself.
         overwrite: redo images that an earlier run already explained.
-        true_labels: file (as given in ``files``) → its true class name (e.g. from a labels CSV);
+        true_labels: file (as given in ``files``, or its resolved path) → its true class name (e.g.
+            from a labels CSV: :func:`pneumolens.labels.read_labels`);
             a file not in it takes its folder's name when that is a class name (the dataset's
             layout, :func:`label_from_layout`). Shown in the panel's title and kept in the JSON.
 
@@ -240,7 +248,7 @@ def explain_files(
             "methods": {},
             "timings_s": {},
         }
-        truth = (true_labels or {}).get(pred.file) or label_from_layout(pred.file, class_names)
+        truth = _true_label(true_labels, pred.file) or label_from_layout(pred.file, class_names)
         if truth is not None:
             record["true_label"] = truth
         for spec in methods:

@@ -1,5 +1,6 @@
-"""GradientSHAP = expected gradients (Erion et al. 2021, https://arxiv.org/abs/1906.10670;
-Lundberg & Lee 2017) with a background of *training* images.
+"""GradientSHAP (expected gradients): Erion et al. 2021, https://arxiv.org/abs/1906.10670;
+Lundberg & Lee 2017, with a background of *training* images. One name everywhere: the method
+is ``shap`` (flag, JSON, API), titled "GradientSHAP (expected gradients)" in every figure and page.
 
 Each sample draws a background image ``b`` and a point ``b + a (x - b)`` on the path to the
 explained image, and multiplies the gradient there by ``x - b``; the mean over samples
@@ -10,10 +11,13 @@ the training split.
 
 Where the background comes from (recorded in ``params["background"]``):
 
-1. an array of training images, e.g. from :func:`build_background` (the CLI's
+1. an array of training images: by default the films stored in the checkpoint
+   (``Checkpoint.shap_background``, added by ``scripts/add_shap_background.py``; the shipped
+   model has 32), which the CLI, ``explain-eval`` and the web service all use, so they give the
+   same maps; or sampled by :func:`build_background` (the CLI's explicit
    ``--background-data DIR``), or
-2. ``background.npy`` stored beside the checkpoint (:func:`save_background` /
-   :func:`load_background`; the CLI looks there), or
+2. ``background.npy`` stored beside a checkpoint that has none inside (:func:`save_background` /
+   :func:`load_background`), or
 3. a documented fallback for single-image use without data: ``"blur"`` (default), ``"mean"``
    or ``"black"``: one reference image derived from the explained image, which turns the
    estimate into Integrated Gradients with random path points, not expected gradients.
@@ -72,6 +76,26 @@ def build_background(
     idx = np.sort(rng.choice(len(train), size=min(int(n), len(train)), replace=False))
     res = load_images([train[i].path for i in idx], size, use_cache=use_cache, progress=False)
     return res.images
+
+
+def prototype_background(images: np.ndarray, k: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``k`` prototype films: the k-means centroids of ``images`` (uint8 (N, S, S)), largest cluster first.
+
+    A background to ship with a model: each prototype is the mean of many training films, so it
+    stands for the training distribution (as SHAP's own k-means summaries of background data do)
+    while no single patient's film is stored. Returns ``(prototypes uint8 (k, S, S), films per
+    prototype (k,))``.
+    """
+    from sklearn.cluster import KMeans
+
+    x = np.asarray(images)
+    if x.dtype != np.uint8 or x.ndim != 3 or len(x) < k:
+        raise ValueError(f"expected at least {k} uint8 (N, S, S) films, got {x.dtype} {x.shape}")
+    km = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(x.reshape(len(x), -1).astype(np.float32))
+    counts = np.bincount(km.labels_, minlength=k)
+    order = np.argsort(-counts, kind="stable")
+    centres = km.cluster_centers_.reshape(k, *x.shape[1:])[order]
+    return np.clip(np.rint(centres), 0, 255).astype(np.uint8), counts[order]
 
 
 def save_background(images: np.ndarray, path: str | Path) -> Path:

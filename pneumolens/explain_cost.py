@@ -21,7 +21,8 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-COSTS_FILE = Path(__file__).with_name("explain_eval_costs.json")
+#: Beside the explanation modules; this module stays outside that package, whose import loads torch.
+COSTS_FILE = Path(__file__).resolve().parent / "explain" / "explain_eval_costs.json"
 
 #: Settings that a method's time grows in proportion to.
 SCALING = ("n_samples", "n_steps")
