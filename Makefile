@@ -37,9 +37,12 @@ browser:
 
 # The whole suite in two runs: first the test-fast set spread over TEST_WORKERS processes, then the tests
 # marked slow or browser in one process, so that no timing-dependent test shares the cores with a worker.
+# The second run happens even when the first fails; the target fails when either does.
 test: setup browser
-	$(PYTEST) -q -n $(TEST_WORKERS) --dist worksteal -m "not slow and not browser"
-	$(PYTEST) -q -m "slow or browser"
+	status=0; \
+	$(PYTEST) -q -n $(TEST_WORKERS) --dist worksteal -m "not slow and not browser" || status=1; \
+	$(PYTEST) -q -m "slow or browser" || status=1; \
+	exit $$status
 
 # Target: under a minute on 2 idle cores. Leaves out tests marked slow (seconds long or timing-dependent) and the browser.
 test-fast: setup
