@@ -8,7 +8,7 @@ it up (deterministic algorithms on, no NaN fill of new tensors, glibc malloc tun
 - ``stock``: the model as defined, stock ``torch.nn`` layers only;
 - each swap of :data:`pneumolens.accel.swaps.SWAPS` alone (``--alone`` to time fewer);
 - ``kept``: the swaps :func:`pneumolens.accel.accelerate_cpu_training` applies (``--kept`` to try
-  another set).
+  another set), unless that is one swap already timed alone.
 
 Every setting has its own copy of one seeded model and its own optimiser, all in ONE process, and
 the settings take turns round by round (order reversed every other round); after each switch one
@@ -125,7 +125,9 @@ def run_batch(batch: int, rounds: int, steps: int, alone: tuple[str, ...], kept:
     base = CnnLstm(ModelConfig()).to(memory_format=torch.channels_last)
     x = torch.rand(batch, 1, 128, 128).contiguous(memory_format=torch.channels_last)
     y = (torch.arange(batch) % 2).float()
-    plan = {"stock": ()} | {name: (name,) for name in alone} | {"kept": kept}
+    plan = {"stock": ()} | {name: (name,) for name in alone}
+    if kept not in plan.values():  # one swap kept: its own row is the kept setting
+        plan["kept"] = kept
     settings = [Setting(name, base, swaps, x, y) for name, swaps in plan.items()]
     for s in settings:  # first steps allocate and tune: untimed
         s.step()

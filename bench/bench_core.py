@@ -411,8 +411,6 @@ def bench_decoding(files: list[Path], size: int = 128) -> dict:
 PEAK_SCRIPT = """
 import resource, sys
 sys.path.insert(0, {repo!r})
-from pneumolens.memory import keep_freed_memory
-keep_freed_memory()  # as `pneumolens predict` does
 from pneumolens.inference import Predictor
 paths = {paths!r}
 preds, _ = Predictor({ckpt!r}).predict_files(paths, progress=False)

@@ -84,9 +84,6 @@ def bench_images(n: int, data: str | None, size: int = 128) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pneumolens.memory import keep_freed_memory
-
-    keep_freed_memory()  # as the command line does (pneumolens/memory.py)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--methods", default=",".join(CASES), help="comma-separated (default: all)")
     p.add_argument("--repeats", type=int, default=3, help="images timed per method (default: 3)")

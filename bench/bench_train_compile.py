@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_core import bench_training  # noqa: E402
 from bench_explain import bench_images  # noqa: E402
 
-from pneumolens.memory import keep_freed_memory  # noqa: E402
+from pneumolens.accel import keep_freed_memory  # noqa: E402
 from pneumolens.training.module import PneumoniaClassifier  # noqa: E402
 
 

@@ -18,7 +18,7 @@ PyTorch model. CPU training may swap in faster kernels explicitly with
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn

@@ -87,16 +87,14 @@ def test_accelerate_swaps_in_place_idempotently_and_keeps_the_state_dict() -> No
     assert list(model.state_dict()) == keys
     assert all(p is params[n] for n, p in model.named_parameters())  # an optimiser built before still works
     for name in swapped:  # each swapped module is still the stock layer's kind
-        assert isinstance(model.get_submodule(name), (nn.Dropout, nn.Conv2d, nn.LSTM, nn.Sequential))
+        assert isinstance(model.get_submodule(name), nn.Dropout)
 
 
 def test_kept_swaps_are_known_and_the_swapped_names_are_reported() -> None:
     assert set(KEPT) <= set(SWAPS)
     swapped = accelerate_cpu_training(CnnLstm(ModelConfig()))
-    drops = ["features.block1.drop", "features.block2.drop", "features.block3.drop", "drop1", "drop2",
-             "head.dense1.drop", "head.dense2.drop"]
-    blocks = ["features.block1", "features.block2", "features.block3"]
-    assert swapped == drops * ("dropout" in KEPT) + blocks * ("pool-first" in KEPT)
+    assert swapped == ["features.block1.drop", "features.block2.drop", "features.block3.drop", "drop1", "drop2",
+                       "head.dense1.drop", "head.dense2.drop"]
 
 
 def test_a_model_off_the_cpu_is_left_alone() -> None:
@@ -222,29 +220,7 @@ def test_a_few_bfloat16_autocast_steps_run_and_update_the_weights() -> None:
 def test_the_accelerated_kernels_run_in_a_plain_training_step() -> None:
     model = CnnLstm(SMALL).train()
     accelerate_cpu_training(model)
-    assert custom_nodes(model(batch()[0])) == ({"_MaskedScaleBackward"} if "dropout" in KEPT else set())
-
-
-def test_pool_first_gives_the_written_orders_values_and_gradients_exactly() -> None:
-    """ReLU and 2x2 max-pooling commute: the swapped block equals the written order bit for bit."""
-    from pneumolens.accel.poolfirst import PoolFirstBlock
-    from pneumolens.model import ConvBlock
-
-    torch.manual_seed(0)
-    block = ConvBlock(1, 4, dropout=0.0).train()
-    x = torch.randn(3, 1, 8, 8, requires_grad=True)
-    written = block(x)
-    (g_written,) = torch.autograd.grad(written.square().sum(), x)
-    block.__class__ = PoolFirstBlock
-    fast = block(x)
-    (g_fast,) = torch.autograd.grad(fast.square().sum(), x)
-    assert torch.equal(fast, written) and torch.equal(g_fast, g_written)
-    relu_in: list[torch.Tensor] = []
-    block.relu.register_forward_hook(lambda m, i, o: relu_in.append(i[0]))
-    block(x)
-    assert relu_in[-1].shape == (3, 4, 4, 4)  # training: the ReLU sees the pooled map ...
-    block.eval()(x)
-    assert relu_in[-1].shape == (3, 4, 8, 8)  # ... eval (Grad-CAM): the full-size map, as written
+    assert custom_nodes(model(batch()[0])) == {"_MaskedScaleBackward"}
 
 
 @pytest.mark.parametrize("wrt", ["input", "parameters"])

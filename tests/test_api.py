@@ -319,6 +319,7 @@ def test_device_cuda_without_a_gpu_is_exit_code_2_and_one_line(command, tiny_che
 # --------------------------------------------------------------------------- import cost, the README
 
 
+@pytest.mark.slow  # real processes / whole pipelines: runs in `make test`, not in test-fast
 def test_import_pneumolens_stays_cheap_and_exports_the_api() -> None:
     code = ("import sys, pneumolens; print('torch' in sys.modules); "
             "from pneumolens import load, Model, Prediction, Explanation, Results; print(load.__module__)")

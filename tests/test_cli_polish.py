@@ -53,6 +53,7 @@ def test_without_verbose_our_info_shows_and_debug_does_not() -> None:
     assert not logging.getLogger("pneumolens.x").isEnabledFor(logging.DEBUG)
 
 
+@pytest.mark.slow  # real processes / whole pipelines: runs in `make test`, not in test-fast
 def test_verbose_run_prints_no_font_lookups(tiny_checkpoint_path: Path, synthetic_dataset: Path, tmp_path: Path) -> None:
     """End to end, in a fresh process (figures are drawn, so matplotlib looks fonts up)."""
     out = tmp_path / "eval"

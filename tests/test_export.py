@@ -174,6 +174,7 @@ def test_export_help_documents_the_input_and_output(capsys) -> None:
     assert "calibrated P(PNEUMONIA) = sigmoid(logit / temperature)" in text and "threshold" in text
 
 
+@pytest.mark.slow  # real processes / whole pipelines: runs in `make test`, not in test-fast
 @pytest.mark.integration
 @needs_onnx
 def test_exports_of_the_shipped_model_equal_predict_on_validation_films(real_data_root: Path, tmp_path: Path):

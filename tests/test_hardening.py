@@ -49,6 +49,7 @@ def pydicom_files() -> list[Path]:
 FILM = (np.add.outer(np.arange(40), np.arange(48)) * 2 + 30).astype(np.uint8)
 
 
+@pytest.mark.slow  # real processes / whole pipelines: runs in `make test`, not in test-fast
 def test_hostile_folder_replay_is_only_one_line_messages(tmp_path: Path, tiny_checkpoint_path: Path):
     """Undecodable DICOMs (item 5), a symlink loop (3), control characters in names (7), a non-DICOM .dcm (6)."""
     folder = tmp_path / "hostile"
@@ -75,6 +76,7 @@ def test_hostile_folder_replay_is_only_one_line_messages(tmp_path: Path, tiny_ch
     assert len(errors) == 1 and "--skip-bad" in errors[0]
 
 
+@pytest.mark.slow  # real processes / whole pipelines: runs in `make test`, not in test-fast
 def test_hostile_explain_settings_replay_is_one_line_and_exit_2(tmp_path: Path, tiny_checkpoint_path: Path):
     image = tmp_path / "film.png"
     Image.fromarray(FILM).save(image)

@@ -172,6 +172,7 @@ def _predictions(folder: Path) -> list[dict[str, str]]:
 SAME = ("n", "n_pos", "n_neg", "accuracy", "recall", "specificity", "roc_auc", "confusion", "ci", "patient_level")
 
 
+@pytest.mark.slow  # real processes / whole pipelines: runs in `make test`, not in test-fast
 def test_a_csv_of_the_val_films_gives_the_same_report_as_the_val_split(
     synthetic_dataset: Path, tiny_checkpoint_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -20,10 +20,12 @@ def _probe(**env: str) -> str:
     return done.stdout.strip()
 
 
+@pytest.mark.slow  # real processes / whole pipelines: runs in `make test`, not in test-fast
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt thresholds are a glibc feature")
 def test_glibc_accepts_the_thresholds_once_and_for_all() -> None:
     assert _probe() == "True True"
 
 
+@pytest.mark.slow  # real processes / whole pipelines: runs in `make test`, not in test-fast
 def test_opt_out_keeps_the_c_library_defaults() -> None:
     assert _probe(PNEUMOLENS_MALLOC="system") == "False False"

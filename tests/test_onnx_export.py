@@ -9,10 +9,10 @@ import pytest
 import torch
 from test_folding import TINY, TOL, images, ref_logits, reference
 
+from pneumolens import onnx_export
 from pneumolens.errors import ConfigError
 from pneumolens.folding import FoldedCnnLstm
 from pneumolens.model import ModelConfig
-from pneumolens import onnx_export
 from pneumolens.onnx_export import ONNX_PARTS, clear_export_cache, export_onnx, module_digest, onnx_available
 
 pytestmark = pytest.mark.skipif(

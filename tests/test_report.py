@@ -122,6 +122,7 @@ def test_write_report_holds_metrics_cis_confusion_subtypes_and_figures(tmp_path,
     assert "> a note to read" in text
 
 
+@pytest.mark.slow  # real processes / whole pipelines: runs in `make test`, not in test-fast
 def test_report_never_touches_pyplot_or_the_global_backend(tmp_path):
     # pyplot would pick (and lock) a global backend; Figure objects need none.
     code = (

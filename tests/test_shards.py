@@ -111,6 +111,7 @@ def test_a_bad_shard_is_one_line_and_exit_2(command: str, scans: Path, tmp_path:
     assert err == f"pneumolens {command}: error: --shard 3/3: I must be from 0 to 2 (shards are numbered from 0)"
 
 
+@pytest.mark.slow  # real processes / whole pipelines: runs in `make test`, not in test-fast
 def test_explain_shards_split_the_files(scans: Path, tiny_checkpoint_path: Path, tmp_path: Path) -> None:
     explained = []
     for i in range(2):
@@ -188,8 +189,8 @@ def test_devices_auto_is_handed_on_as_auto(
 @pytest.mark.parametrize("command", ["train", "cv"])
 @pytest.mark.parametrize(
     "flag, value, words",
-    [("--devices", "0", "at least 1"), ("--devices", "two", "neither a number"), ("--num-nodes", "0", "at least 1"),
-     ("--accelerator", "tpu", "invalid choice")],
+    [("--devices", "0", "0 must be >= 1 (devices)"), ("--devices", "two", "not a whole number of devices"),
+     ("--num-nodes", "0", "0 must be >= 1 (machines)"), ("--accelerator", "tpu", "invalid choice")],
 )
 def test_bad_scale_flags_exit_2_before_any_work(
     command: str, flag: str, value: str, words: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]

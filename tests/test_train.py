@@ -339,6 +339,7 @@ def test_real_data_subset_trains_and_evaluates(real_data_root: Path, tmp_path: P
     assert (tmp_path / "eval" / "metrics.json").exists() and (tmp_path / "eval" / "report.md").exists()
 
 
+@pytest.mark.slow  # real processes / whole pipelines: runs in `make test`, not in test-fast
 def test_export_best_writes_an_interim_model_from_a_run_in_progress(synthetic_dataset: Path, tmp_path: Path) -> None:
     from pneumolens.errors import CheckpointError
     from pneumolens.training import export_best

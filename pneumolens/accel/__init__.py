@@ -7,9 +7,9 @@ on the CPU (switched off by the training config's ``accelerate`` flag). Each swa
 its stock layer wherever its kernel cannot serve — eval mode, no autograd, autocast, non-CPU
 tensors, other dtypes, tracing/compiling (:mod:`pneumolens.accel.fallback`) — and its backward
 pass stays differentiable for double backward. Inference, explanations and the export never
-need it. The swaps (:mod:`pneumolens.accel.swaps`): dropout masks drawn four per random word
-(:mod:`~pneumolens.accel.dropout`) and conv blocks that max-pool before the ReLU
-(:mod:`~pneumolens.accel.poolfirst`); ``bench/bench_accel.py`` measures each.
+need it. The one swap that pays on a whole training step (:mod:`pneumolens.accel.swaps`,
+measured by ``bench/bench_accel.py``): dropout masks drawn four per random word
+(:mod:`pneumolens.accel.dropout`).
 
 :func:`keep_freed_memory` (glibc malloc tuning) is for the training command only; a server
 should not call it.

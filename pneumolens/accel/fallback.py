@@ -12,9 +12,8 @@ float32 or float64 training step on the CPU with autograd recording — so the s
 
 Double backward is not decided here: whether a gradient graph is wanted (``create_graph=True``)
 is known only when the backward pass runs, long after this check. So every kernel's backward
-must itself be differentiable: fast dropout's multiplies by the same saved mask, and the
-pool-first blocks use stock operations only (tests/test_accel.py checks a gradient penalty
-against the stock model).
+must itself be differentiable: fast dropout's multiplies by the same saved mask, which autograd
+differentiates again (tests/test_accel.py checks a gradient penalty against the stock model).
 """
 
 from __future__ import annotations

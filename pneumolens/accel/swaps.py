@@ -6,9 +6,10 @@ optimiser's references stay as they are. Swapping is idempotent: a module alread
 left alone and not reported again.
 
 Only swaps that pay on a whole training step stay here (``bench/bench_accel.py``, results in
-``bench/results/accel-ab.md``). Blocked convolution weight gradients, an unrolled first LSTM and
-the first block's convolution folded with its BatchNorm were measured the same way and removed
-(``bench/results/accel-candidates.md``; their code is in the git history, commit 36806ac).
+``bench/results/accel-ab.md``). Blocked convolution weight gradients, an unrolled first LSTM, the
+first block's convolution folded with its BatchNorm and max-pooling before the ReLU were measured
+the same way and removed (``bench/results/accel-candidates.md``; their code is in the git
+history, commit 36806ac).
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from ..model import CnnLstm, ConvBlock
+from ..model import CnnLstm
 from .dropout import FastDropout
-from .poolfirst import PoolFirstBlock
 
 
 def _swap(model: CnnLstm, name: str, cls: type[nn.Module]) -> list[str]:
@@ -35,19 +35,13 @@ def _dropouts(model: CnnLstm) -> list[str]:
     return [s for n in names for s in _swap(model, n, FastDropout)]
 
 
-def _pool_first(model: CnnLstm) -> list[str]:
-    names = [f"features.{n}" for n, m in model.features.named_children() if type(m) is ConvBlock]
-    return [s for n in names for s in _swap(model, n, PoolFirstBlock)]
-
-
 #: Every swap by name, in the order they are applied.
 SWAPS: dict[str, Callable[[CnnLstm], list[str]]] = {
     "dropout": _dropouts,
-    "pool-first": _pool_first,
 }
 
 #: The swaps :func:`pneumolens.accel.accelerate_cpu_training` applies.
-KEPT: tuple[str, ...] = ("dropout", "pool-first")
+KEPT: tuple[str, ...] = ("dropout",)
 
 
 def apply_swaps(model: CnnLstm, names: tuple[str, ...] | list[str]) -> list[str]:
