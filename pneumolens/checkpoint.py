@@ -158,8 +158,8 @@ def _checked_background(value: Any, size: int, path: Path) -> np.ndarray:
 def _load_failure(exc: Exception) -> str:
     """Why ``torch.load(weights_only=True)`` refused a file, in a few words.
 
-    Never torch's own advice for a pickle: it suggests loading the file with
-    ``weights_only=False``, which would run whatever code the file carries.
+    Never torch's own advice for a pickle: it suggests turning the weights-only guard off, which
+    would run whatever code the file carries.
     """
     text = str(exc)
     if isinstance(exc, pickle.UnpicklingError) or "weights only load failed" in text.lower():

@@ -38,6 +38,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
+from ..films import map_on_film
+
 TITLES = {
     "gradcam": "Grad-CAM",
     "lime": "LIME",
@@ -118,10 +120,7 @@ def to_film_grid(amap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     amap = np.asarray(amap, dtype=np.float32)
     if amap.ndim != 2 or len(shape) != 2:
         raise ValueError(f"to_film_grid: expected a 2-D map and a 2-D shape, got {amap.shape} and {tuple(shape)}")
-    if amap.shape == tuple(shape):
-        return amap
-    img = Image.fromarray(np.ascontiguousarray(amap), mode="F")
-    return np.asarray(img.resize((int(shape[1]), int(shape[0])), Image.BILINEAR), dtype=np.float32)
+    return map_on_film(amap, (int(shape[0]), int(shape[1])))  # the Python API's resampling, shared
 
 
 def relative_map(amap: np.ndarray) -> np.ndarray:
