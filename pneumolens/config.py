@@ -21,6 +21,8 @@ from .model import ModelConfig
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("plateau", "cosine")
+#: Which epoch's weights a run keeps: the lowest validation loss, or the last epoch.
+EPOCH_RULES = ("val_loss", "last")
 
 
 @dataclass
@@ -35,6 +37,9 @@ class TrainConfig:
         plateau_factor, plateau_patience, min_lr: ReduceLROnPlateau settings.
         warmup_epochs: linear warm-up for the cosine schedule.
         early_stopping_patience: epochs without val-loss improvement before stopping (0 = off).
+        select_epoch: which epoch's weights the run keeps: ``val_loss`` (the lowest validation
+            loss, Keras's "restore best weights") or ``last`` (the schedule's end: validation then
+            chooses only the temperature and the threshold).
         focal_gamma, focal_alpha: focal loss. class_weighting: the original's class weights.
         label_smoothing: 0 = off.
         val_fraction, split_seed: the patient-level validation split of ``train``.
@@ -63,6 +68,7 @@ class TrainConfig:
     min_lr: float = 1e-7
     warmup_epochs: int = 0
     early_stopping_patience: int = 10
+    select_epoch: str = "val_loss"
     focal_gamma: float = 2.0
     focal_alpha: float = 0.5
     class_weighting: bool = True
@@ -85,6 +91,8 @@ class TrainConfig:
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        if self.select_epoch not in EPOCH_RULES:
+            raise ConfigError(f"select_epoch must be one of {EPOCH_RULES}, got {self.select_epoch!r}")
         if self.batch_size < 1 or self.max_epochs < 1:
             raise ConfigError("batch_size and max_epochs must be positive")
         if not 0.0 < self.val_fraction < 1.0:

@@ -18,12 +18,18 @@ fold, as for any training run, and scored there. Then:
 
 An interrupted cross-validation continues with ``resume=True``: finished folds are kept, an
 interrupted fold resumes from its checkpoints (training's own resume), the others start.
+
+The checkpoint rule (``TrainConfig.select_epoch``) changes which epoch a run keeps, not how it
+trains: ``trained_in=SRC`` scores a recipe that differs from SRC's only there by finalising
+SRC's trained folds under the new rule (their checkpoints copied into ``OUT/fold-k``), so that
+lever costs minutes instead of a second set of training runs.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -189,6 +195,49 @@ def _training_finished(folder: Path) -> bool:
 
 
 # --- the cross-validation ----------------------------------------------------------------------
+def _with_defaults(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A recorded recipe with the keys added since it was written at their defaults (which
+    reproduce the earlier behaviour), so that an older cross-validation can still be continued."""
+    try:
+        return TrainConfig.from_dict(config).to_dict()
+    except (ConfigError, TypeError) as exc:
+        raise ConfigError(f"{path}: the recorded recipe is not a valid training config ({exc})") from None
+
+
+def _reuse_training(source: Path, folder: Path) -> bool:
+    """Copy the finished training of ``source`` (a fold folder of another cross-validation) into
+    ``folder``: its checkpoints, logs and start command. False when ``source`` has not finished."""
+    last = source / "checkpoints" / "last.ckpt"
+    if not (_training_finished(source) and last.is_file()):
+        return False
+    (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for name in ("best.ckpt", "last.ckpt"):
+        if (source / "checkpoints" / name).is_file():
+            shutil.copy2(source / "checkpoints" / name, folder / "checkpoints" / name)
+    if (source / "logs").is_dir():
+        shutil.copytree(source / "logs", folder / "logs", dirs_exist_ok=True)
+    if (source / "command.txt").is_file():
+        shutil.copy2(source / "command.txt", folder / "command.txt")
+    return True
+
+
+def _check_trained_in(source: Path, record: dict[str, Any]) -> None:
+    """``source`` holds a cross-validation of the same recipe but for ``select_epoch`` (and its name)."""
+    path = source / "cv_config.json"
+    if not path.exists():
+        raise ConfigError(f"{path}: no cross-validation here to take the trained folds from")
+    saved = _read_json(path)
+    a = {k: v for k, v in _with_defaults(saved.get("config") or {}, path).items() if k != "select_epoch"}
+    b = {k: v for k, v in record["config"].items() if k != "select_epoch"}
+    diff = sorted(k for k in set(a) | set(b) if jsonable(a.get(k)) != jsonable(b.get(k)))
+    diff += [k for k in ("folds", *RESULT_OPTIONS) if jsonable(saved.get(k)) != jsonable(record.get(k))]
+    if diff:
+        raise ConfigError(
+            f"{path}: its folds were trained with another {', '.join(diff)}; --trained-in reuses only the "
+            "training of a recipe that differs in select_epoch alone"
+        )
+
+
 def _check_same_recipe(out: Path, record: dict[str, Any]) -> None:
     """Write ``out/cv_config.json``, or check that the one there describes the same recipe."""
     path = out / "cv_config.json"
@@ -196,6 +245,7 @@ def _check_same_recipe(out: Path, record: dict[str, Any]) -> None:
         _write_atomic(path, dumps(record, indent=2) + "\n")
         return
     saved = _read_json(path)
+    saved["config"] = _with_defaults(saved.get("config") or {}, path)
     for key in ("folds", "config", *RESULT_OPTIONS):
         if jsonable(saved.get(key)) != jsonable(record.get(key)):
             if key == "config":
@@ -221,6 +271,7 @@ def run_cv(
     max_images: int | None = None,
     limit_train_batches: int | float | None = None,
     report: Report | None = None,
+    trained_in: str | Path | None = None,
     **fit_options: Any,
 ) -> dict[str, Any]:
     """Cross-validate ``config``: train and score the folds ``fold_ids`` (default all) of ``folds``.
@@ -237,6 +288,9 @@ def run_cv(
             :func:`pneumolens.training.fit` (``devices``, ``accelerator``, ``progress``...).
         report: receives one line per fold start and end (default: the log); the lines also go
             to ``out/cv.log``.
+        trained_in: another cross-validation's folder whose recipe differs only in
+            ``select_epoch``: its finished folds are finalised under this recipe's rule instead of
+            trained again; folds it has not finished are left for later (one line each).
 
     Returns:
         The summary written to ``out/cv.json``.
@@ -260,6 +314,9 @@ def run_cv(
         "folds": folds, "preset": preset, "label": label or out.name, "data": str(data),
         "config": base.to_dict(), "max_images": max_images, "limit_train_batches": limit_train_batches,
     }
+    source = Path(trained_in) if trained_in is not None else None
+    if source is not None:
+        _check_trained_in(source, record)
     _check_same_recipe(out, record)
     for k in ids:  # refuse before any work, not after hours of the first folds
         folder = fold_dir(out, k)
@@ -280,11 +337,18 @@ def run_cv(
             continue
         cfg = replace(base, fold=k)
         t0 = time.time()
+        trained_s = 0.0
+        if source is not None and not _fold_started(folder):
+            if not _reuse_training(fold_dir(source, k), folder):
+                say(f"fold {k}/{folds}: not finished in {source} yet, left for later")
+                continue
+            say(f"fold {k}/{folds}: training taken from {fold_dir(source, k)}, keeping its {cfg.select_epoch!r} epoch")
+            trained_s = float(_read_json(fold_dir(source, k) / "train_summary.json")["provenance"].get("wall_s") or 0)
         if resume and _training_finished(folder):
             say(f"fold {k}/{folds}: trained before, scoring it ({folder})")
             epochs = None
         else:
-            again = resume and _fold_started(folder)
+            again = (resume or source is not None) and _fold_started(folder)
             say(f"fold {k}/{folds}: {'resuming' if again else 'starting'} -> {folder}")
             result = fit(
                 cfg, data, folder, resume=again, skip_bad=skip_bad, max_images=max_images,
@@ -294,7 +358,8 @@ def run_cv(
                 return {}
             epochs = result.epochs
         scored = score_fold(cfg, Path(data), out, k, epochs=epochs, skip_bad=skip_bad, max_images=max_images,
-                            progress=fit_options.get("progress", True))
+                            progress=fit_options.get("progress", True),
+                            wall_s=trained_s + time.time() - t0 if trained_s else None)
         say(f"fold {k}/{folds}: done in {(time.time() - t0) / 60:.1f} min: {fold_line(scored)}")
         summarize(out)  # after every fold, so cv.md is current while the next one trains
     summary = summarize(out)

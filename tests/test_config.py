@@ -73,3 +73,10 @@ def test_yaml_turns_on_one_breaker(tmp_path: Path) -> None:
     y.write_text("augment:\n  marker: 0.3\n")
     c = load_config("default", y)
     assert c.augment.marker == 0.3 and c.augment.erase == 0.0 and c.augment.degrees == 10.0
+
+
+def test_select_epoch_defaults_to_the_lowest_val_loss_and_checks_its_value() -> None:
+    assert TrainConfig().select_epoch == "val_loss"  # the original's "restore best weights"
+    assert load_config("default", overrides={"select_epoch": "last"}).select_epoch == "last"
+    with pytest.raises(ConfigError, match="select_epoch must be one of"):
+        TrainConfig(select_epoch="best_auc")

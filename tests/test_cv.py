@@ -245,3 +245,40 @@ def test_evaluating_a_fold_model_on_validation_uses_its_fold(synthetic_dataset: 
     prov = {"val_fraction": 0.1, "split_seed": 2, "train_config": TrainConfig(folds=3, fold=1, split_seed=2).to_dict()}
     expected = fold_split(find_split(synthetic_dataset, "train"), 3, 1, seed=2)[1]
     assert split_records(synthetic_dataset, "validation", prov) == expected
+
+
+def test_trained_in_refinalises_finished_folds_under_another_epoch_rule(synthetic_dataset: Path, tmp_path: Path) -> None:
+    import torch
+
+    from pneumolens.checkpoint import load_checkpoint
+
+    src, dst = tmp_path / "loss", tmp_path / "last"
+    kw = dict(folds=2, preset="debug", progress=False)
+    run_cv(_cfg(batch_size=8, max_epochs=2), synthetic_dataset, src, fold_ids=[0], **kw)
+    lines: list[str] = []
+    summary = run_cv(_cfg(batch_size=8, max_epochs=2, select_epoch="last"), synthetic_dataset, dst,
+                     trained_in=src, report=lines.append, **kw)
+    # fold 0 reused: no second training, its last epoch (1 of 0..1) kept; fold 1 never trained in src
+    assert any("fold 0/2: training taken from" in line for line in lines)
+    assert any(line.startswith("fold 1/2: not finished in") for line in lines)
+    assert summary["done"] == [0] and not (dst / "fold-1").exists()
+    fold = json.loads((dst / "fold-0" / "fold.json").read_text())
+    assert fold["best_epoch"] == 1 and fold["epochs_run"] == 2
+    last = torch.load(src / "fold-0" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    kept = load_checkpoint(dst / "fold-0" / "model.pt").model.state_dict()
+    assert all(torch.equal(kept[k], last[f"model.{k}"]) for k in kept)
+    # the lever is select_epoch alone: any other difference from the source recipe is refused
+    with pytest.raises(ConfigError, match="batch_size"):
+        run_cv(_cfg(batch_size=16, max_epochs=2, select_epoch="last"), synthetic_dataset, tmp_path / "x",
+               trained_in=src, **kw)
+
+
+def test_a_cross_validation_recorded_before_select_epoch_existed_continues(tmp_path: Path) -> None:
+    from pneumolens.cv import _check_same_recipe
+
+    record = {"folds": 3, "config": _cfg().to_dict(), "max_images": None, "limit_train_batches": None}
+    old = {**record, "config": {k: v for k, v in record["config"].items() if k != "select_epoch"}}
+    (tmp_path / "cv_config.json").write_text(json.dumps(old))
+    _check_same_recipe(tmp_path, record)  # the missing key reads as its default, val_loss
+    with pytest.raises(ConfigError, match="select_epoch"):
+        _check_same_recipe(tmp_path, {**record, "config": {**record["config"], "select_epoch": "last"}})

@@ -345,7 +345,7 @@ def test_export_best_writes_an_interim_model_from_a_run_in_progress(synthetic_da
     from pneumolens.training import export_best
 
     cfg = _tiny_config(max_epochs=1)
-    with pytest.raises(CheckpointError, match="no best checkpoint"):
+    with pytest.raises(CheckpointError, match="no finished epoch yet"):
         export_best(cfg, synthetic_dataset, tmp_path / "run")
     fit(cfg, synthetic_dataset, tmp_path / "run", progress=False)
     (tmp_path / "run" / "model.pt").unlink()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ._common import DATA_HELP, data_root
 from ._help import DefaultsHelpFormatter
-from .train import PRESET_NAMES, add_scale_flags, scale_options
+from .train import PRESET_NAMES, add_scale_flags, add_select_epoch_flag, scale_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +42,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=int, help="square input side (multiple of 8)")
     p.add_argument("--seed", type=int, help="seed for weights, shuffling and augmentation")
     p.add_argument("--split-seed", type=int, help="seed of the fold assignment")
+    add_select_epoch_flag(p)
+    p.add_argument(
+        "--trained-in", metavar="DIR",
+        help="no training for folds that the cross-validation in DIR has finished: DIR's recipe must differ from "
+        "this one in --select-epoch alone, and its trained folds are finalised under this recipe's rule (the "
+        "checkpoint-rule lever in minutes, not hours)",
+    )
     p.add_argument("--resume", action="store_true", help="keep finished folds, continue interrupted ones")
     add_scale_flags(p)  # each fold's training is spread over them
     p.add_argument("--skip-bad", action="store_true", help="warn about unreadable images and train on the rest")
@@ -78,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {"max_epochs": args.max_epochs, "batch_size": args.batch_size, "seed": args.seed,
-                 "split_seed": args.split_seed, "accelerate": False if args.no_accel else None}
+                 "split_seed": args.split_seed, "select_epoch": args.select_epoch,
+                 "accelerate": False if args.no_accel else None}
     if args.input_size:
         overrides["model"] = {"input_size": args.input_size}
     config = load_config(args.preset, args.config, overrides)
@@ -88,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     run_cv(
         config, data_root(args.data), args.out, folds=args.folds, fold_ids=fold_ids, resume=args.resume,
         preset=args.preset, label=args.name, skip_bad=args.skip_bad, max_images=args.max_images,
-        limit_train_batches=limit, report=lambda line: print(line, flush=True), **scale_options(args),
+        limit_train_batches=limit, report=lambda line: print(line, flush=True), trained_in=args.trained_in,
+        **scale_options(args),
         progress=not args.no_progress,
     )
     return 0

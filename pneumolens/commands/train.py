@@ -48,12 +48,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split-seed", type=int, help="seed of the patient-level validation split")
     p.add_argument("--val-fraction", type=float, help="fraction of train images (by patient) held out for validation")
     p.add_argument("--threshold-rule", help="youden | f1 | sensitivity:0.95 | fixed:0.5 ...")
+    add_select_epoch_flag(p)
     p.add_argument("--no-augment", action="store_true", help="switch augmentation off")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints (interrupted or last)")
     p.add_argument(
         "--export-best", action="store_true",
-        help="no training: write OUT/model.pt (calibrated, marked interim) from the best checkpoint so far of a "
-        "run in OUT that is still going or was interrupted",
+        help="no training: write OUT/model.pt (calibrated, marked interim) from the epoch so far that "
+        "--select-epoch keeps, of a run in OUT that is still going or was interrupted",
     )
     add_scale_flags(p)
     p.add_argument("--skip-bad", action="store_true", help="warn about unreadable images and train on the rest")
@@ -67,6 +68,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(they change speed, not results)",
     )
     p.set_defaults(func=run)
+
+
+#: ``--select-epoch`` choices: = pneumolens.config.EPOCH_RULES (listed here so --help does not import torch).
+EPOCH_RULES = ("val_loss", "last")
+
+
+def add_select_epoch_flag(p: argparse.ArgumentParser) -> None:
+    """``--select-epoch``: which epoch's weights the run keeps (``TrainConfig.select_epoch``)."""
+    p.add_argument(
+        "--select-epoch", choices=EPOCH_RULES,
+        help="which epoch's weights to keep: 'val_loss' = the lowest validation loss, 'last' = the schedule's "
+        "end (default: the preset's)",
+    )
 
 
 def _devices(text: str) -> int | str:
@@ -122,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         "split_seed": args.split_seed,
         "val_fraction": args.val_fraction,
         "threshold_rule": args.threshold_rule,
+        "select_epoch": args.select_epoch,
         "accelerate": False if args.no_accel else None,
     }
     if args.input_size:

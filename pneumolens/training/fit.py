@@ -1,8 +1,9 @@
 """``fit`` and ``export_best``: a training run from the data folder to ``OUT/model.pt``.
 
-``fit`` trains (or resumes) with the Trainer of :mod:`pneumolens.training.trainer`, then picks
-the best epoch by val loss and finalises it (:mod:`pneumolens.training.finalize`).
-``export_best`` finalises the best epoch so far of a run still going or interrupted.
+``fit`` trains (or resumes) with the Trainer of :mod:`pneumolens.training.trainer`, then keeps
+the epoch the recipe's ``select_epoch`` names (lowest val loss, or the last) and finalises it
+(:mod:`pneumolens.training.finalize`). ``export_best`` finalises that epoch so far of a run
+still going or interrupted.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import time
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 
 from ..config import TrainConfig
 from ..datamodule import PneumoniaDataModule
 from ..errors import CheckpointError
 from .finalize import FitResult, finalize
 from .module import PneumoniaClassifier, recipe_class_weight
-from .resume import best_checkpoint, load_run_checkpoint, resume_point
+from .resume import kept_checkpoint, load_run_checkpoint, resume_point
 from .trainer import build_trainer, quiet_training_warnings
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def fit(
     preset: str | None = None,
     extra_callbacks: list[Callback] | None = None,
 ) -> FitResult:
-    """Train, pick the best epoch by val loss, calibrate on validation, write ``out/model.pt``.
+    """Train, keep the epoch ``config.select_epoch`` names, calibrate on validation, write ``out/model.pt``.
 
     Args:
         resume: continue from ``out/checkpoints`` (see :func:`~pneumolens.training.resume.resume_point`);
@@ -84,27 +85,25 @@ def fit(
     if not trainer.is_global_zero:
         return FitResult(out / "model.pt", {}, trainer.current_epoch, time.time() - t0)
 
-    # The first checkpoint callback keeps the lowest val loss; the second, every epoch's last state.
-    best = next((cb.best_model_path for cb in trainer.checkpoint_callbacks
-                 if isinstance(cb, ModelCheckpoint) and cb.best_model_path), None)
-    state = load_run_checkpoint(best) if best else None
+    kept = kept_checkpoint(out, config.select_epoch)
+    state = load_run_checkpoint(kept) if kept else None
     return finalize(config, dm, out, state, epochs_run=trainer.current_epoch, t0=t0, preset=preset)
 
 
 def export_best(
     config: TrainConfig, data: str | Path, out: str | Path, preset: str | None = None, progress: bool = True
 ) -> FitResult:
-    """Write ``out/model.pt`` from the best checkpoint so far of a run that is still going or
-    was interrupted (provenance marks it ``interim``); no training. ``progress``: the bars of
-    loading the films that calibrate it.
+    """Write ``out/model.pt`` from the epoch so far that ``config.select_epoch`` keeps (lowest val
+    loss, or the latest finished) of a run that is still going or was interrupted (provenance
+    marks it ``interim``); no training. ``progress``: the bars of loading the films that calibrate it.
 
     Raises:
-        CheckpointError: no best checkpoint yet, or one of the run's checkpoints is unreadable or unsafe.
+        CheckpointError: no finished epoch yet, or one of the run's checkpoints is unreadable or unsafe.
     """
     out = Path(out)
-    best = best_checkpoint(out)
+    best = kept_checkpoint(out, config.select_epoch)
     if best is None:
-        raise CheckpointError(f"{out / 'checkpoints'}: no best checkpoint yet (the run has not finished an epoch)")
+        raise CheckpointError(f"{out / 'checkpoints'}: no finished epoch yet (the run has not finished an epoch)")
     state = load_run_checkpoint(best)
     latest = resume_point(out)
     epochs_run = latest.epoch + 1 if latest else -1

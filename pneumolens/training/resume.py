@@ -158,6 +158,20 @@ def best_checkpoint(out: Path) -> Path | None:
     return fallback if fallback.is_file() else None
 
 
+def kept_checkpoint(out: Path, rule: str) -> Path | None:
+    """The checkpoint whose weights the run in ``out`` keeps under ``rule`` (``TrainConfig.select_epoch``):
+    ``val_loss`` -> :func:`best_checkpoint`; ``last`` -> ``out/checkpoints/last.ckpt`` (the latest
+    finished epoch). None before the first epoch ends.
+
+    Raises:
+        CheckpointError: the run's latest state is unreadable or unsafe.
+    """
+    if rule == "last":
+        last = out / "checkpoints" / "last.ckpt"
+        return last if last.is_file() else None
+    return best_checkpoint(out)
+
+
 # --- the interrupted run ---------------------------------------------------------------------------
 class ResumeCallback(Callback):
     """Keeps the resumable loader on Lightning's epoch and step, and saves ``interrupted.ckpt`` on Ctrl-C / SIGTERM.
