@@ -508,6 +508,49 @@ def cv_table(dirs: Sequence[str | Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def oof_threshold(cv_dir: str | Path) -> dict[str, Any]:
+    """The decision threshold a model trained on all of ``train`` takes from a cross-validation:
+    the recipe's rule over the pooled out-of-fold predictions of ``cv_dir`` (see :func:`summarize`).
+
+    Returns ``{"threshold", "rule", "n", "folds", "label", "roc_auc", "sensitivity", "specificity"}``.
+
+    Raises:
+        ConfigError: no summary in ``cv_dir``, or its pooled predictions hold one class only.
+    """
+    path = Path(cv_dir) / "cv.json"
+    if not path.exists():
+        raise ConfigError(f"{path}: no cross-validation summary here (run `pneumolens cv --out {cv_dir}` first)")
+    s = _read_json(path)
+    po = s.get("pooled_oof")
+    if not po:
+        raise ConfigError(f"{path}: no pooled out-of-fold predictions with both classes to choose a threshold on")
+    return {"threshold": float(po["threshold"]), "rule": po["threshold_rule"], "n": int(po["n"]),
+            "folds": list(s["done"]), "label": s.get("label"), "roc_auc": po["roc_auc"],
+            "sensitivity": po["sensitivity"], "specificity": po["specificity"]}
+
+
+def apply_oof_threshold(checkpoint: str | Path, cv_dir: str | Path, out: str | Path) -> dict[str, Any]:
+    """Write ``checkpoint`` to ``out`` with the threshold of :func:`oof_threshold` (weights, temperature
+    and guard unchanged); the provenance records where it came from and the run's own threshold.
+
+    The threshold is on calibrated probabilities, as each fold's predictions were (each fold model
+    calibrated on its own validation fold), so it carries over to this model's calibrated output.
+    """
+    from .checkpoint import load_checkpoint, save_checkpoint
+
+    chosen = oof_threshold(cv_dir)
+    ckpt = load_checkpoint(checkpoint)
+    ckpt.provenance = {
+        **ckpt.provenance,
+        "threshold_from": {**chosen, "cv_dir": str(cv_dir), "run_threshold": ckpt.threshold,
+                           "run_threshold_rule": ckpt.threshold_rule},
+    }
+    ckpt.threshold = chosen["threshold"]
+    ckpt.threshold_rule = f"{chosen['rule']} on out-of-fold predictions (n={chosen['n']})"
+    save_checkpoint(ckpt, out)
+    return chosen
+
+
 def parse_fold_ids(text: str | None) -> list[int] | None:
     """``"0,1,2"`` -> [0, 1, 2]; None or empty -> None (all folds)."""
     if not text:

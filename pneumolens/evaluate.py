@@ -266,7 +266,12 @@ def evaluate_split(
                       f"decoding {split}", f"{root}/{split}")  # fmt: skip
     kept = [records[i] for i in res.kept]
     notes = []
-    if split == "validation" and threshold is None and not ckpt.threshold_rule.startswith("fixed"):
+    if split == "validation" and threshold is None and "out-of-fold" in ckpt.threshold_rule:
+        notes.append(
+            f"The threshold ({ckpt.threshold_rule}) was chosen on cross-validation models' predictions for all of "
+            "train, these films included (predicted by models that had not seen them), not on this model's."
+        )
+    elif split == "validation" and threshold is None and not ckpt.threshold_rule.startswith("fixed"):
         notes.append(
             f"The threshold ({ckpt.threshold_rule}) was chosen on this validation split, so threshold-dependent "
             "numbers here are optimistic; the ranking metrics (ROC AUC, PR AUC) are not affected."

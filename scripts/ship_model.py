@@ -1,6 +1,7 @@
 """Ship a trained model: copy it into ``pneumolens/weights/``, evaluate and audit it, write ``MODEL_CARD.md``.
 
     python scripts/ship_model.py runs/default/model.pt [--data DIR] [--note TEXT] [--shift FILE]
+        [--oof-threshold CV_DIR] [--cv FILE]
 
 Evaluates on the patient-level validation split (the one the checkpoint's threshold and
 temperature were chosen on) and on the official 16-image val folder, runs the shortcut audit
@@ -8,7 +9,10 @@ temperature were chosen on) and on the official 16-image val folder, runs the sh
 writes the model card from the checkpoint's own provenance and those results, so every number in
 the card is the output of this command. ``--shift FILE`` adds a markdown section of figures
 measured elsewhere (the withheld test split's, which come back from the maintainers). Figures go
-to ``docs/figures/shipped/``.
+to ``docs/figures/shipped/``. ``--oof-threshold CV_DIR`` replaces the run's own threshold by the
+one chosen on the pooled out-of-fold predictions of the recipe's cross-validation (5 folds of all
+of ``train``, not the run's 10 % validation split); ``--cv FILE`` adds that cross-validation's
+table (markdown) to the card.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 
 from pneumolens.checkpoint import SHIPPED, load_checkpoint
 from pneumolens.commands._common import data_root
+from pneumolens.cv import apply_oof_threshold
 from pneumolens.audit import run_audit
 from pneumolens.evaluate import evaluate_split
 from pneumolens.ood_eval import run_ood_eval
@@ -80,7 +85,7 @@ def card(
 ) -> str:
     p, cfg = info["provenance"], info["provenance"].get("train_config", {})
     if trained_s:
-        took = f" in {trained_s[0] / 3600:.1f} h of training, one thread, in {trained_s[1]} segment(s)"
+        took = f" in {trained_s[0] / 3600:.1f} h of training in {trained_s[1]} segment(s) (threads: see the command)"
     else:
         took = "" if p.get("interim") else f" in {p.get('wall_s', 0) / 3600:.1f} h of wall time"
     tc = p.get("train_counts", ["?", "?"])
@@ -93,6 +98,17 @@ def card(
     )
     cmd = p.get("training_command") or p.get("command", "")
     note = f"{note}\n\n" if note else ""
+    rule = (cfg.get("select_epoch") or "val_loss")
+    kept = ("the last epoch" if rule == "last" else "the lowest validation loss") + ", counted from 0"
+    oof = p.get("threshold_from")
+    if oof:
+        chosen_on = (
+            f"the pooled out-of-fold predictions of the recipe's {len(oof['folds'])}-fold patient-level "
+            f"cross-validation of `train` ({oof['n']} films, `{oof['cv_dir']}`; the run's own validation "
+            f"split would have given {oof['run_threshold']:.3f})"
+        )
+    else:
+        chosen_on = "the patient-level validation split"
     return f"""# Model card: PneumoLens CNN-LSTM (shipped model)
 
 {note}**Research and education use only — not a medical device.** Do not use it to diagnose, treat or
@@ -105,7 +121,7 @@ triage patients.
   {info['config']['input_size']}x{info['config']['input_size']} (aspect ratio not kept), scaled to [0, 1].
 - Output: probability of PNEUMONIA after temperature scaling (T = {info['temperature']:.3f}, fitted on validation);
   label PNEUMONIA when the probability is ≥ **{info['threshold']:.3f}** (rule: `{info['threshold_rule']}`, chosen on
-  the patient-level validation split — never on a test set).
+  {chosen_on} — never on a test set).
 
 ## Training data
 Kermany et al. 2018 (Cell 172(5):1122-1131, doi:10.1016/j.cell.2018.02.010), CC BY 4.0, via the Kaggle
@@ -116,8 +132,8 @@ Center). Validation: {p.get('val_fraction', 0.1):.0%} of the training *patients*
 validation: {vc[0]} NORMAL + {vc[1]} PNEUMONIA. Data manifest hash `{p.get('data_manifest')}`.
 
 ## Recipe and how to reproduce it
-Recipe `{p.get('recipe')}`; {p.get('epochs_run')} epochs run, best epoch (lowest validation loss, counted from 0)
-{p.get('best_epoch')}; trained on a 2-core CPU{took}. Command:
+Recipe `{p.get('recipe')}`; {p.get('epochs_run')} epochs run, weights of epoch {p.get('best_epoch')} ({kept});
+trained on a 2-core CPU{took}. Command:
 
 ```
 {cmd}
@@ -161,11 +177,17 @@ def main() -> None:
     ap.add_argument("--note", default="", help="a line at the top of the card (e.g. an interim model)")
     ap.add_argument("--shift", type=Path, help="markdown section with figures measured elsewhere (withheld test split)")
     ap.add_argument("--skip-audit", action="store_true", help="no audit / OOD evaluation (quick re-ship of the card)")
+    ap.add_argument("--oof-threshold", type=Path, metavar="CV_DIR",
+                    help="threshold from the pooled out-of-fold predictions of this cross-validation (pneumolens cv)")
+    ap.add_argument("--cv", type=Path, metavar="FILE", help="markdown section: the cross-validation that chose the recipe")
     args = ap.parse_args()
-    ck = load_checkpoint(args.checkpoint)
     root = data_root(args.data)  # as the CLI finds it
     SHIPPED.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(args.checkpoint, SHIPPED)
+    if args.oof_threshold:
+        apply_oof_threshold(args.checkpoint, args.oof_threshold, SHIPPED)
+    else:
+        shutil.copyfile(args.checkpoint, SHIPPED)
+    ck = load_checkpoint(SHIPPED)
     val = evaluate_split(SHIPPED, root, "validation", FIGS / "validation", progress=False)
     official = evaluate_split(SHIPPED, root, "val", FIGS / "val", progress=False)
     trained = training_time_s(args.checkpoint.parent)  # None when the run folder has no TensorBoard events
@@ -174,7 +196,9 @@ def main() -> None:
         audit = run_audit(SHIPPED, root, split="validation", out=REPO / "docs" / "audit" / "shipped", progress=False,
                           command=f"pneumolens audit --checkpoint {args.checkpoint} --split validation")  # fmt: skip
         ood = run_ood_eval(load_checkpoint(SHIPPED), root, REPO / "docs" / "ood" / "shipped", progress=False)
-    extra = audit_section(audit, ood) + (args.shift.read_text().strip() + "\n\n" if args.shift else "")
+    extra = audit_section(audit, ood) + "".join(
+        f.read_text().strip() + "\n\n" for f in (args.cv, args.shift) if f is not None
+    )
     (SHIPPED.parent / "MODEL_CARD.md").write_text(card(ck.info(), val, official, args.note, trained, extra))
     print(f"shipped {args.checkpoint} -> {SHIPPED}; validation AUC {val['roc_auc']:.4f}, accuracy {val['accuracy']:.4f}")
 

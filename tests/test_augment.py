@@ -86,9 +86,9 @@ def test_probability_zero_breakers_draw_nothing_and_change_nothing(knob: str) ->
 
 
 def test_existing_presets_draw_exactly_what_they_drew_before() -> None:
-    """seed and default: the affine draws (B x 5) and, for default, brightness/contrast (B x 2), nothing else."""
+    """seed and base: the affine draws (B x 5) and, for base, brightness/contrast (B x 2), nothing else."""
     x = torch.rand(4, 1, 16, 16)
-    for preset, draws in (("seed", [(4, 5)]), ("default", [(4, 5), (4, 2, 1, 1, 1)])):
+    for preset, draws in (("seed", [(4, 5)]), ("base", [(4, 5), (4, 2, 1, 1, 1)])):
         g = torch.Generator().manual_seed(7)
         Augment(load_config(preset).augment)(x, generator=g)
         expected = torch.Generator().manual_seed(7)

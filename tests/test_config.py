@@ -52,14 +52,23 @@ def test_every_preset_builds_and_round_trips() -> None:
 BREAKERS = ("crop", "erase", "marker", "gamma", "noise")
 
 
-def test_seed_and_default_leave_the_shortcut_breakers_off() -> None:
-    for name in ("seed", "default", "debug"):
+def test_seed_and_base_leave_the_shortcut_breakers_off() -> None:
+    for name in ("seed", "base", "debug"):
         a = load_config(name).augment
         assert all(getattr(a, k) == 0.0 for k in BREAKERS), name
 
 
-def test_robust_is_default_with_the_shortcut_breakers_on() -> None:
-    robust, default = load_config("robust"), load_config("default")
+def test_default_is_base_with_pasted_markers_ten_epochs_and_the_last_epoch() -> None:
+    """The cross-validated recipe (docs/cv/README.md): one lever set over base, nothing else."""
+    base, default = load_config("base").to_dict(), load_config("default").to_dict()
+    assert default["augment"] == {**base["augment"], "marker": 0.5, "marker_size": 0.15}
+    assert (default["max_epochs"], default["select_epoch"], base["select_epoch"]) == (10, "last", "val_loss")
+    rest = ("augment", "max_epochs", "select_epoch")
+    assert {k: v for k, v in default.items() if k not in rest} == {k: v for k, v in base.items() if k not in rest}
+
+
+def test_robust_is_base_with_the_shortcut_breakers_on() -> None:
+    robust, default = load_config("robust"), load_config("base")
     assert all(getattr(robust.augment, k) > 0 for k in BREAKERS)
     assert robust.augment.contrast > default.augment.contrast
     same = {k: v for k, v in robust.to_dict().items() if k != "augment"}
@@ -71,7 +80,7 @@ def test_robust_is_default_with_the_shortcut_breakers_on() -> None:
 def test_yaml_turns_on_one_breaker(tmp_path: Path) -> None:
     y = tmp_path / "lever.yaml"
     y.write_text("augment:\n  marker: 0.3\n")
-    c = load_config("default", y)
+    c = load_config("base", y)
     assert c.augment.marker == 0.3 and c.augment.erase == 0.0 and c.augment.degrees == 10.0
 
 

@@ -282,3 +282,26 @@ def test_a_cross_validation_recorded_before_select_epoch_existed_continues(tmp_p
     _check_same_recipe(tmp_path, record)  # the missing key reads as its default, val_loss
     with pytest.raises(ConfigError, match="select_epoch"):
         _check_same_recipe(tmp_path, {**record, "config": {**record["config"], "select_epoch": "last"}})
+
+
+def test_a_shipped_model_takes_its_threshold_from_the_pooled_out_of_fold_predictions(
+    tmp_path: Path, tiny_checkpoint_path: Path
+) -> None:
+    import torch
+
+    from pneumolens.checkpoint import load_checkpoint
+    from pneumolens.cv import apply_oof_threshold
+
+    summary = summarize(_fake_cv(tmp_path / "cv", (None, None, None)))
+    before = load_checkpoint(tiny_checkpoint_path)
+    chosen = apply_oof_threshold(tiny_checkpoint_path, tmp_path / "cv", tmp_path / "model.pt")
+    after = load_checkpoint(tmp_path / "model.pt")
+    assert after.threshold == chosen["threshold"] == pytest.approx(summary["pooled_oof"]["threshold"])
+    assert chosen["n"] == 6 and chosen["folds"] == [0, 1, 2]
+    assert after.threshold_rule == "youden on out-of-fold predictions (n=6)"
+    record = after.provenance["threshold_from"]
+    assert record["run_threshold"] == before.threshold and record["cv_dir"] == str(tmp_path / "cv")
+    assert after.temperature == before.temperature
+    assert all(torch.equal(a, b) for a, b in zip(after.model.state_dict().values(), before.model.state_dict().values()))
+    with pytest.raises(ConfigError, match="no cross-validation summary"):
+        apply_oof_threshold(tiny_checkpoint_path, tmp_path / "nothing", tmp_path / "x.pt")

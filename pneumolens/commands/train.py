@@ -11,7 +11,7 @@ from ._common import DATA_HELP, data_root, integer_at_least
 from ._help import DefaultsHelpFormatter
 
 #: = sorted(pneumolens.config.PRESETS); listed here so that --help does not import torch.
-PRESET_NAMES = ("debug", "default", "robust", "seed")
+PRESET_NAMES = ("base", "debug", "default", "robust", "seed")
 
 #: ``--accelerator`` choices: Lightning's names.
 ACCELERATORS = ("auto", "cpu", "gpu")
@@ -35,9 +35,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
         "--preset", default="default", choices=PRESET_NAMES,
-        help="recipe: 'seed' = the original exactly (batch 8, ±72° rotation, flips, Adam, plateau LR, early "
-        "stopping); 'default' = the project's recipe; 'robust' = 'default' plus augmentation against burnt-in "
-        "markers and borders; 'debug' = 2 short epochs",
+        help="recipe: 'default' = the shipped model's, chosen by cross-validation (10 epochs, letters and markers "
+        "pasted into corners, last epoch kept); 'seed' = the original exactly (batch 8, ±72° rotation, flips, Adam, "
+        "plateau LR, early stopping); 'base' = the project's recipe before the cross-validation (30 epochs, "
+        "lowest-val-loss epoch); 'robust' = 'base' plus every augmentation against burnt-in markers and borders; "
+        "'debug' = 2 short epochs",
     )
     p.add_argument("--config", help="YAML file of TrainConfig keys applied over the preset")
     p.add_argument("--max-epochs", type=int, help="override the preset's epoch limit")
