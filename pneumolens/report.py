@@ -232,12 +232,14 @@ def best_epoch(history: dict[str, dict[int, float]]) -> int | None:
     return min(sorted(history[col].items()), key=lambda kv: kv[1])[0]
 
 
-def plot_history(metrics_csv_path: str | Path, path: str | Path, best: int | None = None) -> Path:
+def plot_history(
+    metrics_csv_path: str | Path, path: str | Path, best: int | None = None, why: str = "lowest validation loss"
+) -> Path:
     """The training history (:func:`history_figure`) saved as a PNG."""
-    return _save(history_figure(metrics_csv_path, best), path)
+    return _save(history_figure(metrics_csv_path, best, why), path)
 
 
-def history_figure(metrics_csv_path: str | Path, best: int | None = None) -> Figure:
+def history_figure(metrics_csv_path: str | Path, best: int | None = None, why: str = "lowest validation loss") -> Figure:
     """Loss, accuracy and AUC per epoch for train and validation (plus the learning rate if logged),
     with the best epoch marked on every panel (a dashed line; a ring on each validation curve), one
     legend below the panels.
@@ -246,6 +248,7 @@ def history_figure(metrics_csv_path: str | Path, best: int | None = None) -> Fig
 
     Args:
         best: the epoch the run kept; default: the lowest validation loss (:func:`best_epoch`).
+        why: how that epoch was chosen, for the legend ("lowest validation loss", "last epoch").
 
     Raises:
         PneumoLensError: the file cannot be read, or holds none of the expected columns.
@@ -274,7 +277,7 @@ def history_figure(metrics_csv_path: str | Path, best: int | None = None) -> Fig
                     ax.plot([best], [history[col][best]], "o", ms=9, mfc="none", mec="crimson", mew=1.5)
         if best is not None:
             ax.axvline(best, color="crimson", ls="--", lw=1,
-                       label=f"best epoch {best} (lowest validation loss)")
+                       label=f"kept epoch {best} ({why})")
         ax.set(xlabel="epoch", ylabel=metric, title=metric)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)

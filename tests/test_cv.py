@@ -305,3 +305,20 @@ def test_a_shipped_model_takes_its_threshold_from_the_pooled_out_of_fold_predict
     assert all(torch.equal(a, b) for a, b in zip(after.model.state_dict().values(), before.model.state_dict().values()))
     with pytest.raises(ConfigError, match="no cross-validation summary"):
         apply_oof_threshold(tiny_checkpoint_path, tmp_path / "nothing", tmp_path / "x.pt")
+
+
+def test_the_trade_off_figure_has_a_point_per_fold_and_a_mean_per_recipe(tmp_path: Path, capsys) -> None:
+    from pneumolens.cv_figure import cv_figure
+
+    a = _fake_cv(tmp_path / "a", (0.01, 0.02, 0.03))
+    b = _fake_cv(tmp_path / "b", (None, None, None))
+    for d in (a, b):
+        summarize(d)
+    ax = cv_figure([a, b]).axes[0]
+    folds = [line for line in ax.get_lines() if line.get_label() == "a (3/3 folds)"]
+    assert len(folds) == 1 and list(folds[0].get_xdata()) == [0.01, 0.02, 0.03]
+    assert list(folds[0].get_ydata()) == [0.9, 0.8, 0.7]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "b (3/3 folds) (no flip rate)" in labels
+    assert main(["cv", "--table", str(a), "--plot", str(tmp_path / "cv.png")]) == 0
+    assert (tmp_path / "cv.png").stat().st_size > 1000 and "figure:" in capsys.readouterr().out

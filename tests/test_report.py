@@ -183,5 +183,8 @@ def test_history_marks_the_best_epoch_by_validation_loss(tmp_path) -> None:
     fig = history_figure(csv_path)
     for ax in fig.axes:
         assert any(list(line.get_xdata()) == [1, 1] for line in ax.get_lines()), ax.get_title()
-    assert "best epoch 1 (lowest validation loss)" in [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "kept epoch 1 (lowest validation loss)" in [t.get_text() for t in fig.legends[0].get_texts()]
     assert any(list(line.get_xdata()) == [0, 0] for line in history_figure(csv_path, best=0).axes[0].get_lines())
+    # a run that keeps its last epoch says so, and marks that epoch, not the lowest loss
+    last = history_figure(csv_path, best=1, why="last epoch")
+    assert "kept epoch 1 (last epoch)" in [t.get_text() for t in last.legends[0].get_texts()]

@@ -367,3 +367,13 @@ def test_best_checkpoint_follows_the_runs_own_record(tmp_path: Path) -> None:
     assert best_checkpoint(tmp_path) == ckpts / "best.ckpt"  # the recorded file is gone: the plain name
     recorded.write_bytes(b"newer")
     assert best_checkpoint(tmp_path) == recorded
+
+
+def test_a_run_that_keeps_its_last_epoch_ships_last_ckpts_weights(synthetic_dataset: Path, tmp_path: Path) -> None:
+    """select_epoch="last": the model is the schedule's end, whatever the validation loss did."""
+    cfg = _tiny_config(max_epochs=2, select_epoch="last")
+    res = fit(cfg, synthetic_dataset, tmp_path / "run", progress=False, preset="test")
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    kept = load_checkpoint(res.model_path)
+    assert kept.provenance["best_epoch"] == last["epoch"] == 1
+    assert all(torch.equal(v, last["state_dict"][f"model.{k}"]) for k, v in kept.model.state_dict().items())

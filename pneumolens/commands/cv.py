@@ -27,6 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--table", nargs="+", metavar="DIR", help="no training: one table of these cross-validations")
     p.add_argument("--table-out", help="with --table: also write the table to this file")
+    p.add_argument("--plot", metavar="PNG",
+                   help="with --table: also draw ROC AUC against marker flip rate, a point per fold, to this PNG")
     p.add_argument("--out", help="output folder (required unless --table)")
     p.add_argument("--data", help=DATA_HELP)
     p.add_argument(
@@ -68,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
         print(table, end="")
         if args.table_out:
             Path(args.table_out).write_text(table)
+        if args.plot:
+            from ..cv_figure import plot_cv
+
+            print(f"figure: {plot_cv(args.table, args.plot)}")
         return 0
     if not args.out:
         from ..errors import ConfigError

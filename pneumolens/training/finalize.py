@@ -131,7 +131,8 @@ def finalize(
         try:
             from ..report import plot_history
 
-            plot_history(history, out / "training_history.png")
+            why = "last epoch" if config.select_epoch == "last" else "lowest validation loss"
+            plot_history(history, out / "training_history.png", best=best_epoch, why=why)
         except Exception as exc:  # noqa: BLE001 - a figure must never sink a finished run
             log.warning("could not draw the training history: %s", exc)
     return FitResult(path, {**val_metrics, "skipped_files": len(dm.bad)}, epochs_run, time.time() - t0)

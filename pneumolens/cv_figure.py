@@ -1,0 +1,73 @@
+"""The cross-validation trade-off figure: ranking quality against the marker shortcut, per recipe.
+
+One point per finished fold (ROC AUC on the fold's validation against the audit's marker flip
+rate on the same films), each recipe's mean ± sd as a cross, so a reader sees at a glance which
+recipe ranks films well *and* ignores pasted letters, and how much the folds disagree. Drawn on
+a :class:`matplotlib.figure.Figure` (no pyplot), like :mod:`pneumolens.report`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .errors import ConfigError
+
+
+def _summary(d: str | Path) -> dict[str, Any]:
+    path = Path(d) / "cv.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no cross-validation summary here (run `pneumolens cv --out {d}` first)") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from None
+
+
+def cv_figure(dirs: Sequence[str | Path], goal_flip_rate: float | None = 0.01) -> Figure:
+    """ROC AUC against marker flip rate for the cross-validations in ``dirs`` (their cv.json).
+
+    Folds without a flip rate (the audit was not importable) are left out of that recipe's points;
+    a recipe with none is named in the legend as "(no flip rate)". ``goal_flip_rate``: a dashed
+    vertical line at the validation goal (None: no line).
+    """
+    fig = Figure(figsize=(7.2, 4.6), layout="constrained")
+    ax = fig.subplots()
+    colours = [f"C{i}" for i in range(10)]
+    for i, d in enumerate(dirs):
+        s = _summary(d)
+        pts = [(f["marker_flip_rate"], f["roc_auc"]) for f in s["per_fold"]
+               if f.get("marker_flip_rate") is not None and f.get("roc_auc") is not None]
+        label = f"{s['label']} ({len(s['done'])}/{s['folds']} folds)"
+        c = colours[i % len(colours)]
+        if not pts:
+            ax.plot([], [], "o", color=c, label=f"{label} (no flip rate)")
+            continue
+        x, y = np.array(pts).T
+        ax.plot(x, y, "o", color=c, alpha=0.55, ms=6, label=label)
+        if len(pts) > 1:
+            ax.errorbar(x.mean(), y.mean(), xerr=x.std(ddof=1), yerr=y.std(ddof=1), fmt="P", color=c,
+                        ms=10, mec="black", mew=0.8, capsize=3)
+    if goal_flip_rate is not None:
+        ax.axvline(goal_flip_rate, color="grey", ls="--", lw=1, label=f"goal: flip rate ≤ {goal_flip_rate:.0%}")
+    ax.set(xlabel="marker flip rate (share of film × pasted letter pairs whose label flips) — lower is better",
+           ylabel="ROC AUC on the fold's validation — higher is better",
+           title="Cross-validation: ranking quality against the marker shortcut\n"
+                 "dots: folds; crosses: mean ± sd over folds")
+    ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8, frameon=True)
+    return fig
+
+
+def plot_cv(dirs: Sequence[str | Path], path: str | Path) -> Path:
+    """:func:`cv_figure` saved as a PNG at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = cv_figure(dirs)
+    fig.savefig(path, dpi=130)
+    return path
