@@ -195,21 +195,46 @@ def _training_finished(folder: Path) -> bool:
 
 
 # --- the cross-validation ----------------------------------------------------------------------
-def _with_defaults(config: dict[str, Any], path: Path) -> dict[str, Any]:
+def _with_defaults(config: Any, path: Path) -> dict[str, Any]:
     """A recorded recipe with the keys added since it was written at their defaults (which
     reproduce the earlier behaviour), so that an older cross-validation can still be continued."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: the recorded recipe is not a mapping of training config keys")
     try:
         return TrainConfig.from_dict(config).to_dict()
-    except (ConfigError, TypeError) as exc:
+    except ConfigError as exc:
         raise ConfigError(f"{path}: the recorded recipe is not a valid training config ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - a hand-edited file can hold any shape
+        raise ConfigError(f"{path}: the recorded recipe is not a valid training config ({type(exc).__name__}: {exc})") from None
 
 
-def _reuse_training(source: Path, folder: Path) -> bool:
-    """Copy the finished training of ``source`` (a fold folder of another cross-validation) into
-    ``folder``: its checkpoints, logs and start command. False when ``source`` has not finished."""
-    last = source / "checkpoints" / "last.ckpt"
-    if not (_training_finished(source) and last.is_file()):
-        return False
+def _read_record(path: Path) -> dict[str, Any]:
+    """A ``cv_config.json``: a mapping with at least ``folds`` and ``config``."""
+    saved = _read_json(path)
+    if not isinstance(saved, dict) or "config" not in saved or "folds" not in saved:
+        raise ConfigError(f"{path}: not a cross-validation record (no folds or config)")
+    return saved
+
+
+#: In a fold folder whose training was copied from another cross-validation: where from.
+TRAINED_IN = "trained_in.json"
+
+
+def _source_training(source: Path) -> dict[str, Any] | None:
+    """The provenance of the finished training run in ``source`` (a fold folder of another
+    cross-validation), or None when it has not finished (or never started)."""
+    if not (_training_finished(source) and (source / "checkpoints" / "last.ckpt").is_file()):
+        return None
+    summary = source / "train_summary.json"
+    prov = _read_json(summary).get("provenance")
+    if not isinstance(prov, dict):
+        raise ConfigError(f"{summary}: no provenance in this training summary; cannot reuse its training")
+    return prov
+
+
+def _copy_training(source: Path, folder: Path, provenance: dict[str, Any]) -> None:
+    """Copy the training of ``source`` into ``folder``: its checkpoints, logs and start command, and
+    :data:`TRAINED_IN` (the source and its provenance) so an interrupted re-finalising restarts."""
     (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
     for name in ("best.ckpt", "last.ckpt"):
         if (source / "checkpoints" / name).is_file():
@@ -218,16 +243,18 @@ def _reuse_training(source: Path, folder: Path) -> bool:
         shutil.copytree(source / "logs", folder / "logs", dirs_exist_ok=True)
     if (source / "command.txt").is_file():
         shutil.copy2(source / "command.txt", folder / "command.txt")
-    return True
+    _write_atomic(folder / TRAINED_IN, dumps({"source": str(source), "provenance": provenance}, indent=2) + "\n")
 
 
-def _check_trained_in(source: Path, record: dict[str, Any]) -> None:
+def _check_trained_in(source: Path, out: Path, record: dict[str, Any]) -> None:
     """``source`` holds a cross-validation of the same recipe but for ``select_epoch`` (and its name)."""
+    if source.resolve() == out.resolve():
+        raise ConfigError(f"--trained-in {source}: that is the output folder itself; name another cross-validation")
     path = source / "cv_config.json"
     if not path.exists():
         raise ConfigError(f"{path}: no cross-validation here to take the trained folds from")
-    saved = _read_json(path)
-    a = {k: v for k, v in _with_defaults(saved.get("config") or {}, path).items() if k != "select_epoch"}
+    saved = _read_record(path)
+    a = {k: v for k, v in _with_defaults(saved["config"], path).items() if k != "select_epoch"}
     b = {k: v for k, v in record["config"].items() if k != "select_epoch"}
     diff = sorted(k for k in set(a) | set(b) if jsonable(a.get(k)) != jsonable(b.get(k)))
     diff += [k for k in ("folds", *RESULT_OPTIONS) if jsonable(saved.get(k)) != jsonable(record.get(k))]
@@ -244,8 +271,8 @@ def _check_same_recipe(out: Path, record: dict[str, Any]) -> None:
     if not path.exists():
         _write_atomic(path, dumps(record, indent=2) + "\n")
         return
-    saved = _read_json(path)
-    saved["config"] = _with_defaults(saved.get("config") or {}, path)
+    saved = _read_record(path)
+    saved["config"] = _with_defaults(saved["config"], path)
     for key in ("folds", "config", *RESULT_OPTIONS):
         if jsonable(saved.get(key)) != jsonable(record.get(key)):
             if key == "config":
@@ -290,7 +317,8 @@ def run_cv(
             to ``out/cv.log``.
         trained_in: another cross-validation's folder whose recipe differs only in
             ``select_epoch``: its finished folds are finalised under this recipe's rule instead of
-            trained again; folds it has not finished are left for later (one line each).
+            trained again (no training at all: an early-stopped fold stays stopped); folds it has
+            not finished are left for a later run (one line each), never trained here.
 
     Returns:
         The summary written to ``out/cv.json``.
@@ -299,7 +327,7 @@ def run_cv(
         ConfigError: bad ``folds`` / ``fold_ids``; ``out`` holds another recipe's folds; a fold
             already started and ``resume`` is off.
     """
-    from .training import fit  # heavy: Lightning
+    from .training import export_best, fit  # heavy: Lightning
 
     out = Path(out)
     ids = list(range(folds)) if fold_ids is None else list(fold_ids)
@@ -309,14 +337,14 @@ def run_cv(
     if bad or len(set(ids)) != len(ids):
         raise ConfigError(f"fold ids must be distinct folds in 0..{folds - 1}, got {ids}")
     base = replace(config, folds=folds, fold=0)
-    out.mkdir(parents=True, exist_ok=True)
     record = {
         "folds": folds, "preset": preset, "label": label or out.name, "data": str(data),
         "config": base.to_dict(), "max_images": max_images, "limit_train_batches": limit_train_batches,
     }
     source = Path(trained_in) if trained_in is not None else None
     if source is not None:
-        _check_trained_in(source, record)
+        _check_trained_in(source, out, record)  # before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     _check_same_recipe(out, record)
     for k in ids:  # refuse before any work, not after hours of the first folds
         folder = fold_dir(out, k)
@@ -338,17 +366,24 @@ def run_cv(
         cfg = replace(base, fold=k)
         t0 = time.time()
         trained_s = 0.0
+        copied = folder / TRAINED_IN
         if source is not None and not _fold_started(folder):
-            if not _reuse_training(fold_dir(source, k), folder):
+            prov = _source_training(fold_dir(source, k))
+            if prov is None:
                 say(f"fold {k}/{folds}: not finished in {source} yet, left for later")
                 continue
+            _copy_training(fold_dir(source, k), folder, prov)
             say(f"fold {k}/{folds}: training taken from {fold_dir(source, k)}, keeping its {cfg.select_epoch!r} epoch")
-            trained_s = float(_read_json(fold_dir(source, k) / "train_summary.json")["provenance"].get("wall_s") or 0)
-        if resume and _training_finished(folder):
+        if copied.exists() and not _training_finished(folder):  # re-finalise: never train a copied run further
+            prov = (_read_json(copied).get("provenance") or {})
+            export_best(cfg, data, folder, preset=preset, progress=fit_options.get("progress", True), interim=False,
+                        expect_manifest=prov.get("data_manifest"), skip_bad=skip_bad, max_images=max_images)
+            epochs, trained_s = prov.get("epochs_run"), float(prov.get("wall_s") or 0.0)
+        elif (resume or copied.exists()) and _training_finished(folder):
             say(f"fold {k}/{folds}: trained before, scoring it ({folder})")
             epochs = None
         else:
-            again = (resume or source is not None) and _fold_started(folder)
+            again = resume and _fold_started(folder)
             say(f"fold {k}/{folds}: {'resuming' if again else 'starting'} -> {folder}")
             result = fit(
                 cfg, data, folder, resume=again, skip_bad=skip_bad, max_images=max_images,
@@ -487,6 +522,29 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The keys a ``cv.json`` must hold for tables, figures and thresholds.
+SUMMARY_KEYS = ("label", "folds", "done", "max_epochs", "per_fold", "mean_sd")
+
+
+def read_summary(d: str | Path) -> dict[str, Any]:
+    """``d/cv.json``, checked to be a cross-validation summary (:func:`summarize`'s output).
+
+    Raises:
+        ConfigError: missing, unreadable, or not such a summary (the missing key named).
+    """
+    path = Path(d) / "cv.json"
+    if not path.exists():
+        raise ConfigError(f"{path}: no cross-validation summary here (run `pneumolens cv --out {d}` first)")
+    s = _read_json(path)
+    if not isinstance(s, dict):
+        raise ConfigError(f"{path}: not a cross-validation summary")
+    missing = [k for k in SUMMARY_KEYS if k not in s]
+    missing += [f"mean_sd.{k}" for k in FIGURES if k not in (s.get("mean_sd") or {})]
+    if missing or not isinstance(s["per_fold"], list):
+        raise ConfigError(f"{path}: not a cross-validation summary (missing {', '.join(missing) or 'per_fold list'})")
+    return s
+
+
 def cv_table(dirs: Sequence[str | Path]) -> str:
     """One markdown table of several cross-validations (one recipe or lever per row), from their cv.json."""
     lines = [
@@ -495,10 +553,7 @@ def cv_table(dirs: Sequence[str | Path]) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for d in dirs:
-        path = Path(d) / "cv.json"
-        if not path.exists():
-            raise ConfigError(f"{path}: no cross-validation summary here (run `pneumolens cv --out {d}` first)")
-        s = _read_json(path)
+        s = read_summary(d)
         ms, po = s["mean_sd"], s.get("pooled_oof") or {}
         lines.append(
             f"| {s['label']} | {len(s['done'])}/{s['folds']} | {s['max_epochs']} | {_pm(ms['roc_auc'])} | "
@@ -517,10 +572,9 @@ def oof_threshold(cv_dir: str | Path) -> dict[str, Any]:
     Raises:
         ConfigError: no summary in ``cv_dir``, or its pooled predictions hold one class only.
     """
+    # (the summary's folds are checked by apply_oof_threshold, which knows what it is applied to)
     path = Path(cv_dir) / "cv.json"
-    if not path.exists():
-        raise ConfigError(f"{path}: no cross-validation summary here (run `pneumolens cv --out {cv_dir}` first)")
-    s = _read_json(path)
+    s = read_summary(cv_dir)
     po = s.get("pooled_oof")
     if not po:
         raise ConfigError(f"{path}: no pooled out-of-fold predictions with both classes to choose a threshold on")
@@ -533,13 +587,34 @@ def apply_oof_threshold(checkpoint: str | Path, cv_dir: str | Path, out: str | P
     """Write ``checkpoint`` to ``out`` with the threshold of :func:`oof_threshold` (weights, temperature
     and guard unchanged); the provenance records where it came from and the run's own threshold.
 
+    Raises:
+        ConfigError: the cross-validation is unfinished, or of another recipe than the checkpoint's.
+
     The threshold is on calibrated probabilities, as each fold's predictions were (each fold model
     calibrated on its own validation fold), so it carries over to this model's calibrated output.
     """
     from .checkpoint import load_checkpoint, save_checkpoint
 
     chosen = oof_threshold(cv_dir)
+    summary = read_summary(cv_dir)
+    if len(summary["done"]) != summary["folds"]:
+        raise ConfigError(
+            f"{Path(cv_dir) / 'cv.json'}: {len(summary['done'])} of {summary['folds']} folds finished; a threshold "
+            "for a shipped model comes from all of them"
+        )
     ckpt = load_checkpoint(checkpoint)
+    recipe = ckpt.provenance.get("train_config")
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"{checkpoint}: no training recipe recorded; cannot check it against {cv_dir}")
+    ours = {k: v for k, v in _with_defaults(recipe, Path(checkpoint)).items() if k not in ("folds", "fold")}
+    theirs = {k: v for k, v in _with_defaults(summary.get("config") or {}, Path(cv_dir) / "cv.json").items()
+              if k not in ("folds", "fold")}
+    diff = sorted(k for k in set(ours) | set(theirs) if jsonable(ours.get(k)) != jsonable(theirs.get(k)))
+    if diff:
+        raise ConfigError(
+            f"{checkpoint}: trained with another {', '.join(diff)} than the cross-validation in {cv_dir}; its "
+            "out-of-fold threshold belongs to that recipe"
+        )
     ckpt.provenance = {
         **ckpt.provenance,
         "threshold_from": {**chosen, "cv_dir": str(cv_dir), "run_threshold": ckpt.threshold,

@@ -8,24 +8,14 @@ a :class:`matplotlib.figure.Figure` (no pyplot), like :mod:`pneumolens.report`.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
+from .cv import read_summary
 from .errors import ConfigError
-
-
-def _summary(d: str | Path) -> dict[str, Any]:
-    path = Path(d) / "cv.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no cross-validation summary here (run `pneumolens cv --out {d}` first)") from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read ({exc})") from None
 
 
 def cv_figure(dirs: Sequence[str | Path], goal_flip_rate: float | None = 0.01) -> Figure:
@@ -39,7 +29,7 @@ def cv_figure(dirs: Sequence[str | Path], goal_flip_rate: float | None = 0.01) -
     ax = fig.subplots()
     colours = [f"C{i}" for i in range(10)]
     for i, d in enumerate(dirs):
-        s = _summary(d)
+        s = read_summary(d)
         pts = [(f["marker_flip_rate"], f["roc_auc"]) for f in s["per_fold"]
                if f.get("marker_flip_rate") is not None and f.get("roc_auc") is not None]
         label = f"{s['label']} ({len(s['done'])}/{s['folds']} folds)"
@@ -65,9 +55,18 @@ def cv_figure(dirs: Sequence[str | Path], goal_flip_rate: float | None = 0.01) -
 
 
 def plot_cv(dirs: Sequence[str | Path], path: str | Path) -> Path:
-    """:func:`cv_figure` saved as a PNG at ``path``."""
+    """:func:`cv_figure` saved as a PNG at ``path``.
+
+    Raises:
+        ConfigError: ``path`` does not end in ``.png``, or cannot be written (the reason named).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() != ".png":
+        raise ConfigError(f"{path}: the figure is a PNG; give a file name ending in .png")
     fig = cv_figure(dirs)
-    fig.savefig(path, dpi=130)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=130)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write the figure ({exc.strerror or exc})") from None
     return path

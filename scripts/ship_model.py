@@ -22,13 +22,14 @@ import json
 import shutil
 from pathlib import Path
 
+from results_table import training_time_s  # scripts/ is on sys.path when this file runs as a script
+
+from pneumolens.audit import run_audit
 from pneumolens.checkpoint import SHIPPED, load_checkpoint
 from pneumolens.commands._common import data_root
 from pneumolens.cv import apply_oof_threshold
-from pneumolens.audit import run_audit
 from pneumolens.evaluate import evaluate_split
 from pneumolens.ood_eval import run_ood_eval
-from results_table import training_time_s  # scripts/ is on sys.path when this file runs as a script
 
 REPO = Path(__file__).resolve().parents[1]
 FIGS = REPO / "docs" / "figures" / "shipped"
@@ -181,6 +182,9 @@ def main() -> None:
                     help="threshold from the pooled out-of-fold predictions of this cross-validation (pneumolens cv)")
     ap.add_argument("--cv", type=Path, metavar="FILE", help="markdown section: the cross-validation that chose the recipe")
     args = ap.parse_args()
+    for given in (args.checkpoint, args.cv, args.shift):  # before the shipped file is replaced
+        if given is not None and not given.is_file():
+            raise SystemExit(f"{given}: no such file")
     root = data_root(args.data)  # as the CLI finds it
     SHIPPED.parent.mkdir(parents=True, exist_ok=True)
     if args.oof_threshold:

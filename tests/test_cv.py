@@ -247,14 +247,22 @@ def test_evaluating_a_fold_model_on_validation_uses_its_fold(synthetic_dataset: 
     assert split_records(synthetic_dataset, "validation", prov) == expected
 
 
-def test_trained_in_refinalises_finished_folds_under_another_epoch_rule(synthetic_dataset: Path, tmp_path: Path) -> None:
+def test_trained_in_refinalises_finished_folds_under_another_epoch_rule(
+    synthetic_dataset: Path, synthetic_dataset_factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torch
 
+    import pneumolens.training as training
     from pneumolens.checkpoint import load_checkpoint
 
     src, dst = tmp_path / "loss", tmp_path / "last"
     kw = dict(folds=2, preset="debug", progress=False)
     run_cv(_cfg(batch_size=8, max_epochs=2), synthetic_dataset, src, fold_ids=[0], **kw)
+
+    def no_training(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise AssertionError("--trained-in must not train (an early-stopped fold would train on)")
+
+    monkeypatch.setattr(training, "fit", no_training)
     lines: list[str] = []
     summary = run_cv(_cfg(batch_size=8, max_epochs=2, select_epoch="last"), synthetic_dataset, dst,
                      trained_in=src, report=lines.append, **kw)
@@ -267,10 +275,20 @@ def test_trained_in_refinalises_finished_folds_under_another_epoch_rule(syntheti
     last = torch.load(src / "fold-0" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     kept = load_checkpoint(dst / "fold-0" / "model.pt").model.state_dict()
     assert all(torch.equal(kept[k], last[f"model.{k}"]) for k in kept)
-    # the lever is select_epoch alone: any other difference from the source recipe is refused
+    # the lever is select_epoch alone: any other difference from the source recipe is refused,
+    # before the output folder is made
     with pytest.raises(ConfigError, match="batch_size"):
         run_cv(_cfg(batch_size=16, max_epochs=2, select_epoch="last"), synthetic_dataset, tmp_path / "x",
                trained_in=src, **kw)
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ConfigError, match="the output folder itself"):
+        run_cv(_cfg(batch_size=8, max_epochs=2), synthetic_dataset, src, trained_in=src, resume=True, **kw)
+    # other films than the source was trained on: refused before a model is written
+    other = synthetic_dataset_factory(counts={"train": (26, 24), "val": (4, 4)})
+    with pytest.raises(ConfigError, match="not the ones the run"):
+        run_cv(_cfg(batch_size=8, max_epochs=2, select_epoch="last"), other, tmp_path / "y", trained_in=src,
+               fold_ids=[0], **kw)
+    assert not (tmp_path / "y" / "fold-0" / "model.pt").exists()
 
 
 def test_a_cross_validation_recorded_before_select_epoch_existed_continues(tmp_path: Path) -> None:
@@ -282,6 +300,19 @@ def test_a_cross_validation_recorded_before_select_epoch_existed_continues(tmp_p
     _check_same_recipe(tmp_path, record)  # the missing key reads as its default, val_loss
     with pytest.raises(ConfigError, match="select_epoch"):
         _check_same_recipe(tmp_path, {**record, "config": {**record["config"], "select_epoch": "last"}})
+    for broken in ("[]", json.dumps({**old, "config": {**old["config"], "model": 5}})):
+        (tmp_path / "cv_config.json").write_text(broken)
+        with pytest.raises(ConfigError, match="cv_config.json"):
+            _check_same_recipe(tmp_path, record)
+
+
+def _with_recipe(path: Path, out: Path, config: TrainConfig) -> Path:
+    """A copy of the checkpoint at ``path`` whose provenance records ``config`` as its recipe."""
+    from pneumolens.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(path)
+    ckpt.provenance = {**ckpt.provenance, "train_config": config.to_dict()}
+    return save_checkpoint(ckpt, out)
 
 
 def test_a_shipped_model_takes_its_threshold_from_the_pooled_out_of_fold_predictions(
@@ -293,8 +324,9 @@ def test_a_shipped_model_takes_its_threshold_from_the_pooled_out_of_fold_predict
     from pneumolens.cv import apply_oof_threshold
 
     summary = summarize(_fake_cv(tmp_path / "cv", (None, None, None)))
-    before = load_checkpoint(tiny_checkpoint_path)
-    chosen = apply_oof_threshold(tiny_checkpoint_path, tmp_path / "cv", tmp_path / "model.pt")
+    trained = _with_recipe(tiny_checkpoint_path, tmp_path / "trained.pt", TrainConfig())  # the cv's recipe, folds=0
+    before = load_checkpoint(trained)
+    chosen = apply_oof_threshold(trained, tmp_path / "cv", tmp_path / "model.pt")
     after = load_checkpoint(tmp_path / "model.pt")
     assert after.threshold == chosen["threshold"] == pytest.approx(summary["pooled_oof"]["threshold"])
     assert chosen["n"] == 6 and chosen["folds"] == [0, 1, 2]
@@ -304,7 +336,18 @@ def test_a_shipped_model_takes_its_threshold_from_the_pooled_out_of_fold_predict
     assert after.temperature == before.temperature
     assert all(torch.equal(a, b) for a, b in zip(after.model.state_dict().values(), before.model.state_dict().values()))
     with pytest.raises(ConfigError, match="no cross-validation summary"):
-        apply_oof_threshold(tiny_checkpoint_path, tmp_path / "nothing", tmp_path / "x.pt")
+        apply_oof_threshold(trained, tmp_path / "nothing", tmp_path / "x.pt")
+    # another recipe's threshold, an unfinished cross-validation, a model without a recipe: refused
+    other = _with_recipe(tiny_checkpoint_path, tmp_path / "other.pt", TrainConfig(batch_size=32))
+    with pytest.raises(ConfigError, match="another batch_size"):
+        apply_oof_threshold(other, tmp_path / "cv", tmp_path / "x.pt")
+    with pytest.raises(ConfigError, match="no training recipe"):
+        apply_oof_threshold(tiny_checkpoint_path, tmp_path / "cv", tmp_path / "x.pt")
+    (tmp_path / "cv" / "fold-2" / "fold.json").unlink()
+    summarize(tmp_path / "cv")
+    with pytest.raises(ConfigError, match="2 of 3 folds finished"):
+        apply_oof_threshold(trained, tmp_path / "cv", tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_the_trade_off_figure_has_a_point_per_fold_and_a_mean_per_recipe(tmp_path: Path, capsys) -> None:
@@ -322,3 +365,19 @@ def test_the_trade_off_figure_has_a_point_per_fold_and_a_mean_per_recipe(tmp_pat
     assert "b (3/3 folds) (no flip rate)" in labels
     assert main(["cv", "--table", str(a), "--plot", str(tmp_path / "cv.png")]) == 0
     assert (tmp_path / "cv.png").stat().st_size > 1000 and "figure:" in capsys.readouterr().out
+    # mistakes: one line, exit 2, nothing trained or written
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for argv, says in (
+        (["cv", "--out", str(tmp_path / "o"), "--plot", str(tmp_path / "p.png")], "go with --table"),
+        (["cv", "--table", str(a), "--plot", str(tmp_path / "fig")], "ending in .png"),
+        (["cv", "--table", str(a), "--plot", str(blocker / "p.png")], "cannot write the figure"),
+        (["cv", "--table", str(a), "--table-out", str(blocker / "t.md")], "cannot write the table"),
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says in err, (argv, err)
+    assert not (tmp_path / "o").exists()
+    (b / "cv.json").write_text(json.dumps({"label": "b"}))
+    assert main(["cv", "--table", str(b)]) == 2
+    assert "not a cross-validation summary (missing folds" in capsys.readouterr().err

@@ -65,3 +65,17 @@ def test_other_commands_keep_glibc_malloc_defaults(calls: dict[str, list[Any]], 
     """Keeping freed memory suits a training run; a server or a one-off prediction must give it back."""
     assert main(["predict", str(tmp_path / "missing.jpeg")]) == 2
     assert calls["malloc"] == []
+
+
+def test_resume_with_another_recipe_is_refused_in_one_line(synthetic_dataset: Path, tmp_path: Path, capsys) -> None:
+    """A run started under one recipe (say the former `default`) cannot be continued under another."""
+    out = tmp_path / "run"
+    base = ["train", "--preset", "debug", "--data", str(synthetic_dataset), "--out", str(out), "--no-progress",
+            "--max-images", "40", "--threads", "1", "--max-epochs", "1"]
+    assert main(base) == 0
+    capsys.readouterr()
+    assert main([*base, "--resume", "--batch-size", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "started with another batch_size" in err
+    assert main([*base[:-2], "--max-epochs", "3", "--resume", "--select-epoch", "last"]) == 2
+    assert "another select_epoch" in capsys.readouterr().err

@@ -47,9 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_select_epoch_flag(p)
     p.add_argument(
         "--trained-in", metavar="DIR",
-        help="no training for folds that the cross-validation in DIR has finished: DIR's recipe must differ from "
-        "this one in --select-epoch alone, and its trained folds are finalised under this recipe's rule (the "
-        "checkpoint-rule lever in minutes, not hours)",
+        help="train nothing: take the folds that the cross-validation in DIR has finished (its recipe must differ "
+        "from this one in --select-epoch alone) and finalise them under this recipe's epoch rule; folds DIR has "
+        "not finished are left for a later run (the epoch-rule lever in minutes, not hours)",
     )
     p.add_argument("--resume", action="store_true", help="keep finished folds, continue interrupted ones")
     add_scale_flags(p)  # each fold's training is spread over them
@@ -64,20 +64,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..cv import cv_table, parse_fold_ids
+    from ..errors import ConfigError
 
     if args.table:
+        if args.plot and not args.plot.lower().endswith(".png"):  # before printing anything
+            raise ConfigError(f"{args.plot}: the figure is a PNG; give a file name ending in .png")
         table = cv_table(args.table)
         print(table, end="")
         if args.table_out:
-            Path(args.table_out).write_text(table)
+            try:
+                Path(args.table_out).write_text(table)
+            except OSError as exc:
+                raise ConfigError(f"{args.table_out}: cannot write the table ({exc.strerror or exc})") from None
         if args.plot:
             from ..cv_figure import plot_cv
 
             print(f"figure: {plot_cv(args.table, args.plot)}")
         return 0
+    if args.table_out or args.plot:
+        raise ConfigError("--table-out and --plot go with --table DIR [DIR ...] (they train nothing)")
     if not args.out:
-        from ..errors import ConfigError
-
         raise ConfigError("--out is required (the cross-validation's folder), unless --table is given")
     fold_ids = parse_fold_ids(args.fold_ids)
     from ..accel import keep_freed_memory

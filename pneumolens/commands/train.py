@@ -80,8 +80,8 @@ def add_select_epoch_flag(p: argparse.ArgumentParser) -> None:
     """``--select-epoch``: which epoch's weights the run keeps (``TrainConfig.select_epoch``)."""
     p.add_argument(
         "--select-epoch", choices=EPOCH_RULES,
-        help="which epoch's weights to keep: 'val_loss' = the lowest validation loss, 'last' = the schedule's "
-        "end (default: the preset's)",
+        help="which epoch's weights to keep: 'val_loss' = the lowest validation loss, 'last' = the last epoch "
+        "trained (the schedule's end, or where early stopping stopped) (default: the preset's)",
     )
 
 
@@ -153,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
     if limit is not None and limit >= 1:
         limit = int(limit)
     if args.export_best:
-        result = export_best(config, root, args.out, preset=args.preset, progress=not args.no_progress)
+        result = export_best(config, root, args.out, preset=args.preset, progress=not args.no_progress,
+                             skip_bad=args.skip_bad, max_images=args.max_images)
     else:
         point = resume_point(args.out) if args.resume else None  # one line and exit 2 if unsafe
         if point is not None and int(os.environ.get("LOCAL_RANK", "0")) == 0:  # once, not per DDP process
@@ -165,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
         )
     m = result.metrics
     if m:
-        done = (f"exported the best epoch so far ({result.epochs} epochs run)" if args.export_best
+        kept = "the last epoch" if config.select_epoch == "last" else "the lowest-val-loss epoch"
+        done = (f"exported {kept} so far ({result.epochs} epochs run)" if args.export_best
                 else f"trained {result.epochs} epochs in {result.wall_s / 60:.1f} min")
         print(
             f"{done} -> {result.model_path}\n"

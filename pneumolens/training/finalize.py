@@ -1,4 +1,4 @@
-"""Finishing a run: the best epoch's weights, calibrated on validation, written as one ``model.pt``.
+"""Finishing a run: the kept epoch's weights, calibrated on validation, written as one ``model.pt``.
 
 The temperature and the decision threshold are fitted on the patient-level validation split
 only; the file carries them with the weights and the run's provenance (see
@@ -68,11 +68,11 @@ def finalize(
     preset: str | None = None,
     interim: bool = False,
 ) -> FitResult:
-    """Load the best epoch's weights (EarlyStopping's "restore best"), fit the temperature and the
+    """Load the kept epoch's weights (``config.select_epoch``: lowest val loss or last), fit the temperature and the
     threshold on the validation split, and write ``out/model.pt`` with its provenance.
 
     Args:
-        best: the best epoch's Lightning checkpoint, as :func:`~pneumolens.training.resume.load_run_checkpoint`
+        best: the kept epoch's Lightning checkpoint, as :func:`~pneumolens.training.resume.load_run_checkpoint`
             read it; None keeps the freshly initialised weights (a run that never validated).
         epochs_run: epochs trained so far. t0: the run's start (``time.time()``), for its wall time.
         interim: the run is not finished (``--export-best``); recorded in the provenance.

@@ -8,6 +8,7 @@ still going or interrupted.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -18,13 +19,48 @@ from lightning.pytorch.callbacks import Callback
 
 from ..config import TrainConfig
 from ..datamodule import PneumoniaDataModule
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
+from ..jsonable import dumps
 from .finalize import FitResult, finalize
 from .module import PneumoniaClassifier, recipe_class_weight
 from .resume import kept_checkpoint, load_run_checkpoint, resume_point
 from .trainer import build_trainer, quiet_training_warnings
 
 log = logging.getLogger(__name__)
+
+
+#: In a run folder: the recipe the run was started with, so ``--resume`` cannot switch recipe.
+RUN_CONFIG = "train_config.json"
+
+
+def _check_same_run(config: TrainConfig, out: Path, epoch: int) -> None:
+    """``--resume`` continues the run in ``out`` with the recipe it was started with, or refuses.
+
+    ``max_epochs`` may grow (a run continued for longer) and ``accelerate`` may change (speed, not
+    results); runs started before :data:`RUN_CONFIG` existed are checked for the epoch limit only.
+
+    Raises:
+        ConfigError: another recipe (the differing keys named), or fewer epochs than already run.
+    """
+    path = out / RUN_CONFIG
+    if path.exists():
+        try:
+            started = TrainConfig.from_dict(json.loads(path.read_text())).to_dict()
+        except (OSError, ValueError, TypeError, ConfigError) as exc:
+            raise ConfigError(f"{path}: cannot read the recipe this run was started with ({exc})") from None
+        now = config.to_dict()
+        diff = sorted(k for k in set(started) | set(now)
+                      if started.get(k) != now.get(k) and k not in ("max_epochs", "accelerate"))
+        if diff:
+            raise ConfigError(
+                f"{path}: the run in {out} was started with another {', '.join(diff)}; resume it with the same "
+                "--preset and options (the preset's recipe may have changed since: see this file), or use another --out"
+            )
+    if epoch + 1 > config.max_epochs:
+        raise ConfigError(
+            f"{out}: the run has already trained {epoch + 1} epochs, more than max_epochs {config.max_epochs}; "
+            "resume it with the --preset and --max-epochs it was started with"
+        )
 
 
 def fit(
@@ -54,12 +90,15 @@ def fit(
 
     Raises:
         CheckpointError: ``resume`` and the checkpoint to continue from is unreadable or unsafe.
+        ConfigError: ``resume`` with another recipe than the run was started with (see :func:`_check_same_run`).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     # Read and checked before any work: the checkpoint may come from anywhere (see resume.py).
     point = resume_point(out) if resume else None
+    if point is not None:
+        _check_same_run(config, out, point.epoch)
     L.seed_everything(config.seed, workers=True, verbose=False)
     dm = PneumoniaDataModule.from_config(config, data, skip_bad=skip_bad, max_images=max_images, progress=progress)
     dm.prepare_data()
@@ -74,6 +113,7 @@ def fit(
         )
     if point is None:  # a fresh run: record how it was started, forget the logs of any earlier run here
         (out / "command.txt").write_text(" ".join(sys.argv) + "\n")
+        (out / RUN_CONFIG).write_text(dumps(config.to_dict(), indent=2) + "\n")
         for old_part in (out / "logs").glob("part*/metrics.csv"):
             old_part.unlink()
     if resume and point is None:
@@ -91,14 +131,23 @@ def fit(
 
 
 def export_best(
-    config: TrainConfig, data: str | Path, out: str | Path, preset: str | None = None, progress: bool = True
+    config: TrainConfig, data: str | Path, out: str | Path, preset: str | None = None, progress: bool = True,
+    interim: bool = True, expect_manifest: str | None = None, skip_bad: bool = False, max_images: int | None = None,
 ) -> FitResult:
     """Write ``out/model.pt`` from the epoch so far that ``config.select_epoch`` keeps (lowest val
-    loss, or the latest finished) of a run that is still going or was interrupted (provenance
-    marks it ``interim``); no training. ``progress``: the bars of loading the films that calibrate it.
+    loss, or the latest finished) of a run's checkpoints; no training. ``progress``: the bars of
+    loading the films that calibrate it.
+
+    Args:
+        interim: the run is still going or was interrupted (recorded in the provenance); False
+            for a finished run re-finalised under another epoch rule (``cv --trained-in``).
+        expect_manifest: the data manifest the run was trained on: refused before any writing if
+            ``data`` (at ``config``'s split) differs, so a model is never scored on films it saw.
+        skip_bad, max_images: as the run was trained with (they decide its validation films).
 
     Raises:
         CheckpointError: no finished epoch yet, or one of the run's checkpoints is unreadable or unsafe.
+        ConfigError: ``expect_manifest`` differs from the data's.
     """
     out = Path(out)
     best = kept_checkpoint(out, config.select_epoch)
@@ -107,6 +156,11 @@ def export_best(
     state = load_run_checkpoint(best)
     latest = resume_point(out)
     epochs_run = latest.epoch + 1 if latest else -1
-    dm = PneumoniaDataModule.from_config(config, data, progress=progress)
+    dm = PneumoniaDataModule.from_config(config, data, skip_bad=skip_bad, max_images=max_images, progress=progress)
     dm.setup("fit")
-    return finalize(config, dm, out, state, epochs_run=epochs_run, t0=time.time(), preset=preset, interim=True)
+    if expect_manifest is not None and dm.manifest != expect_manifest:
+        raise ConfigError(
+            f"{data}: these films (manifest {dm.manifest}) are not the ones the run in {out} was trained and "
+            f"validated on (manifest {expect_manifest})"
+        )
+    return finalize(config, dm, out, state, epochs_run=epochs_run, t0=time.time(), preset=preset, interim=interim)
