@@ -50,7 +50,7 @@ def cv_figure(dirs: Sequence[str | Path], goal_flip_rate: float | None = 0.01) -
                  "dots: folds; crosses: mean ± sd over folds")
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8, frameon=True)
+    ax.legend(loc="best", fontsize=8, frameon=True)
     return fig
 
 

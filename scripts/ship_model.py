@@ -68,10 +68,23 @@ def audit_section(audit: dict | None, ood: dict | None) -> str:
             f"{m['flips_to_normal']} → NORMAL) | {m['specificity']['clean']:.3f} → {m['specificity']['probed']:.3f} |"
             for k, m in fam.items()
         )
+        methods = (audit.get("explanations") or {}).get("methods") or {}
+        shares = "; ".join(
+            f"{name} {_pct(m['share_outside']['median'])} (peak outside on {_pct(m['peak_outside_rate'])} of films)"
+            for name, m in methods.items() if m.get("n_valid")
+        )
+        chance = next((m.get("uniform_share") for m in methods.values() if m.get("uniform_share") is not None), None)
+        where = (
+            f"\n\nMedian share of each explanation's positive evidence outside the approximate lung fields, on "
+            f"{(audit.get('explanations') or {}).get('n_films')} films: {shares}"
+            + (f"; an evenly spread map: {_pct(chance)}." if chance is not None else ".")
+            if shares else ""
+        )
         parts.append(
             "## Shortcut audit\n"
             f"`pneumolens audit --split validation` on {audit['n_films']} films ([report](../../docs/audit/shipped/report.md)):\n\n"
             "| probe family | (film, probe) pairs that flip label | specificity, clean → probed |\n|---|---:|---|\n" + rows
+            + where
         )
     return "\n\n".join(parts) + ("\n\n" if parts else "")
 
@@ -99,6 +112,13 @@ def card(
     )
     cmd = p.get("training_command") or p.get("command", "")
     note = f"{note}\n\n" if note else ""
+    bg = info.get("shap_background")
+    background = (
+        f"- SHAP background: {bg['images']} prototype films, the k-means centroids of the training-side films "
+        "(`scripts/add_shap_background.py`; each the mean of many films, so no patient's film is stored), used by "
+        "`shap` in the CLI, the Python API and the web service alike.\n"
+        if bg else ""
+    )
     rule = (cfg.get("select_epoch") or "val_loss")
     kept = ("the last epoch" if rule == "last" else "the lowest validation loss") + ", counted from 0"
     oof = p.get("threshold_from")
@@ -123,7 +143,7 @@ triage patients.
 - Output: probability of PNEUMONIA after temperature scaling (T = {info['temperature']:.3f}, fitted on validation);
   label PNEUMONIA when the probability is ≥ **{info['threshold']:.3f}** (rule: `{info['threshold_rule']}`, chosen on
   {chosen_on} — never on a test set).
-
+{background}
 ## Training data
 Kermany et al. 2018 (Cell 172(5):1122-1131, doi:10.1016/j.cell.2018.02.010), CC BY 4.0, via the Kaggle
 dataset `paultimothymooney/chest-xray-pneumonia`: the official **train** split only. Paediatric
@@ -198,7 +218,7 @@ def main() -> None:
     audit = ood = None
     if not args.skip_audit:
         audit = run_audit(SHIPPED, root, split="validation", out=REPO / "docs" / "audit" / "shipped", progress=False,
-                          command=f"pneumolens audit --checkpoint {args.checkpoint} --split validation")  # fmt: skip
+                          command="pneumolens audit --checkpoint pneumolens/weights/model.pt --split validation")  # fmt: skip
         ood = run_ood_eval(load_checkpoint(SHIPPED), root, REPO / "docs" / "ood" / "shipped", progress=False)
     extra = audit_section(audit, ood) + "".join(
         f.read_text().strip() + "\n\n" for f in (args.cv, args.shift) if f is not None
