@@ -153,7 +153,9 @@ _BASE: dict[str, Any] = {
 PRESETS: dict[str, dict[str, Any]] = {
     "seed": {},
     "base": _BASE,
-    "default": _merge(_BASE, {"max_epochs": 10, "select_epoch": "last", "augment": {"marker": 0.5, "marker_size": 0.15}}),
+    "default": _merge(
+        _BASE, {"max_epochs": 10, "select_epoch": "last", "augment": {"marker": 0.5, "marker_size": 0.15}}
+    ),
     # Random resized crops, border/corner erasing, pasted letters and markers, stronger contrast,
     # gamma and noise.
     "robust": _merge(_BASE, {

@@ -205,7 +205,8 @@ def _with_defaults(config: Any, path: Path) -> dict[str, Any]:
     except ConfigError as exc:
         raise ConfigError(f"{path}: the recorded recipe is not a valid training config ({exc})") from None
     except Exception as exc:  # noqa: BLE001 - a hand-edited file can hold any shape
-        raise ConfigError(f"{path}: the recorded recipe is not a valid training config ({type(exc).__name__}: {exc})") from None
+        what = f"{type(exc).__name__}: {exc}"
+        raise ConfigError(f"{path}: the recorded recipe is not a valid training config ({what})") from None
 
 
 def _read_record(path: Path) -> dict[str, Any]:

@@ -20,12 +20,14 @@ def test_building_the_parser_imports_neither_torch_nor_sklearn() -> None:
 def test_static_choice_lists_match_the_library() -> None:
     from pneumolens.commands.evaluate import SPLITS
     from pneumolens.commands.explain import METHOD_NAMES
-    from pneumolens.commands.train import PRESET_NAMES
+    from pneumolens.commands.train import EPOCH_RULES, PRESET_NAMES
+    from pneumolens.config import EPOCH_RULES as LIB_EPOCH_RULES
     from pneumolens.config import PRESETS
     from pneumolens.evaluate import SPLITS as LIB_SPLITS
     from pneumolens.explain.core import METHODS
 
     assert PRESET_NAMES == tuple(sorted(PRESETS))
+    assert EPOCH_RULES == LIB_EPOCH_RULES
     assert METHOD_NAMES == tuple(METHODS)
     assert tuple(SPLITS) == tuple(LIB_SPLITS)
 
