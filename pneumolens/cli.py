@@ -12,6 +12,7 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import NoReturn
 
 from . import __version__
 from .errors import PneumoLensError
@@ -21,8 +22,16 @@ from .printable import PrintableFormatter, printable
 COMMANDS = ("demo", "train", "cv", "evaluate", "predict", "explain", "explain_eval", "audit", "ood_eval", "info", "export", "serve")
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Argument mistakes as one line naming the option and the reason, and a pointer to ``--help``
+    (exit code 2), instead of the whole usage block before it; subcommands inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="pneumolens",
         description=(
             "Detect pneumonia in paediatric chest X-rays with a CNN-LSTM, and show why "

@@ -623,6 +623,12 @@ def apply_oof_threshold(checkpoint: str | Path, cv_dir: str | Path, out: str | P
     }
     ckpt.threshold = chosen["threshold"]
     ckpt.threshold_rule = f"{chosen['rule']} on out-of-fold predictions (n={chosen['n']})"
+    # The run's validation figures hold at the run's threshold, not this one: kept, but renamed,
+    # so that nothing shows them as this model's (scripts/ship_model.py stores the new ones).
+    if "validation" in ckpt.metrics:
+        metrics = dict(ckpt.metrics)
+        metrics["validation_at_run_threshold"] = metrics.pop("validation")
+        ckpt.metrics = metrics
     save_checkpoint(ckpt, out)
     return chosen
 

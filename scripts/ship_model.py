@@ -25,7 +25,7 @@ from pathlib import Path
 from results_table import training_time_s  # scripts/ is on sys.path when this file runs as a script
 
 from pneumolens.audit import run_audit
-from pneumolens.checkpoint import SHIPPED, load_checkpoint
+from pneumolens.checkpoint import SHIPPED, load_checkpoint, save_checkpoint
 from pneumolens.commands._common import data_root
 from pneumolens.cv import apply_oof_threshold
 from pneumolens.evaluate import evaluate_split
@@ -130,6 +130,11 @@ def card(
         )
     else:
         chosen_on = "the patient-level validation split"
+    threshold_step = (
+        f"The shipped threshold: `python scripts/ship_model.py OUT/model.pt --oof-threshold {oof['cv_dir']}` "
+        f"(the run alone takes {oof['run_threshold']:.3f} from its validation split).\n"
+        if oof else ""
+    )
     return f"""# Model card: PneumoLens CNN-LSTM (shipped model)
 
 {note}**Research and education use only — not a medical device.** Do not use it to diagnose, treat or
@@ -162,7 +167,7 @@ trained on a 2-core CPU{took}. Command:
 
 (then `--resume` after any interruption; resuming is exact, tested, from commit cd58101 on). Same command, same seed, same thread count ⇒ the same weights on CPU (torch {p.get('torch')}, commit
 `{p.get('git_commit')}` at the export). Full configuration: `pneumolens info --json` → `provenance.train_config`.
-
+{threshold_step}
 ## Quality
 Patient-level validation split (n = {val['n']}) and the official 16-image val folder (n = {official['n']}; too small
 for conclusions, reported because it is official). 95% CIs: bootstrap over patients, 1000 resamples.
@@ -213,6 +218,13 @@ def main() -> None:
         shutil.copyfile(args.checkpoint, SHIPPED)
     ck = load_checkpoint(SHIPPED)
     val = evaluate_split(SHIPPED, root, "validation", FIGS / "validation", progress=False)
+    if args.oof_threshold:  # the checkpoint's own validation figures, at the threshold it now carries
+        shipped = load_checkpoint(SHIPPED)
+        keep = ("n", "n_pos", "n_neg", "accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy",
+                "roc_auc", "pr_auc", "brier", "ece", "threshold", "confusion", "ci")
+        shipped.metrics = {**shipped.metrics, "validation": {k: val[k] for k in keep if k in val}}
+        save_checkpoint(shipped, SHIPPED)
+        ck = shipped
     official = evaluate_split(SHIPPED, root, "val", FIGS / "val", progress=False)
     trained = training_time_s(args.checkpoint.parent)  # None when the run folder has no TensorBoard events
     audit = ood = None

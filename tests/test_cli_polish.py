@@ -135,3 +135,13 @@ def test_no_help_or_docstring_names_a_model_file_make_demo_never_writes(capsys: 
     hits = [str(p.relative_to(REPO)) for p in (REPO / "pneumolens").rglob("*.py")
             if re.search(r"runs/demo/model\.pt", p.read_text())]
     assert hits == []
+
+
+@pytest.mark.parametrize("argv", [["train", "--preset", "nope", "--out", "x"], ["cv", "--select-epoch", "3"], ["train"], []])
+def test_argument_mistakes_are_one_line_and_exit_2(argv, capsys) -> None:
+    from pneumolens.cli import build_parser
+
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "error:" in err and "--help" in err, err

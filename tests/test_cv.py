@@ -312,6 +312,7 @@ def _with_recipe(path: Path, out: Path, config: TrainConfig) -> Path:
 
     ckpt = load_checkpoint(path)
     ckpt.provenance = {**ckpt.provenance, "train_config": config.to_dict()}
+    ckpt.metrics = {"validation": {"accuracy": 0.5, "threshold": ckpt.threshold}}
     return save_checkpoint(ckpt, out)
 
 
@@ -335,6 +336,9 @@ def test_a_shipped_model_takes_its_threshold_from_the_pooled_out_of_fold_predict
     assert record["run_threshold"] == before.threshold and record["cv_dir"] == str(tmp_path / "cv")
     assert after.temperature == before.temperature
     assert all(torch.equal(a, b) for a, b in zip(after.model.state_dict().values(), before.model.state_dict().values()))
+    # the run's validation figures hold at its own threshold: kept aside, never shown as this model's
+    assert "validation" not in after.metrics
+    assert after.metrics["validation_at_run_threshold"] == before.metrics["validation"]
     with pytest.raises(ConfigError, match="no cross-validation summary"):
         apply_oof_threshold(trained, tmp_path / "nothing", tmp_path / "x.pt")
     # another recipe's threshold, an unfinished cross-validation, a model without a recipe: refused

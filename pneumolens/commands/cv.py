@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
 
     if args.table:
+        if args.out or args.trained_in:
+            raise ConfigError("--table trains nothing: drop --out / --trained-in, or run the cross-validation first")
         if args.plot and not args.plot.lower().endswith(".png"):  # before printing anything
             raise ConfigError(f"{args.plot}: the figure is a PNG; give a file name ending in .png")
         table = cv_table(args.table)

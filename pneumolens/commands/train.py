@@ -23,8 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="train the CNN-LSTM on ROOT/train (patient-level validation split)",
         description=(
             "Train the CNN-LSTM on the Kaggle layout's train split. A patient-level, class-stratified "
-            "validation split of train drives early stopping, the best checkpoint, temperature calibration "
-            "and the decision threshold; no other split is used for any choice. Writes OUT/model.pt (weights + "
+            "validation split of train fits the temperature and the decision threshold, and picks the epoch "
+            "kept (with --select-epoch val_loss) and when to stop (in recipes with early stopping: seed); no "
+            "other split is used for any choice. Writes OUT/model.pt (weights + "
             "config + threshold + provenance), per-epoch metrics (OUT/logs/metrics.csv, TensorBoard in OUT/tb), "
             "OUT/training_history.png and resumable checkpoints in OUT/checkpoints. Ctrl-C or SIGTERM saves a "
             "checkpoint; rerun with --resume to continue."
@@ -39,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "pasted into corners, last epoch kept); 'seed' = the original exactly (batch 8, ±72° rotation, flips, Adam, "
         "plateau LR, early stopping); 'base' = the project's recipe before the cross-validation (30 epochs, "
         "lowest-val-loss epoch); 'robust' = 'base' plus every augmentation against burnt-in markers and borders; "
-        "'debug' = 2 short epochs",
+        "'debug' = the seed recipe at batch 16 for 2 epochs (tests; add --max-images for a run of seconds)",
     )
     p.add_argument("--config", help="YAML file of TrainConfig keys applied over the preset")
     p.add_argument("--max-epochs", type=int, help="override the preset's epoch limit")
