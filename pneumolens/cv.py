@@ -564,18 +564,19 @@ def cv_table(dirs: Sequence[str | Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def oof_threshold(cv_dir: str | Path) -> dict[str, Any]:
+def oof_threshold(cv_dir: str | Path, summary: dict[str, Any] | None = None) -> dict[str, Any]:
     """The decision threshold a model trained on all of ``train`` takes from a cross-validation:
     the recipe's rule over the pooled out-of-fold predictions of ``cv_dir`` (see :func:`summarize`).
 
     Returns ``{"threshold", "rule", "n", "folds", "label", "roc_auc", "sensitivity", "specificity"}``.
+    ``summary``: ``cv_dir``'s summary when the caller has read it already (:func:`read_summary`).
 
     Raises:
         ConfigError: no summary in ``cv_dir``, or its pooled predictions hold one class only.
     """
     # (the summary's folds are checked by apply_oof_threshold, which knows what it is applied to)
     path = Path(cv_dir) / "cv.json"
-    s = read_summary(cv_dir)
+    s = read_summary(cv_dir) if summary is None else summary
     po = s.get("pooled_oof")
     if not po:
         raise ConfigError(f"{path}: no pooled out-of-fold predictions with both classes to choose a threshold on")
@@ -596,8 +597,8 @@ def apply_oof_threshold(checkpoint: str | Path, cv_dir: str | Path, out: str | P
     """
     from .checkpoint import load_checkpoint, save_checkpoint
 
-    chosen = oof_threshold(cv_dir)
     summary = read_summary(cv_dir)
+    chosen = oof_threshold(cv_dir, summary)
     if len(summary["done"]) != summary["folds"]:
         raise ConfigError(
             f"{Path(cv_dir) / 'cv.json'}: {len(summary['done'])} of {summary['folds']} folds finished; a threshold "

@@ -266,7 +266,7 @@ def evaluate_split(
                       f"decoding {split}", f"{root}/{split}")  # fmt: skip
     kept = [records[i] for i in res.kept]
     notes = []
-    if split == "validation" and threshold is None and "out-of-fold" in ckpt.threshold_rule:
+    if split == "validation" and threshold is None and ckpt.provenance.get("threshold_from"):  # cv.apply_oof_threshold
         notes.append(
             f"The threshold ({ckpt.threshold_rule}) was chosen on cross-validation models' predictions for all of "
             "train, these films included (predicted by models that had not seen them), not on this model's."

@@ -220,8 +220,7 @@ def main() -> None:
     val = evaluate_split(SHIPPED, root, "validation", FIGS / "validation", progress=False)
     if args.oof_threshold:  # the checkpoint's own validation figures, at the threshold it now carries
         shipped = load_checkpoint(SHIPPED)
-        keep = ("n", "n_pos", "n_neg", "accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy",
-                "roc_auc", "pr_auc", "brier", "ece", "threshold", "confusion", "ci")
+        keep = shipped.metrics.get("validation_at_run_threshold") or val  # the same figures training stores
         shipped.metrics = {**shipped.metrics, "validation": {k: val[k] for k in keep if k in val}}
         save_checkpoint(shipped, SHIPPED)
         ck = shipped

@@ -24,8 +24,8 @@ from .resume import ResumeCallback
 QUIET_WARNINGS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning's own use of torch's pytree
     r"The number of training batches \(\d+\) is smaller than the logging interval",  # a short epoch logs at its end
-    # A run folder whose checkpoints were copied from another (``cv --trained-in``) or moved: the
-    # kept epoch is found by file name (resume.kept_checkpoint), not by the recorded paths.
+    # A run folder that was moved or renamed, then resumed: the kept epoch is found by file name
+    # (resume.kept_checkpoint), not by the paths the checkpoints recorded.
     r"The dirpath has changed from",
 )
 
