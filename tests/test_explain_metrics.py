@@ -276,6 +276,26 @@ def test_faithfulness_figure_has_no_blank_panel_and_draws_deletion_as_its_gap() 
     assert len(faithfulness_figure(res_rnd).axes) == 3
 
 
+def test_faithfulness_figure_titles_do_not_run_into_each_other() -> None:
+    """Each panel's two-line title stays within its own column (they overlapped when drawn at 12 pt)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from pneumolens.explain.eval_report import faithfulness_figure
+
+    model = tiny_cnnlstm()
+    res = evaluate_explanations(model, textured_images(1, SIZE), [MethodSpec("gradcam", "gradcam")], steps=4,
+                                sanity_n=1, progress=False)
+    res["insertion_start"] = {"kind": "normal training film", "mean_probability": 0.1}
+    fig = faithfulness_figure(res)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes]
+    assert len(boxes) == 3
+    for left, right in zip(boxes, boxes[1:]):
+        assert left.x1 < right.x0, (left, right)
+
+
 def test_example_rows_name_the_true_label_and_the_models_answer() -> None:
     from pneumolens.explain.eval_report import example_title
 

@@ -28,7 +28,7 @@ def _start_note(result: dict[str, Any]) -> tuple[str, float | None]:
     p0 = start.get("mean_probability")
     if start.get("kind") == "normal training film":
         return ("Insertion into a NORMAL film the model calls normal\n"
-                "(higher is better; the random map: what scattered pixels alone do)"), p0
+                "(higher is better; random map: scattered pixels alone)"), p0
     if start.get("called_normal") is False:
         return ("Insertion into the blurred image, which the model calls PNEUMONIA:\n"
                 "read each curve relative to its start"), p0
@@ -70,7 +70,7 @@ def faithfulness_figure(result: dict[str, Any]) -> Figure:
         (handles[name],) = ax_gap.plot(frac, gap, **style)
         ax_ins.plot(np.linspace(0, 1, len(i)), i, **style)
     ax_gap.axhline(0, color="0.6", linewidth=0.8)
-    ax_gap.set(title="Deletion: reverse order minus map order\n(higher = the map ranks the evidence first; random ≈ 0)",
+    ax_gap.set(title="Deletion: reverse order minus map order\n(higher: the map ranks the evidence first; random ≈ 0)",
                xlabel="fraction of pixels removed", ylabel="p(pneumonia), least relevant first − most relevant first")
     title, p0 = _start_note(result)
     ax_ins.set(title=title, xlabel="fraction of the image's pixels inserted", ylabel="p(pneumonia)", ylim=(0, 1.02))
@@ -88,6 +88,8 @@ def faithfulness_figure(result: dict[str, Any]) -> Figure:
         ax_rnd.axhline(0, color="0.6", linewidth=0.8)
         ax_rnd.set(title=f"Cascading randomisation ({rnd['n_images']} images)\n(faithful → near 0)",
                    ylabel="Spearman vs trained maps", ylim=(-1, 1), xlabel="layers re-initialised, top down")
+    for ax in axes:  # two-line titles at the default 12 pt ran into the next panel's
+        ax.title.set_fontsize(10)
     fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=min(len(handles), 7),
                fontsize=8, frameon=False)
     return fig
