@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -244,6 +245,41 @@ def test_interrupted_epoch_logs_the_uninterrupted_train_metrics(interrupted_runs
         if run[epoch][name] != pytest.approx(ref[epoch][name], rel=1e-6, abs=1e-9)
     }
     assert not mismatched
+
+
+class _SlowSteps(Callback):
+    """Sleeps ``seconds`` after each of the first ``steps`` training steps."""
+
+    def __init__(self, steps: int, seconds: float) -> None:
+        self.steps, self.seconds = steps, seconds
+
+    def on_train_batch_end(self, trainer, *args) -> None:  # noqa: ANN001
+        if trainer.global_step <= self.steps:
+            time.sleep(self.seconds)
+
+
+@pytest.mark.slow
+def test_a_resumed_runs_wall_time_counts_every_segment(synthetic_dataset: Path, tmp_path: Path) -> None:
+    """The provenance's wall_s is the time of all the run's segments, not of the last one alone.
+
+    Cross-validation tables report it per fold; a fold resumed after 6 of 20 epochs showed the
+    minutes of its last 14.
+    """
+    cfg = _tiny_config(max_epochs=2)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # at least 3 x 0.5 s in the first segment, then Ctrl-C
+            fit(cfg, synthetic_dataset, tmp_path, progress=False, extra_callbacks=[_SlowSteps(3, 0.5), _InterruptAt(3)])
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    saved = torch.load(tmp_path / "checkpoints" / "interrupted.ckpt", weights_only=True)
+    first = next(v["trained_s"] for k, v in saved["callbacks"].items() if k.startswith("ResumeCallback"))
+    assert first >= 1.5
+    t0 = time.time()
+    fit(cfg, synthetic_dataset, tmp_path, resume=True, progress=False)
+    second = time.time() - t0
+    wall = load_checkpoint(tmp_path / "model.pt").provenance["wall_s"]
+    assert first + 0.5 * second <= wall <= first + second + 0.1
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from ..errors import CheckpointError, ConfigError
 from ..jsonable import dumps
 from .finalize import FitResult, finalize
 from .module import PneumoniaClassifier, recipe_class_weight
-from .resume import kept_checkpoint, load_run_checkpoint, resume_point
+from .resume import ResumeCallback, kept_checkpoint, load_run_checkpoint, resume_point
 from .trainer import build_trainer, quiet_training_warnings
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,9 @@ def fit(
 
     kept = kept_checkpoint(out, config.select_epoch)
     state = load_run_checkpoint(kept) if kept else None
-    return finalize(config, dm, out, state, epochs_run=trainer.current_epoch, t0=t0, preset=preset)
+    # A resumed run's wall time includes the segments before this one (stored in its checkpoints).
+    before_s = sum(cb.before_s for cb in trainer.callbacks if isinstance(cb, ResumeCallback))
+    return finalize(config, dm, out, state, epochs_run=trainer.current_epoch, t0=t0 - before_s, preset=preset)
 
 
 def export_best(

@@ -12,6 +12,7 @@ import csv
 import logging
 import pickle
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,14 +175,31 @@ def kept_checkpoint(out: Path, rule: str) -> Path | None:
 
 # --- the interrupted run ---------------------------------------------------------------------------
 class ResumeCallback(Callback):
-    """Keeps the resumable loader on Lightning's epoch and step, and saves ``interrupted.ckpt`` on Ctrl-C / SIGTERM.
+    """Keeps the resumable loader on Lightning's epoch and step, saves ``interrupted.ckpt`` on Ctrl-C / SIGTERM,
+    and carries the run's training time across segments.
 
     Interrupted during validation, it saves nothing: ``--resume`` then starts from the newest
     earlier checkpoint, so every epoch is validated exactly once.
+
+    Attributes:
+        before_s: seconds the run had trained up to the checkpoint this segment resumed from (0 for a
+            fresh run or a checkpoint written before this was recorded); each checkpoint stores
+            ``before_s`` plus this segment's time so far as ``trained_s``.
     """
 
     def __init__(self, out: Path) -> None:
         self.out = out
+        self.before_s = 0.0
+        self.started = time.time()
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = time.time()
+
+    def state_dict(self) -> dict[str, float]:
+        return {"trained_s": self.before_s + time.time() - self.started}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.before_s = float(state_dict.get("trained_s") or 0.0)
 
     @staticmethod
     def _loader(trainer: L.Trainer) -> ResumableBatches | None:
