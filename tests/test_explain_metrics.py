@@ -3,6 +3,8 @@ known by construction."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -292,7 +294,7 @@ def test_faithfulness_figure_titles_do_not_run_into_each_other() -> None:
     renderer = canvas.get_renderer()
     boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes]
     assert len(boxes) == 3
-    for left, right in zip(boxes, boxes[1:]):
+    for left, right in itertools.pairwise(boxes):
         assert left.x1 < right.x0, (left, right)
 
 

@@ -253,7 +253,7 @@ class _SlowSteps(Callback):
     def __init__(self, steps: int, seconds: float) -> None:
         self.steps, self.seconds = steps, seconds
 
-    def on_train_batch_end(self, trainer, *args) -> None:  # noqa: ANN001
+    def on_train_batch_end(self, trainer, *args) -> None:
         if trainer.global_step <= self.steps:
             time.sleep(self.seconds)
 
