@@ -147,14 +147,14 @@ _BASE: dict[str, Any] = {
 
 #: Named recipes. ``seed`` = the original exactly; ``default`` = the shipped model's recipe, chosen
 #: by patient-level cross-validation on ``train`` (docs/cv/README.md): ``base`` with letters and
-#: markers pasted into the corners of half the training films, 10 epochs, the last epoch kept;
+#: markers pasted into the corners of half the training films, 20 epochs, the last epoch kept;
 #: ``base`` = the starting point of that cross-validation; ``robust`` = ``base`` with every
 #: shortcut breaker of pneumolens/augment.py; ``debug`` = seconds, for tests.
 PRESETS: dict[str, dict[str, Any]] = {
     "seed": {},
     "base": _BASE,
     "default": _merge(
-        _BASE, {"max_epochs": 10, "select_epoch": "last", "augment": {"marker": 0.5, "marker_size": 0.15}}
+        _BASE, {"max_epochs": 20, "select_epoch": "last", "augment": {"marker": 0.5, "marker_size": 0.15}}
     ),
     # Random resized crops, border/corner erasing, pasted letters and markers, stronger contrast,
     # gamma and noise.
