@@ -25,7 +25,7 @@ def cv_figure(dirs: Sequence[str | Path], goal_flip_rate: float | None = 0.01) -
     a recipe with none is named in the legend as "(no flip rate)". ``goal_flip_rate``: a dashed
     vertical line at the validation goal (None: no line).
     """
-    fig = Figure(figsize=(7.2, 4.6), layout="constrained")
+    fig = Figure(figsize=(7.2, 5.2), layout="constrained")
     ax = fig.subplots()
     colours = [f"C{i}" for i in range(10)]
     for i, d in enumerate(dirs):
@@ -50,7 +50,7 @@ def cv_figure(dirs: Sequence[str | Path], goal_flip_rate: float | None = 0.01) -
                  "dots: folds; crosses: mean ± sd over folds")
     ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8, frameon=True)
+    fig.legend(loc="outside lower center", ncol=2, fontsize=8, frameon=False)  # never over a point
     return fig
 
 

@@ -32,6 +32,17 @@ from pneumolens.evaluate import evaluate_split
 from pneumolens.ood_eval import run_ood_eval
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _as_cli(command: str) -> str:
+    """``/any/path/pneumolens/cli.py train ...`` or ``/any/.venv/bin/pneumolens train ...`` -> ``pneumolens train ...``.
+
+    The recorded command is ``sys.argv``; the card shows it as a reader would type it.
+    """
+    first, _, rest = command.strip().partition(" ")
+    if first.endswith(("pneumolens/cli.py", "/pneumolens")) or first == "pneumolens":
+        return f"pneumolens {rest}".strip()
+    return command.strip()
 FIGS = REPO / "docs" / "figures" / "shipped"
 
 
@@ -110,7 +121,7 @@ def card(
                         ("specificity", "specificity"), ("precision", "precision"), ("F1", "f1"), ("Brier score", "brier"),
                         ("ECE", "ece")]
     )
-    cmd = p.get("training_command") or p.get("command", "")
+    cmd = _as_cli(p.get("training_command") or p.get("command", ""))
     note = f"{note}\n\n" if note else ""
     bg = info.get("shap_background")
     background = (

@@ -361,11 +361,12 @@ def test_the_trade_off_figure_has_a_point_per_fold_and_a_mean_per_recipe(tmp_pat
     b = _fake_cv(tmp_path / "b", (None, None, None))
     for d in (a, b):
         summarize(d)
-    ax = cv_figure([a, b]).axes[0]
+    fig = cv_figure([a, b])
+    ax = fig.axes[0]
     folds = [line for line in ax.get_lines() if line.get_label() == "a (3/3 folds)"]
     assert len(folds) == 1 and list(folds[0].get_xdata()) == [0.01, 0.02, 0.03]
     assert list(folds[0].get_ydata()) == [0.9, 0.8, 0.7]
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]  # below the axes: never over a point
     assert "b (3/3 folds) (no flip rate)" in labels
     assert main(["cv", "--table", str(a), "--plot", str(tmp_path / "cv.png")]) == 0
     assert (tmp_path / "cv.png").stat().st_size > 1000 and "figure:" in capsys.readouterr().out
