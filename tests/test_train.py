@@ -260,7 +260,8 @@ class _SlowSteps(Callback):
 
 @pytest.mark.slow
 def test_a_resumed_runs_wall_time_counts_every_segment(synthetic_dataset: Path, tmp_path: Path) -> None:
-    """The provenance's wall_s is the time of all the run's segments, not of the last one alone.
+    """The provenance's wall_s is the time of all the run's segments, not of the last one alone (which
+    alone is shorter than the first segment's sleeps here).
 
     Cross-validation tables report it per fold; a fold resumed after 6 of 20 epochs showed the
     minutes of its last 14.
@@ -268,18 +269,19 @@ def test_a_resumed_runs_wall_time_counts_every_segment(synthetic_dataset: Path, 
     cfg = _tiny_config(max_epochs=2)
     handler = signal.getsignal(signal.SIGINT)
     try:
-        with pytest.raises(SystemExit):  # at least 3 x 0.5 s in the first segment, then Ctrl-C
-            fit(cfg, synthetic_dataset, tmp_path, progress=False, extra_callbacks=[_SlowSteps(3, 0.5), _InterruptAt(3)])
+        with pytest.raises(SystemExit):  # at least 3 x 1 s in the first segment, then Ctrl-C
+            fit(cfg, synthetic_dataset, tmp_path, progress=False, extra_callbacks=[_SlowSteps(3, 1.0), _InterruptAt(3)])
     finally:
         signal.signal(signal.SIGINT, handler)
     saved = torch.load(tmp_path / "checkpoints" / "interrupted.ckpt", weights_only=True)
     first = next(v["trained_s"] for k, v in saved["callbacks"].items() if k.startswith("ResumeCallback"))
-    assert first >= 1.5
+    assert first >= 3.0
     t0 = time.time()
     fit(cfg, synthetic_dataset, tmp_path, resume=True, progress=False)
     second = time.time() - t0
     wall = load_checkpoint(tmp_path / "model.pt").provenance["wall_s"]
-    assert first + 0.5 * second <= wall <= first + second + 0.1
+    # Counted up to the provenance's writing, before finalisation ends: not all of ``second``.
+    assert first < wall <= first + second + 0.1
 
 
 @pytest.mark.slow
