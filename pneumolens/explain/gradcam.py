@@ -27,9 +27,10 @@ models. Between relu and pool the paired differences split: pool's gap is higher
 shipped model (+0.016 ± 0.007 SE), relu's insertion AUC is higher on the 2-epoch model
 (+0.013 ± 0.004); relu wins the tie on resolution (32x32 vs 16x16). All layers pass the
 randomisation check (Spearman with the fully re-initialised model's maps between -0.6 and
-0.3). Re-run the command on a new shipped model: on the model shipped 2026-11-29 the last
-block's relu and pool again led the conv output and the earlier block on the deletion gap, so
-relu stays (docs/figures/gradcam-layers/report.md). ``relu=False`` (signed Grad-CAM) is
+0.3). Re-run the command on a new shipped model: on the two models shipped 2026-11-29 the last
+block's relu and pool again led the conv output and the earlier block on the deletion gap; on
+the 20-epoch one pool's gap is higher, which argues for pool as the default there
+(docs/figures/gradcam-layers/README.md). ``relu=False`` (signed Grad-CAM) is
 available for "evidence against" views.
 """
 
