@@ -32,6 +32,7 @@ from pneumolens.evaluate import evaluate_split
 from pneumolens.ood_eval import run_ood_eval
 
 REPO = Path(__file__).resolve().parents[1]
+FIGS = REPO / "docs" / "figures" / "shipped"
 
 
 def _as_cli(command: str) -> str:
@@ -43,7 +44,6 @@ def _as_cli(command: str) -> str:
     if first.endswith(("pneumolens/cli.py", "/pneumolens")) or first == "pneumolens":
         return f"pneumolens {rest}".strip()
     return command.strip()
-FIGS = REPO / "docs" / "figures" / "shipped"
 
 
 def _ci(m: dict, key: str) -> str:

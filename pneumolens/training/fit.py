@@ -128,7 +128,7 @@ def fit(
     kept = kept_checkpoint(out, config.select_epoch)
     state = load_run_checkpoint(kept) if kept else None
     # A resumed run's wall time includes the segments before this one (stored in its checkpoints).
-    before_s = sum(cb.before_s for cb in trainer.callbacks if isinstance(cb, ResumeCallback))
+    before_s = next((cb.before_s for cb in trainer.callbacks if isinstance(cb, ResumeCallback)), 0.0)
     return finalize(config, dm, out, state, epochs_run=trainer.current_epoch, t0=t0 - before_s, preset=preset)
 
 
