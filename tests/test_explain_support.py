@@ -19,7 +19,8 @@ class QuadrantNet(nn.Module):
 
     The input is masked to the quadrant before a 1x1 convolution (weight 1), so the conv
     activations (what Grad-CAM sees) are zero elsewhere and every pixel outside has exactly zero
-    influence. Brightening the quadrant raises the logit.
+    influence. Brightening the quadrant raises the logit. The block ends in a 1x1 max-pool (an
+    identity) so that Grad-CAM's default layer, ``features.<last block>.pool``, exists.
     """
 
     def __init__(self, size: int = 32) -> None:
@@ -28,7 +29,7 @@ class QuadrantNet(nn.Module):
         with torch.no_grad():
             conv.weight.fill_(1.0)
             conv.bias.zero_()
-        self.features = nn.Sequential(OrderedDict(block1=nn.Sequential(OrderedDict(conv=conv, relu=nn.ReLU()))))
+        self.features = nn.Sequential(OrderedDict(block1=nn.Sequential(OrderedDict(conv=conv, relu=nn.ReLU(), pool=nn.MaxPool2d(1)))))
         self.head = nn.Sequential(OrderedDict(out=nn.Linear(1, 1)))
         with torch.no_grad():
             self.head.out.weight.fill_(8.0)
