@@ -1,0 +1,132 @@
+"""Where each cross-validated fold model's explanations put their evidence: outside the lungs or in them.
+
+The shortcut audit measures the share of each explanation's positive attribution outside the
+approximate lung fields on the *shipped* model only; one model cannot say whether a recipe moves
+that share or a training run happened to. This script runs the audit's attribution part on every
+fold model of one or more ``pneumolens cv`` folders, each on its own fold's held-out films (the
+same films for every recipe: same folds, same seed), and tables the median share per fold and its
+mean ± sd over folds, beside the fold's ROC AUC and marker flip rate from ``cv.json``:
+
+    python scripts/cv_attribution.py runs/cv/s5-base runs/cv/s5-default runs/cv/s5-default-20 \\
+        --out docs/cv/attribution.md
+
+Each fold's audit goes to ``FOLD/audit-attribution/`` and is reused when its settings match
+(``--fresh`` recomputes). The probes run on ``--n`` films with one marker variant each: only the
+explanations are read here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from pneumolens.audit import run_audit
+from pneumolens.commands._common import data_root
+from pneumolens.jsonable import dumps
+
+METHODS = "gradcam,gradcam:layer=features.block3.relu,ig"
+
+
+def _fold_dirs(cv_dir: Path) -> list[tuple[int, Path]]:
+    """(fold index, folder) of every fold of ``cv_dir`` that has a finished model."""
+    out = []
+    for d in sorted(cv_dir.glob("fold-*")):
+        if (d / "model.pt").is_file() and d.name.split("-")[-1].isdigit():
+            out.append((int(d.name.split("-")[-1]), d))
+    return out
+
+
+def audit_fold(fold_dir: Path, data: Path, n: int, explain_n: int, methods: str, threads: int | None,
+               fresh: bool) -> dict:
+    """The audit's metrics.json of one fold model, run now unless an equal run is on disk."""
+    out = fold_dir / "audit-attribution"
+    settings = {"n": n, "explain_n": explain_n, "methods": methods}
+    done = out / "metrics.json"
+    if done.is_file() and not fresh:
+        metrics = json.loads(done.read_text())
+        if metrics.get("attribution_settings") == settings:
+            return metrics
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    metrics = run_audit(checkpoint=fold_dir / "model.pt", data=data, split="validation", out=out, n=n,
+                        markers_per_film=1, methods=methods, explain_n=explain_n, seed=0, progress=False,
+                        command=f"scripts/cv_attribution.py ({fold_dir})")
+    metrics["attribution_settings"] = settings
+    done.write_text(dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return metrics
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f} %"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f} %"
+
+
+def table(rows: list[dict], labels: list[str]) -> str:
+    """Two markdown tables: mean ± sd over folds per recipe, then every fold."""
+    recipes = list(dict.fromkeys(r["recipe"] for r in rows))
+    head = "| recipe | folds | " + " | ".join(labels) + " | chance | ROC AUC | marker flip rate |"
+    lines = [head, "|" + " --- |" * 1 + " ---: |" * (len(labels) + 4)]
+    for recipe in recipes:
+        mine = [r for r in rows if r["recipe"] == recipe]
+        cells = [_mean_sd([r["median"][m] for r in mine if r["median"][m] is not None]) for m in labels]
+        auc = [r["auc"] for r in mine if r["auc"] is not None]
+        flip = [r["flip"] for r in mine if r["flip"] is not None]
+        lines.append(f"| {recipe} | {','.join(str(r['fold']) for r in mine)} | " + " | ".join(cells)
+                     + f" | {_mean_sd([r['chance'] for r in mine])} | "
+                     + (f"{statistics.mean(auc):.3f}" if auc else "") + " | "
+                     + (f"{statistics.mean(flip):.3f}" if flip else "") + " |")
+    lines += ["", "| recipe | fold | " + " | ".join(labels) + " | films (valid per method) |",
+              "| --- | ---: |" + " ---: |" * (len(labels) + 1)]
+    for r in rows:
+        cells = [f"{100 * r['median'][m]:.1f} %" if r["median"][m] is not None else "n/a" for m in labels]
+        lines.append(f"| {r['recipe']} | {r['fold']} | " + " | ".join(cells) + " | "
+                     + ", ".join(str(r["valid"][m]) for m in labels) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cv_dirs", nargs="+", type=Path, help="`pneumolens cv --out` folders")
+    parser.add_argument("--data", default=None, help="dataset root (default: as the CLI)")
+    parser.add_argument("--n", type=int, default=120, help="held-out films probed per fold (default: 120)")
+    parser.add_argument("--explain-n", type=int, default=40, help="films explained per fold, half per class (default: 40)")
+    parser.add_argument("--methods", default=METHODS, help=f"explanation methods (default: {METHODS})")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--fresh", action="store_true", help="recompute audits already on disk")
+    parser.add_argument("--out", type=Path, default=None, help="also write the tables to this markdown file")
+    args = parser.parse_args()
+    data = data_root(args.data)
+    labels = [m.strip() for m in args.methods.split(",") if m.strip()]
+    rows = []
+    for cv_dir in args.cv_dirs:
+        cv = json.loads((cv_dir / "cv.json").read_text())
+        per_fold = {int(f["fold"]): f for f in cv.get("per_fold", [])}
+        for k, fold_dir in _fold_dirs(cv_dir):
+            metrics = audit_fold(fold_dir, data, args.n, args.explain_n, args.methods, args.threads, args.fresh)
+            methods = metrics["explanations"]["methods"]
+            fold = per_fold.get(k, {})
+            rows.append({
+                "recipe": cv.get("label", cv_dir.name), "fold": k,
+                "median": {m: methods[m]["share_outside"]["median"] for m in labels},
+                "valid": {m: methods[m]["n_valid"] for m in labels},
+                "chance": next(iter(methods.values()))["uniform_share"],
+                "auc": fold.get("roc_auc"), "flip": fold.get("marker_flip_rate"),
+            })
+            print(f"{cv_dir.name} fold {k}: " + ", ".join(
+                f"{m} {100 * rows[-1]['median'][m]:.1f} %" for m in labels if rows[-1]["median"][m] is not None),
+                flush=True)
+    text = table(rows, labels)
+    print(text)
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""scripts/compare_audits.py and scripts/cv_attribution.py: the pairing and the tables, on hand-made audits."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _audit(films: list[str], shares: dict[str, list[float | None]]) -> dict:
+    return {"explanations": {"films": films, "methods": {
+        label: {"share_per_film": s, "uniform_share": 0.75} for label, s in shares.items()}}}
+
+
+def test_compare_pairs_films_by_name_and_drops_films_without_positive_evidence() -> None:
+    compare = _script("compare_audits")
+    a = _audit(["f1", "f2", "f3", "f4"], {"gradcam": [0.9, 0.8, None, 0.7], "ig": [0.6, 0.6, 0.6, 0.6]})
+    # B explained the same films in another order, one more film, and lacks ig on nothing
+    b = _audit(["f4", "f3", "f2", "f1", "f9"], {"gradcam": [0.5, 0.9, 0.8, 0.6, 0.1], "ig": [0.7, 0.7, 0.7, 0.7, 0.0]})
+    r = compare.paired(a, b)
+    g = r["gradcam"]
+    # pairs (A, B): f1 (0.9, 0.6), f2 (0.8, 0.8), f4 (0.7, 0.5); f3 has no A map, f9 no A film
+    assert g["films"] == 3 and sorted(g["pairs"]) == sorted([(0.9, 0.6), (0.8, 0.8), (0.7, 0.5)])
+    assert g["median_a"] == pytest.approx(0.8) and g["median_b"] == pytest.approx(0.6)
+    diffs = [-0.3, 0.0, -0.2]
+    assert g["mean_diff"] == pytest.approx(sum(diffs) / 3)
+    sd = math.sqrt(sum((d - sum(diffs) / 3) ** 2 for d in diffs) / 2)
+    assert g["se_diff"] == pytest.approx(sd / math.sqrt(3))
+    assert g["b_lower"] == 2
+    assert r["ig"]["films"] == 4 and r["ig"]["mean_diff"] == pytest.approx(0.1) and r["ig"]["b_lower"] == 0
+    text = compare.markdown(r, ("old", "new"), 0.75)
+    assert "| gradcam | 3 | 80.0 % | 60.0 % | -16.7 ± 8.8 points | 2 of 3 |" in text
+    assert "75.0 % outside" in text
+
+
+def test_compare_refuses_audits_of_different_films() -> None:
+    compare = _script("compare_audits")
+    with pytest.raises(SystemExit, match="no film in common"):
+        compare.paired(_audit(["a"], {"gradcam": [0.5]}), _audit(["b"], {"gradcam": [0.5]}))
+
+
+def test_compare_writes_table_json_and_figure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    compare = _script("compare_audits")
+    for name, shares in (("old", [0.9, 0.8, 0.7]), ("new", [0.6, 0.8, 0.5])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(_audit(["x", "y", "z"], {"gradcam": shares})))
+    out = tmp_path / "cmp"
+    monkeypatch.setattr(sys, "argv", ["compare_audits.py", str(tmp_path / "old"), str(tmp_path / "new"),
+                                      "--names", "old", "new", "--out", str(out)])
+    compare.main()
+    saved = json.loads((out / "compare.json").read_text())
+    assert saved["gradcam"]["films"] == 3 and saved["gradcam"]["b_lower"] == 2
+    assert (out / "compare.png").stat().st_size > 1000 and "| gradcam | 3 |" in (out / "compare.md").read_text()
+
+
+def test_compare_names_an_unreadable_audit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    compare = _script("compare_audits")
+    monkeypatch.setattr(sys, "argv", ["compare_audits.py", str(tmp_path / "none"), str(tmp_path / "none2")])
+    with pytest.raises(SystemExit, match=r"none/metrics.json: cannot read an audit's metrics"):
+        compare.main()
+
+
+def test_cv_attribution_table_gives_mean_and_sd_over_folds() -> None:
+    cv_attr = _script("cv_attribution")
+    rows = [
+        {"recipe": "r1", "fold": 0, "median": {"gradcam": 0.90}, "valid": {"gradcam": 30}, "chance": 0.76,
+         "auc": 0.99, "flip": 0.01},
+        {"recipe": "r1", "fold": 1, "median": {"gradcam": 0.80}, "valid": {"gradcam": 40}, "chance": 0.76,
+         "auc": 0.98, "flip": 0.03},
+        {"recipe": "r2", "fold": 0, "median": {"gradcam": None}, "valid": {"gradcam": 0}, "chance": 0.75,
+         "auc": None, "flip": None},
+    ]
+    text = cv_attr.table(rows, ["gradcam"])
+    # r1: mean 0.85, sd of (0.9, 0.8) = 0.0707; AUC mean 0.985, flips 0.02
+    assert "| r1 | 0,1 | 85.0 ± 7.1 % | 76.0 ± 0.0 % | 0.985 | 0.020 |" in text
+    assert "| r2 | 0 |  | 75.0 % |  |  |" in text
+    assert "| r1 | 1 | 80.0 % | 40 |" in text and "| r2 | 0 | n/a | 0 |" in text
