@@ -78,7 +78,7 @@ def markdown(result: dict[str, dict[str, Any]], names: tuple[str, str], chance: 
     return "\n".join(lines) + "\n"
 
 
-def plot(result: dict[str, dict[str, Any]], names: tuple[str, str], path: Path) -> None:
+def plot(result: dict[str, dict[str, Any]], names: tuple[str, str], chance: float | None, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,12 +89,18 @@ def plot(result: dict[str, dict[str, Any]], names: tuple[str, str], path: Path) 
         xs, ys = zip(*r["pairs"])
         ax.scatter(xs, ys, s=12, alpha=0.7)
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+        if chance is not None:
+            ax.axvline(chance, color="tab:red", lw=0.7, ls=":", label=f"evenly spread map ({100 * chance:.0f} %)")
+            ax.axhline(chance, color="tab:red", lw=0.7, ls=":")
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"{names[0]}: share outside", ylabel=f"{names[1]}: share outside")
         ax.set_title(f"{label}\n{r['films']} films, {r['b_lower']} below the diagonal", fontsize=9)
         ax.set_aspect("equal")
-    fig.suptitle("Positive attribution outside the approximate lung fields, a point per film", fontsize=10)
+    if chance is not None:
+        axes[0][0].legend(loc="lower right", fontsize=7)
+    fig.suptitle("Share of positive attribution outside the approximate lung fields, a point per film "
+                 "(below the diagonal: less outside in the second)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -117,7 +123,7 @@ def main() -> None:
         (args.out / "compare.md").write_text(text, encoding="utf-8")
         (args.out / "compare.json").write_text(json.dumps(
             {k: {kk: vv for kk, vv in v.items() if kk != "pairs"} for k, v in result.items()}, indent=2) + "\n")
-        plot(result, tuple(args.names), args.out / "compare.png")
+        plot(result, tuple(args.names), chance, args.out / "compare.png")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 from pneumolens.audit import run_audit
@@ -27,6 +28,9 @@ from pneumolens.commands._common import data_root
 from pneumolens.jsonable import dumps
 
 METHODS = "gradcam,gradcam:layer=features.block3.relu,ig"
+#: Panel titles for the figure; other labels are shown as given.
+TITLES = {"gradcam": "Grad-CAM, default layer (block3.pool)", "gradcam:layer=features.block3.relu": "Grad-CAM, block3.relu",
+          "ig": "Integrated Gradients", "occlusion": "Occlusion"}
 
 
 def _fold_dirs(cv_dir: Path) -> list[tuple[int, Path]]:
@@ -91,6 +95,35 @@ def table(rows: list[dict], labels: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot(rows: list[dict], labels: list[str], path: Path) -> None:
+    """A panel per method: each fold's median share outside the lungs, a column per recipe, chance dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recipes = list(dict.fromkeys(r["recipe"] for r in rows))
+    fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 0.45 * len(recipes) + 1.8),
+                             sharey=True, squeeze=False)
+    for ax, label in zip(axes[0], labels):
+        for i, recipe in enumerate(recipes):
+            xs = [r["median"][label] for r in rows if r["recipe"] == recipe and r["median"][label] is not None]
+            ax.scatter(xs, [i] * len(xs), s=18, alpha=0.75, color="tab:blue")
+            if xs:
+                ax.plot([statistics.mean(xs)] * 2, [i - 0.3, i + 0.3], color="black", lw=1.5)
+        chance = statistics.mean(r["chance"] for r in rows)
+        ax.axvline(chance, color="tab:red", ls="--", lw=0.9, label=f"evenly spread map ({100 * chance:.0f} %)")
+        ax.set(xlim=(0.5, 1.02), title=TITLES.get(label, label), xlabel="share of positive attribution outside the lungs")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(range(len(recipes)), recipes, fontsize=8)
+    axes[0][0].invert_yaxis()
+    axes[0][0].legend(loc="lower left", fontsize=7)
+    fig.suptitle("Each fold model on its own held-out films (a dot per fold, bar: mean)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("cv_dirs", nargs="+", type=Path, help="`pneumolens cv --out` folders")
@@ -101,6 +134,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--fresh", action="store_true", help="recompute audits already on disk")
     parser.add_argument("--out", type=Path, default=None, help="also write the tables to this markdown file")
+    parser.add_argument("--plot", type=Path, default=None, help="also draw the folds' shares to this PNG")
     args = parser.parse_args()
     data = data_root(args.data)
     labels = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -125,7 +159,19 @@ def main() -> None:
     text = table(rows, labels)
     print(text)
     if args.out:
-        args.out.write_text(text, encoding="utf-8")
+        command = " ".join(["python scripts/cv_attribution.py", *sys.argv[1:]])
+        header = (
+            "# Where each fold model's explanations put their evidence\n\n"
+            f"`{command}`\n\n"
+            f"Median share of positive attribution outside the approximate lung fields (pneumolens.audit.lungs) over "
+            f"{args.explain_n} of each fold's held-out films (half per class; films whose map has no positive value "
+            "are left out: the count per method is in the second table), then mean ± sd over folds; chance: an "
+            "evenly spread map. `gradcam` is Grad-CAM on its default layer (the last block's pooled output); ROC AUC "
+            "and marker flip rate: the fold's, from cv.json.\n\n"
+        )
+        args.out.write_text(header + text, encoding="utf-8")
+    if args.plot:
+        plot(rows, labels, args.plot)
 
 
 if __name__ == "__main__":

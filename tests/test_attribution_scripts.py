@@ -89,3 +89,28 @@ def test_cv_attribution_table_gives_mean_and_sd_over_folds() -> None:
     assert "| r1 | 0,1 | 85.0 ± 7.1 % | 76.0 ± 0.0 % | 0.985 | 0.020 |" in text
     assert "| r2 | 0 |  | 75.0 % |  |  |" in text
     assert "| r1 | 1 | 80.0 % | 40 |" in text and "| r2 | 0 | n/a | 0 |" in text
+
+
+def test_cv_attribution_reuses_a_fold_audit_with_the_same_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cv_attr = _script("cv_attribution")
+    fold = tmp_path / "fold-0"
+    (fold / "audit-attribution").mkdir(parents=True)
+    saved = {"attribution_settings": {"n": 120, "explain_n": 40, "methods": "gradcam"}, "explanations": {}}
+    (fold / "audit-attribution" / "metrics.json").write_text(json.dumps(saved))
+    calls = []
+    monkeypatch.setattr(cv_attr, "run_audit", lambda **kw: calls.append(kw) or {"explanations": {}})
+    assert cv_attr.audit_fold(fold, tmp_path, 120, 40, "gradcam", None, fresh=False) == saved and not calls
+    # other settings, or --fresh: the audit runs again and its settings are stored with it
+    again = cv_attr.audit_fold(fold, tmp_path, 120, 20, "gradcam", None, fresh=False)
+    assert len(calls) == 1 and calls[0]["explain_n"] == 20 and calls[0]["split"] == "validation"
+    assert again["attribution_settings"] == {"n": 120, "explain_n": 20, "methods": "gradcam"}
+    cv_attr.audit_fold(fold, tmp_path, 120, 20, "gradcam", None, fresh=True)
+    assert len(calls) == 2
+
+
+def test_cv_attribution_plot_draws_a_panel_per_method(tmp_path: Path) -> None:
+    cv_attr = _script("cv_attribution")
+    rows = [{"recipe": f"r{i % 2}", "fold": i, "median": {"gradcam": 0.8 + 0.05 * i, "ig": None if i == 3 else 0.6},
+             "valid": {}, "chance": 0.76, "auc": None, "flip": None} for i in range(4)]
+    cv_attr.plot(rows, ["gradcam", "ig"], tmp_path / "a.png")
+    assert (tmp_path / "a.png").stat().st_size > 5000
