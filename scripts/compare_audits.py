@@ -84,6 +84,8 @@ def plot(result: dict[str, dict[str, Any]], names: tuple[str, str], chance: floa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from pneumolens.explain.render import display_name
+
     fig, axes = plt.subplots(1, len(result), figsize=(3.4 * len(result), 3.6), squeeze=False)
     for ax, (label, r) in zip(axes[0], result.items()):
         xs, ys = zip(*r["pairs"])
@@ -92,8 +94,9 @@ def plot(result: dict[str, dict[str, Any]], names: tuple[str, str], chance: floa
         if chance is not None:
             ax.axvline(chance, color="tab:red", lw=0.7, ls=":", label=f"evenly spread map ({100 * chance:.0f} %)")
             ax.axhline(chance, color="tab:red", lw=0.7, ls=":")
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"{names[0]}: share outside", ylabel=f"{names[1]}: share outside")
-        ax.set_title(f"{label}\n{r['films']} films, {r['b_lower']} below the diagonal", fontsize=9)
+        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel=f"{names[0]}: share outside",
+               ylabel=f"{names[1]}: share outside")
+        ax.set_title(f"{display_name(label)}\n{r['films']} films, {r['b_lower']} below the diagonal", fontsize=9)
         ax.set_aspect("equal")
     if chance is not None:
         axes[0][0].legend(loc="lower right", fontsize=7)

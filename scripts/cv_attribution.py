@@ -21,16 +21,22 @@ import argparse
 import json
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pneumolens.audit import run_audit
 from pneumolens.commands._common import data_root
 from pneumolens.jsonable import dumps
 
 METHODS = "gradcam,gradcam:layer=features.block3.relu,ig"
-#: Panel titles for the figure; other labels are shown as given.
-TITLES = {"gradcam": "Grad-CAM, default layer (block3.pool)", "gradcam:layer=features.block3.relu": "Grad-CAM, block3.relu",
-          "ig": "Integrated Gradients", "occlusion": "Occlusion"}
+
+
+def title(label: str) -> str:
+    """A method label as figures name it; Grad-CAM without a layer is on its default layer."""
+    from pneumolens.explain.render import display_name
+
+    return display_name(label) + (" (default layer)" if label == "gradcam" else "")
 
 
 def _fold_dirs(cv_dir: Path) -> list[tuple[int, Path]]:
@@ -42,11 +48,9 @@ def _fold_dirs(cv_dir: Path) -> list[tuple[int, Path]]:
     return out
 
 
-def audit_fold(fold_dir: Path, data: Path, n: int, explain_n: int, methods: str, threads: int | None,
-               fresh: bool) -> dict:
-    """The audit's metrics.json of one fold model, run now unless an equal run is on disk."""
-    out = fold_dir / "audit-attribution"
-    settings = {"n": n, "explain_n": explain_n, "methods": methods}
+def _cached_audit(checkpoint: Callable[[], Any], out: Path, data: Path, settings: dict[str, Any],
+                  threads: int | None, fresh: bool, what: str) -> dict:
+    """The audit's metrics.json in ``out``, run now (on ``checkpoint()``) unless a run with ``settings`` is there."""
     done = out / "metrics.json"
     if done.is_file() and not fresh:
         metrics = json.loads(done.read_text())
@@ -56,12 +60,46 @@ def audit_fold(fold_dir: Path, data: Path, n: int, explain_n: int, methods: str,
         import torch
 
         torch.set_num_threads(threads)
-    metrics = run_audit(checkpoint=fold_dir / "model.pt", data=data, split="validation", out=out, n=n,
-                        markers_per_film=1, methods=methods, explain_n=explain_n, seed=0, progress=False,
-                        command=f"scripts/cv_attribution.py ({fold_dir})")
+    metrics = run_audit(checkpoint=checkpoint(), data=data, split="validation", out=out, n=settings["n"],
+                        markers_per_film=1, methods=settings["methods"], explain_n=settings["explain_n"], seed=0,
+                        progress=False, command=f"scripts/cv_attribution.py ({what})")
     metrics["attribution_settings"] = settings
     done.write_text(dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return metrics
+
+
+def audit_fold(fold_dir: Path, data: Path, n: int, explain_n: int, methods: str, threads: int | None,
+               fresh: bool) -> dict:
+    """The audit's metrics.json of one fold model on its own held-out films, cached in ``fold_dir``."""
+    settings = {"n": n, "explain_n": explain_n, "methods": methods}
+    return _cached_audit(lambda: fold_dir / "model.pt", fold_dir / "audit-attribution", data, settings, threads,
+                         fresh, str(fold_dir))
+
+
+def untrained(seed: int = 0) -> Any:
+    """The shipped checkpoint with every layer re-initialised (seeded): the architecture, having learned nothing.
+
+    Its explanations give the share outside the lungs that the architecture and the maps' smoothing
+    produce on their own, the floor against which a trained model's share means something.
+    """
+    import torch
+
+    from pneumolens.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(None)
+    torch.manual_seed(seed)
+    for module in ckpt.model.modules():
+        if module is not ckpt.model and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    ckpt.model.eval()
+    return ckpt
+
+
+def audit_untrained(out: Path, data: Path, n: int, explain_n: int, methods: str, threads: int | None,
+                    fresh: bool) -> dict:
+    """The audit of :func:`untrained` on the shipped model's validation split, cached in ``out``."""
+    settings = {"n": n, "explain_n": explain_n, "methods": methods, "untrained_seed": 0}
+    return _cached_audit(lambda: untrained(0), out, data, settings, threads, fresh, "shipped architecture, re-initialised")
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -113,7 +151,7 @@ def plot(rows: list[dict], labels: list[str], path: Path) -> None:
                 ax.plot([statistics.mean(xs)] * 2, [i - 0.3, i + 0.3], color="black", lw=1.5)
         chance = statistics.mean(r["chance"] for r in rows)
         ax.axvline(chance, color="tab:red", ls="--", lw=0.9, label=f"evenly spread map ({100 * chance:.0f} %)")
-        ax.set(xlim=(0.5, 1.02), title=TITLES.get(label, label), xlabel="share of positive attribution outside the lungs")
+        ax.set(xlim=(0.5, 1.02), title=title(label), xlabel="share of positive attribution outside the lungs")
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(range(len(recipes)), recipes, fontsize=8)
     axes[0][0].invert_yaxis()
@@ -135,10 +173,20 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="recompute audits already on disk")
     parser.add_argument("--out", type=Path, default=None, help="also write the tables to this markdown file")
     parser.add_argument("--plot", type=Path, default=None, help="also draw the folds' shares to this PNG")
+    parser.add_argument("--untrained", type=Path, default=None, metavar="DIR",
+                        help="also audit the shipped architecture re-initialised (seed 0; no training) on the "
+                             "shipped model's validation split, in DIR, as the first row: the floor")
     args = parser.parse_args()
     data = data_root(args.data)
     labels = [m.strip() for m in args.methods.split(",") if m.strip()]
     rows = []
+    if args.untrained:
+        methods = audit_untrained(args.untrained, data, args.n, args.explain_n, args.methods, args.threads,
+                                  args.fresh)["explanations"]["methods"]
+        rows.append({"recipe": "untrained (shipped architecture, re-initialised)", "fold": "-",
+                     "median": {m: methods[m]["share_outside"]["median"] for m in labels},
+                     "valid": {m: methods[m]["n_valid"] for m in labels},
+                     "chance": next(iter(methods.values()))["uniform_share"], "auc": None, "flip": None})
     for cv_dir in args.cv_dirs:
         cv = json.loads((cv_dir / "cv.json").read_text())
         per_fold = {int(f["fold"]): f for f in cv.get("per_fold", [])}
@@ -167,7 +215,9 @@ def main() -> None:
             f"{args.explain_n} of each fold's held-out films (half per class; films whose map has no positive value "
             "are left out: the count per method is in the second table), then mean ± sd over folds; chance: an "
             "evenly spread map. `gradcam` is Grad-CAM on its default layer (the last block's pooled output); ROC AUC "
-            "and marker flip rate: the fold's, from cv.json.\n\n"
+            "and marker flip rate: the fold's, or their mean over the folds, from cv.json. The untrained row (if "
+            f"any): the shipped architecture re-initialised, on {args.explain_n} films of the shipped model's "
+            "validation split.\n\n"
         )
         args.out.write_text(header + text, encoding="utf-8")
     if args.plot:

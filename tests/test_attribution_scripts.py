@@ -114,3 +114,18 @@ def test_cv_attribution_plot_draws_a_panel_per_method(tmp_path: Path) -> None:
              "valid": {}, "chance": 0.76, "auc": None, "flip": None} for i in range(4)]
     cv_attr.plot(rows, ["gradcam", "ig"], tmp_path / "a.png")
     assert (tmp_path / "a.png").stat().st_size > 5000
+
+
+def test_untrained_baseline_is_the_shipped_architecture_reinitialised_reproducibly() -> None:
+    import torch
+
+    from pneumolens.checkpoint import load_checkpoint
+
+    cv_attr = _script("cv_attribution")
+    shipped = load_checkpoint(None).model.state_dict()
+    a, b = cv_attr.untrained(0).model.state_dict(), cv_attr.untrained(0).model.state_dict()
+    assert a.keys() == shipped.keys()
+    weights = [k for k in a if k.endswith("weight") and a[k].dtype.is_floating_point]
+    assert weights and all(torch.equal(a[k], b[k]) for k in weights)  # seeded: the same twice
+    assert all(not torch.equal(a[k], shipped[k]) for k in weights if a[k].numel() > 1 and not k.endswith("bn.weight"))
+    assert cv_attr.title("gradcam") == "Grad-CAM (default layer)" and cv_attr.title("ig") == "Integrated Gradients"

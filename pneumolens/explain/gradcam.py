@@ -9,12 +9,14 @@ Default layer: the last convolutional block's max-pooled output (``features.bloc
 128x128 CnnLstm: 128 channels at 16x16, what the LSTM reads). Measured, not habit, with
 ``pneumolens explain-eval --split validation --n 40 --methods gradcam:layer=...`` against the
 block's ReLU before pooling (32x32), its conv output (pre-BatchNorm) and the second block's ReLU
-(64x64), on each model the project shipped (docs/figures/gradcam-layers/README.md). The last
-block's output (relu or pool) led the conv output and the earlier block on every model. Relu was
-the default until 2026-11-29 on split or tied evidence (pool's deletion gap higher on an interim
-model, relu's insertion AUC higher on a 2-epoch one, a tie on the 10-epoch model; relu's map is
-the finer). The rule since: the layer with the highest deletion gap (reverse-order minus deletion
-AUC, ROAD-style), unless another matches it within two paired standard errors, when the finer map
+(64x64), on the interim model of 2026-11-25, the two models shipped on 2026-11-29 and a 2-epoch
+one (docs/figures/gradcam-layers/README.md).
+The last block's output (relu or pool) led the conv output and the earlier block on the deletion
+gap on every model (tied by block2.relu on the 2-epoch model). Relu was the default until
+2026-11-29 on split or tied evidence (pool's deletion gap higher on an interim model, relu's
+insertion AUC higher on the 2-epoch one, a tie on the 10-epoch model; relu's map is the finer).
+The rule since: the layer with the highest deletion gap (reverse-order minus deletion AUC,
+ROAD-style), unless another matches it within two paired standard errors, when the finer map
 wins; on the shipped 20-epoch model pool's gap is higher by about four standard errors at equal
 insertion AUC. All layers pass the randomisation check (Spearman with the re-initialised model's
 maps between -0.6 and 0.3). ``relu=False`` (signed Grad-CAM) is available for "evidence against"
