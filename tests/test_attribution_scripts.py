@@ -129,3 +129,11 @@ def test_untrained_baseline_is_the_shipped_architecture_reinitialised_reproducib
     assert weights and all(torch.equal(a[k], b[k]) for k in weights)  # seeded: the same twice
     assert all(not torch.equal(a[k], shipped[k]) for k in weights if a[k].numel() > 1 and not k.endswith("bn.weight"))
     assert cv_attr.title("gradcam") == "Grad-CAM (default layer)" and cv_attr.title("ig") == "Integrated Gradients"
+
+
+def test_cv_attribution_names_a_folder_that_is_not_a_cross_validation(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    cv_attr = _script("cv_attribution")
+    monkeypatch.setattr(sys, "argv", ["cv_attribution.py", str(tmp_path), "--data", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"cv.json: not a finished `pneumolens cv --out` folder"):
+        cv_attr.main()
