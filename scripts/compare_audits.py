@@ -5,8 +5,9 @@ films; two models' medians from different films differ by chance alone. When bot
 explained the same films (same split, ``--n``, ``--explain-n`` and ``--seed``, as two checkpoints
 with the same validation split do), this pairs them by film and reports, per method: the films
 where both maps had positive evidence, both medians on those films, the mean paired difference
-(B - A) with its standard error, and how many films B puts less outside than A. A figure plots B
-against A, a point per film:
+(B - A) with its standard error, and how many films B puts less outside than A; and the same per
+true class when the audits' films.csv give the labels. A figure plots B against A, a point per
+film (coloured by class):
 
     pneumolens audit -c OLD.pt --n 523 --explain-n 100 --markers-per-film 1 --out runs/audit-old
     pneumolens audit --n 523 --explain-n 100 --markers-per-film 1 --out runs/audit-new
@@ -16,6 +17,7 @@ against A, a point per film:
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import statistics
@@ -31,8 +33,30 @@ def _read(audit_dir: Path) -> dict[str, Any]:
         raise SystemExit(f"{path}: cannot read an audit's metrics ({exc})") from None
 
 
-def paired(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per method explained in both audits: the paired shares and their summary.
+def _labels(audit_dir: Path) -> dict[str, int]:
+    """File name -> true label (0 NORMAL, 1 PNEUMONIA) from the audit's films.csv; empty when absent."""
+    path = audit_dir / "films.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as fh:
+        return {row["file"]: int(row["label"]) for row in csv.DictReader(fh) if row.get("label") not in (None, "")}
+
+
+def _summary(pairs: list[tuple[float, float]]) -> dict[str, Any]:
+    diffs = [y - x for x, y in pairs]
+    return {
+        "films": len(pairs),
+        "median_a": statistics.median(x for x, _ in pairs),
+        "median_b": statistics.median(y for _, y in pairs),
+        "mean_diff": statistics.mean(diffs),
+        "se_diff": statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan"),
+        "b_lower": sum(d < 0 for d in diffs),
+    }
+
+
+def paired(a: dict[str, Any], b: dict[str, Any], labels: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
+    """Per method explained in both audits: the paired shares and their summary, and per true class
+    (``by_class``) when ``labels`` names the films' classes.
 
     Raises:
         SystemExit: the audits share no explained film (different splits, subsets or seeds).
@@ -48,33 +72,37 @@ def paired(a: dict[str, Any], b: dict[str, Any]) -> dict[str, dict[str, Any]]:
         mb = b["explanations"]["methods"].get(label)
         if mb is None:
             continue
-        pairs = [(ma["share_per_film"][ia[f]], mb["share_per_film"][ib[f]]) for f in common]
-        pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
-        if not pairs:
+        named = [(f, ma["share_per_film"][ia[f]], mb["share_per_film"][ib[f]]) for f in common]
+        named = [(f, x, y) for f, x, y in named if x is not None and y is not None]
+        if not named:
             continue
-        diffs = [y - x for x, y in pairs]
-        se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
-        out[label] = {
-            "films": len(pairs),
-            "median_a": statistics.median(x for x, _ in pairs),
-            "median_b": statistics.median(y for _, y in pairs),
-            "mean_diff": statistics.mean(diffs),
-            "se_diff": se,
-            "b_lower": sum(d < 0 for d in diffs),
-            "pairs": pairs,
-        }
+        out[label] = {**_summary([(x, y) for _, x, y in named]), "pairs": [(x, y) for _, x, y in named]}
+        if labels:
+            out[label]["classes"] = [labels.get(f) for f, _, _ in named]
+            out[label]["by_class"] = {
+                cls: _summary(mine) for cls in (0, 1)
+                if (mine := [(x, y) for f, x, y in named if labels.get(f) == cls])
+            }
     return out
+
+
+def _row(first: str, r: dict[str, Any]) -> str:
+    return (f"| {first} | {r['films']} | {100 * r['median_a']:.1f} % | {100 * r['median_b']:.1f} % | "
+            f"{100 * r['mean_diff']:+.1f} ± {100 * r['se_diff']:.1f} points | {r['b_lower']} of {r['films']} |")
 
 
 def markdown(result: dict[str, dict[str, Any]], names: tuple[str, str], chance: float | None) -> str:
     a, b = names
-    lines = [f"| method | films | median outside, {a} | median outside, {b} | {b} − {a}, mean ± SE | films {b} lower |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for label, r in result.items():
-        lines.append(f"| {label} | {r['films']} | {100 * r['median_a']:.1f} % | {100 * r['median_b']:.1f} % | "
-                     f"{100 * r['mean_diff']:+.1f} ± {100 * r['se_diff']:.1f} points | {r['b_lower']} of {r['films']} |")
+    head = f"median outside, {a} | median outside, {b} | {b} − {a}, mean ± SE | films {b} lower |"
+    lines = [f"| method | films | {head}", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [_row(label, r) for label, r in result.items()]
     if chance is not None:
         lines.append(f"\nAn evenly spread map: {100 * chance:.1f} % outside.")
+    if any(r.get("by_class") for r in result.values()):
+        lines += ["", "By true class:", "", f"| method, class | films | {head}", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for label, r in result.items():
+            for cls, rc in (r.get("by_class") or {}).items():
+                lines.append(_row(f"{label}, {('NORMAL', 'PNEUMONIA')[cls]}", rc))
     return "\n".join(lines) + "\n"
 
 
@@ -88,8 +116,12 @@ def plot(result: dict[str, dict[str, Any]], names: tuple[str, str], chance: floa
 
     fig, axes = plt.subplots(1, len(result), figsize=(3.4 * len(result), 3.6), squeeze=False)
     for ax, (label, r) in zip(axes[0], result.items()):
-        xs, ys = zip(*r["pairs"])
-        ax.scatter(xs, ys, s=12, alpha=0.7)
+        classes = r.get("classes") or [None] * len(r["pairs"])
+        for cls, colour, name in ((None, "tab:blue", None), (0, "tab:green", "NORMAL"), (1, "tab:purple", "PNEUMONIA")):
+            mine = [p for p, c in zip(r["pairs"], classes) if c == cls]
+            if mine:
+                xs, ys = zip(*mine)
+                ax.scatter(xs, ys, s=12, alpha=0.7, color=colour, label=name)
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
         if chance is not None:
             ax.axvline(chance, color="tab:red", lw=0.7, ls=":", label=f"evenly spread map ({100 * chance:.0f} %)")
@@ -98,7 +130,7 @@ def plot(result: dict[str, dict[str, Any]], names: tuple[str, str], chance: floa
                ylabel=f"{names[1]}: share outside")
         ax.set_title(f"{display_name(label)}\n{r['films']} films, {r['b_lower']} below the diagonal", fontsize=9)
         ax.set_aspect("equal")
-    if chance is not None:
+    if axes[0][0].get_legend_handles_labels()[0]:
         axes[0][0].legend(loc="lower right", fontsize=7)
     fig.suptitle("Share of positive attribution outside the approximate lung fields, a point per film "
                  "(below the diagonal: less outside in the second)", fontsize=10)
@@ -115,7 +147,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="folder for compare.md, compare.json, compare.png")
     args = parser.parse_args()
     a, b = _read(args.audit_a), _read(args.audit_b)
-    result = paired(a, b)
+    result = paired(a, b, _labels(args.audit_a) or _labels(args.audit_b))
     if not result:
         raise SystemExit("the two audits share no explanation method with a positive map on a common film")
     chance = next(iter(a["explanations"]["methods"].values())).get("uniform_share")
@@ -125,7 +157,8 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "compare.md").write_text(text, encoding="utf-8")
         (args.out / "compare.json").write_text(json.dumps(
-            {k: {kk: vv for kk, vv in v.items() if kk != "pairs"} for k, v in result.items()}, indent=2) + "\n")
+            {k: {kk: vv for kk, vv in v.items() if kk not in ("pairs", "classes")} for k, v in result.items()},
+            indent=2) + "\n")
         plot(result, tuple(args.names), chance, args.out / "compare.png")
 
 

@@ -137,3 +137,24 @@ def test_cv_attribution_names_a_folder_that_is_not_a_cross_validation(tmp_path: 
     monkeypatch.setattr(sys, "argv", ["cv_attribution.py", str(tmp_path), "--data", str(tmp_path)])
     with pytest.raises(SystemExit, match=r"cv.json: not a finished `pneumolens cv --out` folder"):
         cv_attr.main()
+
+
+def test_compare_splits_by_true_class_when_films_csv_gives_labels(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    compare = _script("compare_audits")
+    films = ["n1", "n2", "p1", "p2"]
+    for name, shares in (("old", [0.7, 0.8, 0.9, 0.9]), ("new", [0.9, 0.9, 0.8, 0.9])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(_audit(films, {"gradcam": shares})))
+        (tmp_path / name / "films.csv").write_text("file,label,p_clean\nn1,0,0.1\nn2,0,0.2\np1,1,0.9\np2,1,0.8\n")
+    out = tmp_path / "cmp"
+    monkeypatch.setattr(sys, "argv", ["compare_audits.py", str(tmp_path / "old"), str(tmp_path / "new"),
+                                      "--names", "old", "new", "--out", str(out)])
+    compare.main()
+    saved = json.loads((out / "compare.json").read_text())["gradcam"]
+    # NORMAL: (0.7, 0.9), (0.8, 0.9): +0.15 on average, none lower; PNEUMONIA: (0.9, 0.8), (0.9, 0.9): -0.05, one lower
+    assert saved["by_class"]["0"]["mean_diff"] == pytest.approx(0.15) and saved["by_class"]["0"]["b_lower"] == 0
+    assert saved["by_class"]["1"]["mean_diff"] == pytest.approx(-0.05) and saved["by_class"]["1"]["b_lower"] == 1
+    text = (out / "compare.md").read_text()
+    assert "| gradcam, NORMAL | 2 | 75.0 % | 90.0 % | +15.0 ± 5.0 points | 0 of 2 |" in text
+    assert "| gradcam, PNEUMONIA | 2 | 90.0 % | 85.0 % | -5.0 ± 5.0 points | 1 of 2 |" in text
