@@ -246,6 +246,23 @@ def test_share_is_near_one_for_a_corner_map_and_near_zero_inside_the_mask() -> N
     assert outside_share(inside, mask) == pytest.approx(0.0, abs=1e-9)
 
 
+def test_share_summary_by_true_class_by_hand() -> None:
+    from pneumolens.audit.attribution import summarize_shares
+
+    result = {"share": [0.9, 0.5, None, 0.7, 0.3], "peak_outside": [True, False, None, True, False], "seconds": 5.0}
+    masks = np.zeros((5, 2, 2), bool)
+    masks[:, 0, 0] = True  # a quarter of every film: chance 0.75
+    s = summarize_shares(result, masks, labels=[0, 0, 0, 1, 1])
+    assert s["n_valid"] == 4 and s["share_outside"]["median"] == pytest.approx(0.6)
+    assert s["uniform_share"] == pytest.approx(0.75) and s["seconds_per_film"] == pytest.approx(1.0)
+    # NORMAL: 0.9, 0.5 (the third film had no positive evidence); PNEUMONIA: 0.7, 0.3
+    assert s["by_class"] == {"NORMAL": {"n_films": 3, "n_valid": 2, "median": pytest.approx(0.7)},
+                             "PNEUMONIA": {"n_films": 2, "n_valid": 2, "median": pytest.approx(0.5)}}
+    assert "by_class" not in summarize_shares(result, masks)
+    only_normal = summarize_shares(result, masks, labels=[0, 0, 0, 0, 0])["by_class"]
+    assert only_normal["PNEUMONIA"] == {"n_films": 0, "n_valid": 0, "median": None}
+
+
 # ------------------------------------------------------------------------------------------ the command
 
 
@@ -288,6 +305,8 @@ def test_audit_command_writes_every_output_and_is_deterministic(
     assert m["quick_marker"]["n_pairs"] == 8 * 8
     g = m["explanations"]["methods"]["gradcam"]
     assert g["n_films"] == 4 and 0.0 < g["uniform_share"] < 1.0
+    # the 4 explained films are balanced: 2 per class, each class summarised apart
+    assert {c: v["n_films"] for c, v in g["by_class"].items()} == {"NORMAL": 2, "PNEUMONIA": 2}
     for key in ("seconds", "command"):
         runs[0].pop(key), runs[1].pop(key)
     for r in runs:
@@ -304,7 +323,9 @@ def test_audit_command_writes_every_output_and_is_deterministic(
         assert sum(1 for _ in fh) == 1 + 8 * (5 + 6 + 4)
     report = (out / "report.md").read_text()
     assert "laterality marker" in report and "![probes](probes.png)" in report
-    assert "flip rate" in capsys.readouterr().out
+    assert "median: NORMAL / PNEUMONIA films" in report
+    printed = capsys.readouterr().out
+    assert "flip rate" in printed and "NORMAL films" in printed and "PNEUMONIA films" in printed
 
 
 @pytest.mark.parametrize(

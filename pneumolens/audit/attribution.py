@@ -70,17 +70,20 @@ def explain_shares(
     return results, maps
 
 
-def summarize_shares(result: dict[str, Any], masks: np.ndarray) -> dict[str, Any]:
+def summarize_shares(result: dict[str, Any], masks: np.ndarray, labels: Sequence[int] | None = None) -> dict[str, Any]:
     """Median, mean, 90th percentile of the share outside; the rate of peaks outside; the chance level.
 
     ``uniform_share``: the mean share of the films outside their masks, what a map spread evenly
-    over each film would score. ``n_valid``: films whose map had a positive value.
+    over each film would score. ``n_valid``: films whose map had a positive value. With the films'
+    true ``labels`` (0 NORMAL, 1 PNEUMONIA), also ``by_class``: films, valid films and median share
+    per class — on a NORMAL film "evidence for pneumonia" is what is left over on a film the model
+    should call normal, on a PNEUMONIA film it is what the answer rests on, so the two read apart.
     """
     shares = np.array([s for s in result["share"] if s is not None], dtype=np.float64)
     peaks = [p for p in result["peak_outside"] if p is not None]
     n = len(result["share"])
     area = np.asarray(masks, dtype=bool).reshape(len(masks), -1).mean(axis=1) if len(masks) else np.zeros(0)
-    return {
+    out: dict[str, Any] = {
         "n_films": n,
         "n_valid": int(len(shares)),
         "share_outside": {
@@ -92,3 +95,13 @@ def summarize_shares(result: dict[str, Any], masks: np.ndarray) -> dict[str, Any
         "uniform_share": float((1.0 - area).mean()) if len(area) else None,
         "seconds_per_film": result["seconds"] / n if n else None,
     }
+    if labels is not None:
+        if len(labels) != n:
+            raise ValueError(f"{len(labels)} labels for {n} films")
+        out["by_class"] = {}
+        for cls, name in enumerate(("NORMAL", "PNEUMONIA")):
+            mine = [s for s, y in zip(result["share"], labels) if int(y) == cls]
+            valid = [s for s in mine if s is not None]
+            out["by_class"][name] = {"n_films": len(mine), "n_valid": len(valid),
+                                     "median": float(np.median(valid)) if valid else None}
+    return out

@@ -129,17 +129,22 @@ def write_report(metrics: Mapping[str, Any], out: str | Path, figures: Mapping[s
         "",
         "The share of each map's positive attribution (evidence for pneumonia) that lies outside the lung fields, "
         f"on {ex['n_films']} films (half per class where possible). *Chance* is the share of the film outside the "
-        "mask, what a map spread evenly would score; *peak outside* is how often the map's maximum lies outside.",
+        "mask, what a map spread evenly would score; *peak outside* is how often the map's maximum lies outside. "
+        "By class: the median on NORMAL films (evidence for pneumonia left over on a film the model should call "
+        "normal) and on PNEUMONIA films (what the answer rests on).",
         "",
     ]
     if ex["methods"]:
-        lines += ["| method | films | share outside: median / mean / p90 | peak outside | chance | s per film |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["| method | films | share outside: median / mean / p90 | median: NORMAL / PNEUMONIA films | "
+                  "peak outside | chance | s per film |",
+                  "|---|---|---|---|---|---|---|"]
         for label, s in ex["methods"].items():
             so = s["share_outside"]
+            by = s.get("by_class") or {}
+            per_class = " / ".join(_pct((by.get(c) or {}).get("median")) for c in ("NORMAL", "PNEUMONIA"))
             lines.append(
                 f"| {label} | {s['n_valid']} of {s['n_films']} | **{_pct(so['median'])}** / {_pct(so['mean'])} / "
-                f"{_pct(so['p90'])} | {_pct(s['peak_outside_rate'])} | {_pct(s['uniform_share'])} | "
+                f"{_pct(so['p90'])} | {per_class} | {_pct(s['peak_outside_rate'])} | {_pct(s['uniform_share'])} | "
                 f"{_f(s['seconds_per_film'], 2)} |"
             )
         lines.append("")

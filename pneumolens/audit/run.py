@@ -205,8 +205,8 @@ def run_audit(
     for m in lungs:
         status_counts[m.status] = status_counts.get(m.status, 0) + 1
     chosen = pick(labels, explain_n, seed, balanced=True) if explain_n and specs else []
-    explanations, maps = _explanations(predictor.model, inputs[chosen], masks[chosen], specs, seed, root,
-                                        background_n, ckpt, progress) if chosen else ({}, {})
+    explanations, maps = _explanations(predictor.model, inputs[chosen], masks[chosen], labels[chosen], specs, seed,
+                                        root, background_n, ckpt, progress) if chosen else ({}, {})
 
     clean_pos = p_clean >= threshold
     metrics: dict[str, Any] = {
@@ -278,7 +278,7 @@ def _method_specs(methods: str | Sequence[Any]) -> list[Any]:
 
 
 def _explanations(
-    model: Any, images: np.ndarray, masks: np.ndarray, specs: list[Any], seed: int, root: Path,
+    model: Any, images: np.ndarray, masks: np.ndarray, labels: np.ndarray, specs: list[Any], seed: int, root: Path,
     background_n: int, ckpt: Any, progress: bool,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     from ..explain.runner import MethodSpec, fast_forwards
@@ -298,7 +298,7 @@ def _explanations(
                                    progress=progress)
     except ValueError as exc:  # a setting a method refuses
         raise ConfigError(f"--methods: {exc}") from exc
-    summary = {label: {**summarize_shares(r, masks), "share_per_film": r["share"]} for label, r in raw.items()}
+    summary = {label: {**summarize_shares(r, masks, labels), "share_per_film": r["share"]} for label, r in raw.items()}
     return summary, maps
 
 

@@ -98,10 +98,13 @@ def run(args: argparse.Namespace) -> int:
         spec_text = f", specificity {spec['clean']:.3f} -> {spec['probed']:.3f}" if spec["clean"] is not None else ""
         print(f"  {name:<10} flip rate {100 * (s['flip_rate'] or 0):5.1f} % of {s['n_pairs']} pairs, "
               f"median |dp| {s['abs_dp']['median']:.4f}{spec_text}")
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{100 * x:.0f} %"
+
     for label, s in m["explanations"]["methods"].items():
-        med = s["share_outside"]["median"]
-        med_text = "n/a" if med is None else f"{100 * med:.0f} %"
-        print(f"  {label:<10} median share of positive attribution outside the lungs {med_text} "
-              f"(chance {100 * s['uniform_share']:.0f} %)")
+        by = s.get("by_class") or {}
+        print(f"  {label:<10} median share of positive attribution outside the lungs {pct(s['share_outside']['median'])} "
+              f"(NORMAL films {pct((by.get('NORMAL') or {}).get('median'))}, PNEUMONIA films "
+              f"{pct((by.get('PNEUMONIA') or {}).get('median'))}; chance {pct(s['uniform_share'])})")
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
