@@ -81,7 +81,10 @@ def audit_section(audit: dict | None, ood: dict | None) -> str:
         )
         methods = (audit.get("explanations") or {}).get("methods") or {}
         shares = "; ".join(
-            f"{name} {_pct(m['share_outside']['median'])} (peak outside on {_pct(m['peak_outside_rate'])} of films"
+            f"{name} {_pct(m['share_outside']['median'])} ("
+            + "".join(f"{c} films {_pct(b['median'])}, " for c, b in (m.get("by_class") or {}).items()
+                      if b.get("median") is not None)
+            + f"peak outside on {_pct(m['peak_outside_rate'])} of films"
             + (f"; {m['n_valid']} of {m['n_films']} films had positive evidence" if m["n_valid"] < m["n_films"] else "")
             + ")"
             for name, m in methods.items() if m.get("n_valid")
