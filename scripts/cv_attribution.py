@@ -27,6 +27,7 @@ from typing import Any
 
 from pneumolens.audit import run_audit
 from pneumolens.commands._common import data_root
+from pneumolens.cv import read_summary
 from pneumolens.errors import PneumoLensError
 from pneumolens.jsonable import dumps
 
@@ -163,15 +164,6 @@ def plot(rows: list[dict], labels: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def _read_cv(cv_dir: Path) -> dict[str, Any]:
-    """A cross-validation's cv.json; SystemExit with one line when it is not one."""
-    path = cv_dir / "cv.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SystemExit(f"{path}: not a finished `pneumolens cv --out` folder ({exc.__class__.__name__})") from None
-
-
 def main() -> None:
     try:
         _main()
@@ -205,7 +197,7 @@ def _main() -> None:
                      "valid": {m: methods[m]["n_valid"] for m in labels},
                      "chance": next(iter(methods.values()))["uniform_share"], "auc": None, "flip": None})
     for cv_dir in args.cv_dirs:
-        cv = _read_cv(cv_dir)
+        cv = read_summary(cv_dir)
         per_fold = {int(f["fold"]): f for f in cv.get("per_fold", [])}
         for k, fold_dir in _fold_dirs(cv_dir):
             metrics = audit_fold(fold_dir, data, args.n, args.explain_n, args.methods, args.threads, args.fresh)

@@ -135,7 +135,7 @@ def test_cv_attribution_names_a_folder_that_is_not_a_cross_validation(tmp_path: 
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     cv_attr = _script("cv_attribution")
     monkeypatch.setattr(sys, "argv", ["cv_attribution.py", str(tmp_path), "--data", str(tmp_path)])
-    with pytest.raises(SystemExit, match=r"cv.json: not a finished `pneumolens cv --out` folder"):
+    with pytest.raises(SystemExit, match=r"error: .*cv.json: no cross-validation summary here"):
         cv_attr.main()
 
 
