@@ -11,8 +11,9 @@ mean ± sd over folds, beside the fold's ROC AUC and marker flip rate from ``cv.
         --out docs/cv/attribution.md
 
 Each fold's audit goes to ``FOLD/audit-attribution/`` and is reused when its settings match
-(``--fresh`` recomputes). The probes run on ``--n`` films with one marker variant each: only the
-explanations are read here.
+(``--fresh`` recomputes). The probes run on ``--n`` films (one marker variant, the six border
+probes and the four text/ruler probes each): the table adds the border and text flip rates, which
+cross-validation itself does not measure.
 """
 
 from __future__ import annotations
@@ -104,6 +105,11 @@ def audit_untrained(out: Path, data: Path, n: int, explain_n: int, methods: str,
     return _cached_audit(lambda: untrained(0), out, data, settings, threads, fresh, "shipped architecture, re-initialised")
 
 
+def _flip_rate(metrics: dict[str, Any], family: str) -> float | None:
+    """The audit's label-flip rate for one probe family (``border``, ``annotation``), or None."""
+    return ((metrics.get("probes") or {}).get("families") or {}).get(family, {}).get("flip_rate")
+
+
 def _mean_sd(values: list[float]) -> str:
     if not values:
         return ""
@@ -115,17 +121,20 @@ def _mean_sd(values: list[float]) -> str:
 def table(rows: list[dict], labels: list[str]) -> str:
     """Two markdown tables: mean ± sd over folds per recipe, then every fold."""
     recipes = list(dict.fromkeys(r["recipe"] for r in rows))
-    head = "| recipe | folds | " + " | ".join(labels) + " | chance | ROC AUC | marker flip rate |"
-    lines = [head, "|" + " --- |" * 1 + " ---: |" * (len(labels) + 4)]
+    head = ("| recipe | folds | " + " | ".join(labels)
+            + " | chance | ROC AUC | marker flip rate | border flip rate | text flip rate |")
+    lines = [head, "|" + " --- |" * 1 + " ---: |" * (len(labels) + 6)]
+
+    def mean(values: list[float | None]) -> str:
+        kept = [v for v in values if v is not None]
+        return f"{statistics.mean(kept):.3f}" if kept else ""
+
     for recipe in recipes:
         mine = [r for r in rows if r["recipe"] == recipe]
         cells = [_mean_sd([r["median"][m] for r in mine if r["median"][m] is not None]) for m in labels]
-        auc = [r["auc"] for r in mine if r["auc"] is not None]
-        flip = [r["flip"] for r in mine if r["flip"] is not None]
         lines.append(f"| {recipe} | {','.join(str(r['fold']) for r in mine)} | " + " | ".join(cells)
                      + f" | {_mean_sd([r['chance'] for r in mine])} | "
-                     + (f"{statistics.mean(auc):.3f}" if auc else "") + " | "
-                     + (f"{statistics.mean(flip):.3f}" if flip else "") + " |")
+                     + " | ".join(mean([r.get(k) for r in mine]) for k in ("auc", "flip", "border", "text")) + " |")
     lines += ["", "| recipe | fold | " + " | ".join(labels) + " | films (valid per method) |",
               "| --- | ---: |" + " ---: |" * (len(labels) + 1)]
     for r in rows:
@@ -195,7 +204,8 @@ def _main() -> None:
         rows.append({"recipe": "untrained (shipped architecture, re-initialised)", "fold": "-",
                      "median": {m: methods[m]["share_outside"]["median"] for m in labels},
                      "valid": {m: methods[m]["n_valid"] for m in labels},
-                     "chance": next(iter(methods.values()))["uniform_share"], "auc": None, "flip": None})
+                     "chance": next(iter(methods.values()))["uniform_share"], "auc": None, "flip": None,
+                     "border": None, "text": None})
     for cv_dir in args.cv_dirs:
         cv = read_summary(cv_dir)
         per_fold = {int(f["fold"]): f for f in cv.get("per_fold", [])}
@@ -209,6 +219,7 @@ def _main() -> None:
                 "valid": {m: methods[m]["n_valid"] for m in labels},
                 "chance": next(iter(methods.values()))["uniform_share"],
                 "auc": fold.get("roc_auc"), "flip": fold.get("marker_flip_rate"),
+                "border": _flip_rate(metrics, "border"), "text": _flip_rate(metrics, "annotation"),
             })
             print(f"{cv_dir.name} fold {k}: " + ", ".join(
                 f"{m} {100 * rows[-1]['median'][m]:.1f} %" for m in labels if rows[-1]["median"][m] is not None),
@@ -224,7 +235,9 @@ def _main() -> None:
             f"{args.explain_n} of each fold's held-out films (half per class; films whose map has no positive value "
             "are left out: the count per method is in the second table), then mean ± sd over folds; chance: an "
             "evenly spread map. `gradcam` is Grad-CAM on its default layer (the last block's pooled output); ROC AUC "
-            "and marker flip rate: the fold's, or their mean over the folds, from cv.json. The untrained row (if "
+            "and marker flip rate: the fold's, or their mean over the folds, from cv.json; border and text flip "
+            "rates: the audit's border-band (6 per film) and text/ruler (4 per film) probes on the fold's "
+            f"{args.n} probed films, at the fold model's threshold. The untrained row (if "
             f"any): the shipped architecture re-initialised, on {args.explain_n} films of the shipped model's "
             "validation split.\n\n"
         )

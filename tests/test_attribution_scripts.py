@@ -78,17 +78,24 @@ def test_cv_attribution_table_gives_mean_and_sd_over_folds() -> None:
     cv_attr = _script("cv_attribution")
     rows = [
         {"recipe": "r1", "fold": 0, "median": {"gradcam": 0.90}, "valid": {"gradcam": 30}, "chance": 0.76,
-         "auc": 0.99, "flip": 0.01},
+         "auc": 0.99, "flip": 0.01, "border": 0.05, "text": 0.02},
         {"recipe": "r1", "fold": 1, "median": {"gradcam": 0.80}, "valid": {"gradcam": 40}, "chance": 0.76,
-         "auc": 0.98, "flip": 0.03},
+         "auc": 0.98, "flip": 0.03, "border": 0.07, "text": None},
         {"recipe": "r2", "fold": 0, "median": {"gradcam": None}, "valid": {"gradcam": 0}, "chance": 0.75,
-         "auc": None, "flip": None},
+         "auc": None, "flip": None, "border": None, "text": None},
     ]
     text = cv_attr.table(rows, ["gradcam"])
-    # r1: mean 0.85, sd of (0.9, 0.8) = 0.0707; AUC mean 0.985, flips 0.02
-    assert "| r1 | 0,1 | 85.0 ± 7.1 % | 76.0 ± 0.0 % | 0.985 | 0.020 |" in text
-    assert "| r2 | 0 |  | 75.0 % |  |  |" in text
+    # r1: mean 0.85, sd of (0.9, 0.8) = 0.0707; AUC mean 0.985, flips 0.02, border 0.06, text 0.02 (one fold)
+    assert "| r1 | 0,1 | 85.0 ± 7.1 % | 76.0 ± 0.0 % | 0.985 | 0.020 | 0.060 | 0.020 |" in text
+    assert "| r2 | 0 |  | 75.0 % |  |  |  |  |" in text
     assert "| r1 | 1 | 80.0 % | 40 |" in text and "| r2 | 0 | n/a | 0 |" in text
+
+
+def test_flip_rates_come_from_the_audits_probe_families() -> None:
+    cv_attr = _script("cv_attribution")
+    metrics = {"probes": {"families": {"border": {"flip_rate": 0.125}, "annotation": {"flip_rate": 0.0}}}}
+    assert cv_attr._flip_rate(metrics, "border") == 0.125 and cv_attr._flip_rate(metrics, "annotation") == 0.0
+    assert cv_attr._flip_rate(metrics, "marker") is None and cv_attr._flip_rate({}, "border") is None
 
 
 def test_cv_attribution_reuses_a_fold_audit_with_the_same_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
