@@ -28,7 +28,8 @@ distribution (median, 90th percentile, max), and specificity and sensitivity cle
 
 Then, on --explain-n films, each explanation method's share of positive attribution that falls
 outside the lung fields (approximate masks: an anatomical prior refined by intensity; see
-docs/audit/README.md for their measured error), beside the chance level.
+docs/audit/README.md for their measured error), beside the chance level; overall and on NORMAL
+and PNEUMONIA films apart.
 
 Writes under --out: metrics.json, report.md, films.csv (one row per film), probes.csv (one row
 per film and probe), probes.png and lungs.png. Deterministic for a given --seed."""
