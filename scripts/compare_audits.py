@@ -24,6 +24,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from pneumolens.data import CLASS_NAMES
+
 
 def _read(audit_dir: Path) -> dict[str, Any]:
     path = audit_dir / "metrics.json"
@@ -102,7 +104,7 @@ def markdown(result: dict[str, dict[str, Any]], names: tuple[str, str], chance: 
         lines += ["", "By true class:", "", f"| method, class | films | {head}", "| --- | ---: | ---: | ---: | ---: | ---: |"]
         for label, r in result.items():
             for cls, rc in (r.get("by_class") or {}).items():
-                lines.append(_row(f"{label}, {('NORMAL', 'PNEUMONIA')[cls]}", rc))
+                lines.append(_row(f"{label}, {CLASS_NAMES[cls]}", rc))
     return "\n".join(lines) + "\n"
 
 

@@ -57,6 +57,16 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
 
+def _share_text(name: str, m: dict) -> str:
+    """One method's summary of the audit: median share outside the lungs, per class, peaks, valid films."""
+    notes = [f"{c} films {_pct(b['median'])}" for c, b in (m.get("by_class") or {}).items() if b.get("median") is not None]
+    notes.append(f"peak outside on {_pct(m['peak_outside_rate'])} of films")
+    text = f"{name} {_pct(m['share_outside']['median'])} ({', '.join(notes)}"
+    if m["n_valid"] < m["n_films"]:
+        text += f"; {m['n_valid']} of {m['n_films']} films had positive evidence"
+    return text + ")"
+
+
 def audit_section(audit: dict | None, ood: dict | None) -> str:
     """The card's shortcut-audit and out-of-distribution sections from their metrics.json."""
     parts = []
@@ -81,13 +91,7 @@ def audit_section(audit: dict | None, ood: dict | None) -> str:
         )
         methods = (audit.get("explanations") or {}).get("methods") or {}
         shares = "; ".join(
-            f"{name} {_pct(m['share_outside']['median'])} ("
-            + "".join(f"{c} films {_pct(b['median'])}, " for c, b in (m.get("by_class") or {}).items()
-                      if b.get("median") is not None)
-            + f"peak outside on {_pct(m['peak_outside_rate'])} of films"
-            + (f"; {m['n_valid']} of {m['n_films']} films had positive evidence" if m["n_valid"] < m["n_films"] else "")
-            + ")"
-            for name, m in methods.items() if m.get("n_valid")
+            _share_text(name, m) for name, m in methods.items() if m.get("n_valid")
         )
         chance = next((m.get("uniform_share") for m in methods.values() if m.get("uniform_share") is not None), None)
         where = (

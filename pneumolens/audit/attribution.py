@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..data import CLASS_NAMES
 from .lungs import outside_share, peak_outside
 
 
@@ -99,7 +100,7 @@ def summarize_shares(result: dict[str, Any], masks: np.ndarray, labels: Sequence
         if len(labels) != n:
             raise ValueError(f"{len(labels)} labels for {n} films")
         out["by_class"] = {}
-        for cls, name in enumerate(("NORMAL", "PNEUMONIA")):
+        for cls, name in enumerate(CLASS_NAMES):
             mine = [s for s, y in zip(result["share"], labels) if int(y) == cls]
             valid = [s for s in mine if s is not None]
             out["by_class"][name] = {"n_films": len(mine), "n_valid": len(valid),

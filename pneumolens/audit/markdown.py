@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..data import CLASS_NAMES
 from .figures import CREDIT, FAMILY_TITLES
 from .probes import BORDER_WIDTHS, FAMILIES, FONTS, MARKER_HEIGHTS, MARGIN, TEXT_HEIGHT
 
@@ -141,7 +142,7 @@ def write_report(metrics: Mapping[str, Any], out: str | Path, figures: Mapping[s
         for label, s in ex["methods"].items():
             so = s["share_outside"]
             by = s.get("by_class") or {}
-            per_class = " / ".join(_pct((by.get(c) or {}).get("median")) for c in ("NORMAL", "PNEUMONIA"))
+            per_class = " / ".join(_pct((by.get(c) or {}).get("median")) for c in CLASS_NAMES)
             lines.append(
                 f"| {label} | {s['n_valid']} of {s['n_films']} | **{_pct(so['median'])}** / {_pct(so['mean'])} / "
                 f"{_pct(so['p90'])} | {per_class} | {_pct(s['peak_outside_rate'])} | {_pct(s['uniform_share'])} | "

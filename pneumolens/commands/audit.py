@@ -103,9 +103,8 @@ def run(args: argparse.Namespace) -> int:
         return "n/a" if x is None else f"{100 * x:.0f} %"
 
     for label, s in m["explanations"]["methods"].items():
-        by = s.get("by_class") or {}
+        by_class = ", ".join(f"{c} films {pct(b['median'])}" for c, b in (s.get("by_class") or {}).items())
         print(f"  {label:<10} median share of positive attribution outside the lungs {pct(s['share_outside']['median'])} "
-              f"(NORMAL films {pct((by.get('NORMAL') or {}).get('median'))}, PNEUMONIA films "
-              f"{pct((by.get('PNEUMONIA') or {}).get('median'))}; chance {pct(s['uniform_share'])})")
+              f"({by_class + '; ' if by_class else ''}chance {pct(s['uniform_share'])})")
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
