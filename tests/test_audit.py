@@ -263,6 +263,24 @@ def test_share_summary_by_true_class_by_hand() -> None:
     assert only_normal["PNEUMONIA"] == {"n_films": 0, "n_valid": 0, "median": None}
 
 
+def test_share_panel_colours_each_class_apart(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from pneumolens.audit import figures
+
+    saved = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, path: saved.setdefault("fig", fig))
+    images = np.zeros((4, 16, 16), np.uint8)
+    masks = np.zeros((4, 16, 16), bool)
+    maps = {"gradcam": np.ones((4, 16, 16), np.float32)}
+    summary = {"gradcam": {"share_per_film": [0.9, None, 0.5, 0.7], "uniform_share": 0.75}}
+    figures.plot_lungs(images, masks, maps, summary, [0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9], 0.5, tmp_path / "x.png")
+    panel = saved["fig"].axes[-1]
+    dots = {c.get_label(): sorted(c.get_offsets()[:, 1]) for c in panel.collections if c.get_label().endswith("films")}
+    # NORMAL: 0.9 (the second film has no positive evidence); PNEUMONIA: 0.5 and 0.7
+    assert dots == {"NORMAL films": [0.9], "PNEUMONIA films": [0.5, 0.7]}
+    assert [t.get_text() for t in panel.get_legend().get_texts()] == ["NORMAL films", "PNEUMONIA films",
+                                                                      "chance (even map): 75%"]
+
+
 # ------------------------------------------------------------------------------------------ the command
 
 

@@ -11,9 +11,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..data import CLASS_NAMES
 from .probes import FAMILIES, Probe
 
 CREDIT = "Films: Kermany et al., Cell 2018 (CC BY 4.0)."
+#: Dot colours of NORMAL and PNEUMONIA films in the share plot.
+CLASS_COLOURS = ("#2ca02c", "#9467bd")
 FAMILY_TITLES = {"marker": "laterality marker", "border": "border band replaced", "annotation": "text / ruler"}
 MASK_COLOUR = "#00e5ff"
 
@@ -112,7 +115,8 @@ def plot_lungs(
 
     The examples are the first films of each class in the explained subset (half NORMAL, half
     PNEUMONIA). The right panel shows, per method, every film's share of positive attribution
-    outside the mask, its median, and the chance level (a map spread evenly over the film).
+    outside the mask (coloured by the film's class), its median, and the chance level (a map
+    spread evenly over the film).
     """
     from ..explain.render import display_name
 
@@ -144,21 +148,27 @@ def plot_lungs(
     ax = right.subplots()
     rng = np.random.default_rng(0)
     for k, label in enumerate(methods):
-        vals = np.array([s for s in summary[label]["share_per_film"] if s is not None], dtype=float)
+        shares = summary[label]["share_per_film"]
+        vals = np.array([s for s in shares if s is not None], dtype=float)
+        for cls, colour in enumerate(CLASS_COLOURS):  # the classes apart: their shares mean different things
+            mine = np.array([s for s, y in zip(shares, labels) if s is not None and y == cls], dtype=float)
+            if len(mine):
+                jitter = rng.uniform(-0.12, 0.12, len(mine))
+                ax.scatter(np.full(len(mine), k) + jitter, mine, s=12, alpha=0.6, color=colour,
+                           label=f"{CLASS_NAMES[cls]} films" if k == 0 else None)
         if len(vals):
-            jitter = rng.uniform(-0.12, 0.12, len(vals))
-            ax.scatter(np.full(len(vals), k) + jitter, vals, s=12, alpha=0.6, color="#1f77b4")
             ax.hlines(np.median(vals), k - 0.3, k + 0.3, color="black", lw=2)
     chance = [summary[m].get("uniform_share") for m in methods if summary[m].get("uniform_share") is not None]
     if chance:
         ax.axhline(chance[0], color="#d62728", ls="--", lw=1, label=f"chance (even map): {chance[0]:.0%}")
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="lower right")
     ax.set_xticks(range(len(methods)), [display_name(m) for m in methods], rotation=20, fontsize=7.5, ha="right")
     ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("share of positive attribution outside the lung mask", fontsize=8)
     ax.tick_params(labelsize=7)
     n = len(images)
-    ax.set_title(f"{n} films (black bar: median)", fontsize=8)
+    ax.set_title(f"{n} films (black bar: median of both classes)", fontsize=8)
     fig.suptitle(f"Where the evidence for pneumonia falls. {CREDIT}", fontsize=9)
     return _save(fig, path)
 
