@@ -8,7 +8,7 @@
     r.probability, r.label                       # calibrated, at the model's threshold
     e = model.explain("film.jpeg", method="gradcam")   # e.map: float32 on the film's own pixel grid
 
-A thin layer over :class:`~pneumolens.inference.Predictor` (decoding, batching, temperature,
+A thin layer over :class:`~pneumolens.inference.Predictor` (decoding, batching, calibration,
 threshold, out-of-distribution guard: the same numbers as ``pneumolens predict``) and
 :func:`pneumolens.explain.explain` (the same maps as ``pneumolens explain``). Calling the model on
 a tensor gives calibrated probabilities too; the raw network, which returns uncalibrated logits,
@@ -120,8 +120,13 @@ class Model:
 
     @property
     def temperature(self) -> float:
-        """The logit temperature fitted on validation: ``p = sigmoid(logit / temperature)``."""
+        """The logit temperature fitted on validation: ``p = sigmoid(logit / temperature + bias)``."""
         return float(self.checkpoint.temperature)
+
+    @property
+    def bias(self) -> float:
+        """The calibration bias fitted on validation (0 unless Platt scaling): see :attr:`temperature`."""
+        return float(self.checkpoint.bias)
 
     @property
     def input_size(self) -> int:
@@ -140,7 +145,7 @@ class Model:
     def logit_module(self) -> nn.Module:
         """The raw network: float (B, 1, S, S) in [0, 1] → **uncalibrated logits** (B,).
 
-        Its ``sigmoid`` is not the model's probability (the temperature is missing) and its
+        Its ``sigmoid`` is not the model's probability (the calibration is missing) and its
         labels at :attr:`threshold` can be wrong; use the model itself or :attr:`probability_module`.
         """
         return self.predictor.model
@@ -149,7 +154,7 @@ class Model:
     def probability_module(self) -> CalibratedProbability:
         """An ``nn.Module`` computing the calibrated probabilities (differentiable; what calling the model runs)."""
         if self._probability_module is None:
-            module = CalibratedProbability(self.logit_module, self.temperature, self.threshold)
+            module = CalibratedProbability(self.logit_module, self.temperature, self.threshold, self.bias)
             self._probability_module = module.to(self.device).eval()
         return self._probability_module
 
@@ -177,7 +182,7 @@ class Model:
     def __repr__(self) -> str:
         where = str(self.source) if self.source is not None else "shipped model"
         return (f"Model({where!r}, input {self.input_size}x{self.input_size}, threshold {self.threshold:.4f}, "
-                f"temperature {self.temperature:.4f}, device {self.device})")
+                f"temperature {self.temperature:.4f}, bias {self.bias:.4f}, device {self.device})")
 
     # ------------------------------------------------------------------ predictions
 

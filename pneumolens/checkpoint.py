@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .cache import preprocess_tag
+from .calibrated import calibrated_probability
 from .data import CLASS_NAMES
 from .errors import CheckpointError
 from .jsonable import jsonable
@@ -40,7 +41,9 @@ class Checkpoint:
         config: its architecture.
         threshold: decision threshold on the PNEUMONIA probability, chosen on validation.
         threshold_rule: how the threshold was chosen (``youden``, ``f1``, ``fixed``...).
-        temperature: logit temperature from calibration on validation (1.0 = none).
+        temperature, bias: the calibration fitted on validation: the probability is
+            ``sigmoid(logit / temperature + bias)`` (1.0 and 0.0 = none; temperature scaling
+            fits the first, Platt scaling both). :meth:`probability` applies it.
         class_names: ``("NORMAL", "PNEUMONIA")``; index 1 is the positive class.
         preprocessing: how files become inputs (grayscale, size, resize filter, scaling).
         provenance: data manifest hash, git commit, command, date, recipe.
@@ -57,6 +60,7 @@ class Checkpoint:
     threshold: float = 0.5
     threshold_rule: str = "fixed"
     temperature: float = 1.0
+    bias: float = 0.0
     class_names: tuple[str, ...] = CLASS_NAMES
     preprocessing: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -67,6 +71,10 @@ class Checkpoint:
     @property
     def input_size(self) -> int:
         return self.config.input_size
+
+    def probability(self, logits: Any) -> np.ndarray:
+        """Calibrated P(PNEUMONIA), float64, for raw logits (any array shape)."""
+        return calibrated_probability(logits, self.temperature, self.bias)
 
     def info(self) -> dict[str, Any]:
         """Everything but the weights, as JSON-friendly values (``pneumolens info``)."""
@@ -79,6 +87,7 @@ class Checkpoint:
             "threshold": self.threshold,
             "threshold_rule": self.threshold_rule,
             "temperature": self.temperature,
+            "bias": self.bias,
             "preprocessing": self.preprocessing,
             "provenance": self.provenance,
             "metrics": self.metrics,
@@ -130,6 +139,7 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:
         "threshold": float(ckpt.threshold),
         "threshold_rule": ckpt.threshold_rule,
         "temperature": float(ckpt.temperature),
+        "bias": float(ckpt.bias),
         "class_names": list(ckpt.class_names),
         "preprocessing": jsonable(ckpt.preprocessing or default_preprocessing(ckpt.config.input_size)),
         "provenance": jsonable(ckpt.provenance),
@@ -197,6 +207,7 @@ def load_checkpoint(path: str | Path | None = None, map_location: str | torch.de
         version = int(payload.get("format_version", 0))
         threshold = float(payload.get("threshold", 0.5))
         temperature = float(payload.get("temperature", 1.0))
+        bias = float(payload.get("bias", 0.0))
         class_names = tuple(str(c) for c in payload.get("class_names", CLASS_NAMES))
         meta = {k: dict(payload.get(k) or {}) for k in ("preprocessing", "provenance", "metrics")}
     except (TypeError, ValueError) as exc:
@@ -212,6 +223,8 @@ def load_checkpoint(path: str | Path | None = None, map_location: str | torch.de
         raise CheckpointError(f"{path}: the decision threshold {threshold} is not a probability in [0, 1]")
     if not math.isfinite(temperature) or not temperature > 0.0:
         raise CheckpointError(f"{path}: the temperature {temperature} is not a finite positive number")
+    if not math.isfinite(bias):
+        raise CheckpointError(f"{path}: the calibration bias {bias} is not a finite number")
     state_dict = payload.get("state_dict")
     if isinstance(state_dict, dict):
         bad = [k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
@@ -242,6 +255,7 @@ def load_checkpoint(path: str | Path | None = None, map_location: str | torch.de
         threshold=threshold,
         threshold_rule=str(payload.get("threshold_rule", "fixed")),
         temperature=temperature,
+        bias=bias,
         class_names=class_names,
         ood=ood,
         shap_background=background,

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from .augment import AugmentConfig
+from .calibrated import CALIBRATIONS
 from .errors import ConfigError
 from .model import ModelConfig
 
@@ -48,7 +49,11 @@ class TrainConfig:
             the others train. ``folds = 0`` (the default) keeps the single validation split.
         seed: seeds weights, shuffling and augmentation.
         threshold_rule: how the decision threshold is chosen on validation (youden, f1, ...).
-        calibrate: fit a temperature on validation (changes probabilities, not the ranking).
+        calibrate: how validation calibrates the probabilities (changes them, not the ranking):
+            ``temperature`` (one logit temperature), ``platt`` (a temperature and a bias: a
+            logistic regression on the logit, which also moves probabilities that class weighting
+            pushed to one side) or ``none``. ``true``/``false`` in older recipes read as
+            ``temperature``/``none``.
         accelerate: on CPU, swap the accelerator's training kernels into the model
             (:func:`pneumolens.accel.accelerate_cpu_training`); False trains the stock layers.
             The same weights either way, within float tolerance.
@@ -79,7 +84,7 @@ class TrainConfig:
     fold: int = 0
     seed: int = 0
     threshold_rule: str = "youden"
-    calibrate: bool = True
+    calibrate: str = "temperature"
     accelerate: bool = True
 
     def __post_init__(self) -> None:
@@ -91,6 +96,10 @@ class TrainConfig:
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        if isinstance(self.calibrate, bool):  # recipes written before Platt scaling existed
+            self.calibrate = "temperature" if self.calibrate else "none"
+        if self.calibrate not in CALIBRATIONS:
+            raise ConfigError(f"calibrate must be one of {CALIBRATIONS}, got {self.calibrate!r}")
         if self.select_epoch not in EPOCH_RULES:
             raise ConfigError(f"select_epoch must be one of {EPOCH_RULES}, got {self.select_epoch!r}")
         if self.batch_size < 1 or self.max_epochs < 1:
@@ -147,14 +156,16 @@ _BASE: dict[str, Any] = {
 
 #: Named recipes. ``seed`` = the original exactly; ``default`` = the shipped model's recipe, chosen
 #: by patient-level cross-validation on ``train`` (docs/cv/README.md): ``base`` with letters and
-#: markers pasted into the corners of half the training films, 20 epochs, the last epoch kept;
+#: markers pasted into the corners of half the training films, 20 epochs, the last epoch kept,
+#: Platt-calibrated (class weighting leaves its probabilities low; docs/cv/README.md, calibration);
 #: ``base`` = the starting point of that cross-validation; ``robust`` = ``base`` with every
 #: shortcut breaker of pneumolens/augment.py; ``debug`` = seconds, for tests.
 PRESETS: dict[str, dict[str, Any]] = {
     "seed": {},
     "base": _BASE,
     "default": _merge(
-        _BASE, {"max_epochs": 20, "select_epoch": "last", "augment": {"marker": 0.5, "marker_size": 0.15}}
+        _BASE, {"max_epochs": 20, "select_epoch": "last", "calibrate": "platt",
+                "augment": {"marker": 0.5, "marker_size": 0.15}}
     ),
     # Random resized crops, border/corner erasing, pasted letters and markers, stronger contrast,
     # gamma and noise.

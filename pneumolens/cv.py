@@ -9,7 +9,8 @@ fold, as for any training run, and scored there. Then:
   its threshold; the shortcut audit's marker flip rate when :mod:`pneumolens.audit` is there);
   its presence marks the fold finished.
 - ``OUT/fold-k/oof.csv``: the fold's out-of-fold predictions (file, patient, label, fold,
-  probability), so a threshold can be chosen later from all folds' predictions together.
+  probability, raw logit), so a threshold can be chosen later from all folds' predictions together
+  (under another calibration too: see :func:`oof_threshold`).
 - ``OUT/cv.json``, ``OUT/cv.md``, ``OUT/oof.csv``: per fold, mean ± sd over the finished folds, the
   pooled out-of-fold predictions; rewritten after every fold, from what is on disk, so folds run
   by several processes into one ``OUT`` add up.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import shutil
 import time
 from dataclasses import replace
@@ -37,6 +39,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .calibrated import calibrated_probability
 from .config import TrainConfig
 from .errors import ConfigError
 from .jsonable import dumps, jsonable
@@ -45,9 +48,12 @@ log = logging.getLogger(__name__)
 
 #: The per-fold figures that cv.json averages and the table shows, in order.
 FIGURES = ("roc_auc", "sensitivity", "specificity", "accuracy", "marker_flip_rate")
-OOF_COLUMNS = ("file", "patient", "label", "fold", "probability")
+OOF_COLUMNS = ("file", "patient", "label", "fold", "probability", "logit")
 #: Run options besides the config that change the result; a resumed run must keep them.
 RESULT_OPTIONS = ("max_images", "limit_train_batches")
+#: Config keys that only finish a trained model: a cross-validation may be continued, or its
+#: threshold taken, under another value (the folds' out-of-fold predictions are recalibrated).
+FINISHING_KEYS = ("calibrate",)
 
 Report = Callable[[str], None]
 
@@ -98,7 +104,7 @@ def fold_marker_flip_rate(
 def _oof_predictions(
     model_path: Path, config: TrainConfig, data: Path, skip_bad: bool, max_images: int | None, progress: bool = True
 ) -> tuple[list[Any], np.ndarray, np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray], Any]:
-    """(validation records, uint8 images, labels, calibrated probabilities, predict function, checkpoint)."""
+    """(validation records, uint8 images, labels, raw logits, predict function, checkpoint)."""
     import torch
 
     from .checkpoint import load_checkpoint
@@ -113,12 +119,13 @@ def _oof_predictions(
     labels = np.array([r.label for r in dm.val_records], dtype=np.int64)
 
     @torch.inference_mode()
-    def predict(batch: np.ndarray) -> np.ndarray:
-        logits = torch.cat([model(to_input(batch[i : i + 256])) for i in range(0, len(batch), 256)])
-        z = logits.double().numpy() / ckpt.temperature
-        return 1.0 / (1.0 + np.exp(-z))
+    def logits_of(batch: np.ndarray) -> np.ndarray:
+        return torch.cat([model(to_input(batch[i : i + 256])) for i in range(0, len(batch), 256)]).double().numpy()
 
-    return dm.val_records, images, labels, predict(images), predict, ckpt
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return ckpt.probability(logits_of(batch))
+
+    return dm.val_records, images, labels, logits_of(images), predict, ckpt
 
 
 def _write_oof(path: Path, rows: Sequence[dict[str, Any]]) -> None:
@@ -134,7 +141,7 @@ def _read_oof(path: Path) -> list[dict[str, Any]]:
     with path.open(newline="") as fh:
         return [
             {"file": r["file"], "patient": r["patient"], "label": int(r["label"]), "fold": int(r["fold"]),
-             "probability": float(r["probability"])}
+             "probability": float(r["probability"]), "logit": float(r["logit"]) if r.get("logit") else None}
             for r in csv.DictReader(fh)
         ]
 
@@ -148,9 +155,10 @@ def score_fold(
     from . import metrics as M
 
     folder = fold_dir(out, fold)
-    records, images, labels, prob, predict, ckpt = _oof_predictions(
+    records, images, labels, logits, predict, ckpt = _oof_predictions(
         folder / "model.pt", config, data, skip_bad, max_images, progress
     )
+    prob = ckpt.probability(logits)
     m = M.binary_metrics(labels, prob, ckpt.threshold)
     prov = ckpt.provenance
     result = {
@@ -166,7 +174,9 @@ def score_fold(
         "balanced_accuracy": m["balanced_accuracy"],
         "threshold": ckpt.threshold,
         "threshold_rule": ckpt.threshold_rule,
+        "calibrate": config.calibrate,
         "temperature": ckpt.temperature,
+        "bias": ckpt.bias,
         "marker_flip_rate": fold_marker_flip_rate(predict, images, labels, ckpt.threshold),
         "epochs_run": prov.get("epochs_run") if epochs is None else epochs,
         "best_epoch": prov.get("best_epoch"),
@@ -174,8 +184,9 @@ def score_fold(
         "data_manifest": prov.get("data_manifest"),
     }
     rows = [
-        {"file": r.path.name, "patient": r.patient_id, "label": r.label, "fold": fold, "probability": f"{p:.6f}"}
-        for r, p in zip(records, prob)
+        {"file": r.path.name, "patient": r.patient_id, "label": r.label, "fold": fold, "probability": f"{p:.6f}",
+         "logit": f"{z:.6f}"}
+        for r, p, z in zip(records, prob, logits)
     ]
     _write_oof(folder / "oof.csv", rows)
     _write_atomic(folder / "fold.json", dumps(result, indent=2) + "\n")
@@ -255,15 +266,20 @@ def _check_trained_in(source: Path, out: Path, record: dict[str, Any]) -> None:
     if not path.exists():
         raise ConfigError(f"{path}: no cross-validation here to take the trained folds from")
     saved = _read_record(path)
-    a = {k: v for k, v in _with_defaults(saved["config"], path).items() if k != "select_epoch"}
-    b = {k: v for k, v in record["config"].items() if k != "select_epoch"}
+    a = {k: v for k, v in _recipe(_with_defaults(saved["config"], path)).items() if k != "select_epoch"}
+    b = {k: v for k, v in _recipe(record["config"]).items() if k != "select_epoch"}
     diff = sorted(k for k in set(a) | set(b) if jsonable(a.get(k)) != jsonable(b.get(k)))
     diff += [k for k in ("folds", *RESULT_OPTIONS) if jsonable(saved.get(k)) != jsonable(record.get(k))]
     if diff:
         raise ConfigError(
             f"{path}: its folds were trained with another {', '.join(diff)}; --trained-in reuses only the "
-            "training of a recipe that differs in select_epoch alone"
+            "training of a recipe that differs in select_epoch (or calibrate) alone"
         )
+
+
+def _recipe(config: dict[str, Any]) -> dict[str, Any]:
+    """A recorded training config without :data:`FINISHING_KEYS`: what decides how the folds train."""
+    return {k: v for k, v in config.items() if k not in FINISHING_KEYS}
 
 
 def _check_same_recipe(out: Path, record: dict[str, Any]) -> None:
@@ -273,11 +289,12 @@ def _check_same_recipe(out: Path, record: dict[str, Any]) -> None:
         _write_atomic(path, dumps(record, indent=2) + "\n")
         return
     saved = _read_record(path)
-    saved["config"] = _with_defaults(saved["config"], path)
+    saved["config"] = _recipe(_with_defaults(saved["config"], path))
+    ours = {**record, "config": _recipe(record["config"])}
     for key in ("folds", "config", *RESULT_OPTIONS):
-        if jsonable(saved.get(key)) != jsonable(record.get(key)):
+        if jsonable(saved.get(key)) != jsonable(ours.get(key)):
             if key == "config":
-                a, b = saved.get("config") or {}, record["config"]
+                a, b = saved.get("config") or {}, ours["config"]
                 diff = sorted(k for k in set(a) | set(b) if jsonable(a.get(k)) != jsonable(b.get(k)))
                 key = f"config ({', '.join(diff)})"
             raise ConfigError(
@@ -441,6 +458,54 @@ def mean_line(summary: dict[str, Any]) -> str:
     return "  ".join(f"{FIGURE_NAMES[name]} {_pm(s[name])}" for name in FIGURES)
 
 
+def fold_oof(out: str | Path, fold: dict[str, Any]) -> list[dict[str, Any]]:
+    """The out-of-fold rows of the finished fold ``fold`` (its ``fold.json``), each with its raw logit:
+    its own, or (files written before oof.csv kept them) the fold's calibration undone,
+    ``temperature * (logit(p) - bias)``, from the 6-decimal probability."""
+    rows = _read_oof(fold_dir(out, fold["fold"]) / "oof.csv")
+    t, b = float(fold.get("temperature", 1.0)), float(fold.get("bias", 0.0))
+    for r in rows:
+        if r["logit"] is None:
+            p = min(max(r["probability"], 1e-7), 1.0 - 1e-7)
+            r["logit"] = t * (math.log(p / (1.0 - p)) - b)
+    return rows
+
+
+def _oof_rows(out: Path, per_fold: Sequence[dict[str, Any]], calibrate: str, recorded: str) -> list[dict[str, Any]]:
+    """The finished folds' out-of-fold rows, their probabilities calibrated by ``calibrate``.
+
+    A fold calibrated otherwise (its ``fold.json`` says how; ``recorded``, the cross-validation's
+    own setting, for folds written before it did) is calibrated again on its own rows: each fold's
+    calibration is fitted on its held-out fold, so that is what its run would have done.
+    """
+    from . import metrics as M
+
+    pooled: list[dict[str, Any]] = []
+    for f in per_fold:
+        rows = fold_oof(out, f)
+        y = np.array([r["label"] for r in rows], dtype=np.int64)
+        if f.get("calibrate", recorded) != calibrate and len(set(y.tolist())) == 2:
+            z = np.array([r["logit"] for r in rows])
+            p = calibrated_probability(z, *M.fit_calibration(z, y, calibrate))
+            rows = [{**r, "probability": float(q)} for r, q in zip(rows, p)]
+        pooled += rows
+    return pooled
+
+
+def _pooled(rows: Sequence[dict[str, Any]], rule: str, calibrate: str) -> dict[str, Any] | None:
+    """Pooled out-of-fold figures and the threshold ``rule`` chooses on them (None: one class only)."""
+    from . import metrics as M
+
+    y = np.array([r["label"] for r in rows], dtype=np.int64)
+    p = np.array([r["probability"] for r in rows], dtype=np.float64)
+    if len(set(y.tolist())) != 2:
+        return None
+    thr = M.choose_threshold(y, p, rule)
+    m = M.binary_metrics(y, p, thr)
+    return {"n": m["n"], "roc_auc": m["roc_auc"], "calibrate": calibrate, "threshold_rule": rule, "threshold": thr,
+            "sensitivity": m["recall"], "specificity": m["specificity"], "accuracy": m["accuracy"]}
+
+
 def summarize(out: str | Path) -> dict[str, Any]:
     """Gather the finished folds of ``out`` into ``cv.json``, ``cv.md`` and the pooled ``oof.csv``.
 
@@ -448,23 +513,14 @@ def summarize(out: str | Path) -> dict[str, Any]:
     folds' predictions together) and its sensitivity and specificity: the threshold a model
     trained on all of ``train`` would take from cross-validation.
     """
-    from . import metrics as M
-
     out = Path(out)
-    record = _read_json(out / "cv_config.json")
+    path = out / "cv_config.json"
+    record = _read_json(path)
     k = int(record["folds"])
     finished = [fold_dir(out, i) / "fold.json" for i in range(k)]
     per_fold = [_read_json(path) for path in finished if path.exists()]
-    oof = [row for f in per_fold for row in _read_oof(fold_dir(out, f["fold"]) / "oof.csv")]
-    pooled: dict[str, Any] | None = None
-    y = np.array([r["label"] for r in oof], dtype=np.int64)
-    p = np.array([r["probability"] for r in oof], dtype=np.float64)
-    if len(set(y.tolist())) == 2:
-        rule = record["config"].get("threshold_rule", "youden")
-        thr = M.choose_threshold(y, p, rule)
-        m = M.binary_metrics(y, p, thr)
-        pooled = {"n": m["n"], "roc_auc": m["roc_auc"], "threshold_rule": rule, "threshold": thr,
-                  "sensitivity": m["recall"], "specificity": m["specificity"], "accuracy": m["accuracy"]}
+    config = _with_defaults(record["config"], path)
+    oof = _oof_rows(out, per_fold, config["calibrate"], config["calibrate"])
     summary = {
         "label": record.get("label"),
         "preset": record.get("preset"),
@@ -474,11 +530,11 @@ def summarize(out: str | Path) -> dict[str, Any]:
         "split_seed": record["config"].get("split_seed"),
         "per_fold": per_fold,
         "mean_sd": {name: _mean_sd([f.get(name) for f in per_fold]) for name in FIGURES},
-        "pooled_oof": pooled,
+        "pooled_oof": _pooled(oof, config["threshold_rule"], config["calibrate"]),
         "config": record["config"],
         "options": {key: record.get(key) for key in RESULT_OPTIONS},
     }
-    _write_oof(out / "oof.csv", [{**r, "probability": f"{r['probability']:.6f}"} for r in oof])
+    _write_oof(out / "oof.csv", [{**r, "probability": f"{r['probability']:.6f}", "logit": f"{r['logit']:.6f}"} for r in oof])
     _write_atomic(out / "cv.json", dumps(summary, indent=2) + "\n")
     _write_atomic(out / "cv.md", markdown(summary))
     return summary
@@ -564,12 +620,17 @@ def cv_table(dirs: Sequence[str | Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def oof_threshold(cv_dir: str | Path, summary: dict[str, Any] | None = None) -> dict[str, Any]:
+def oof_threshold(
+    cv_dir: str | Path, summary: dict[str, Any] | None = None, calibrate: str | None = None
+) -> dict[str, Any]:
     """The decision threshold a model trained on all of ``train`` takes from a cross-validation:
     the recipe's rule over the pooled out-of-fold predictions of ``cv_dir`` (see :func:`summarize`).
 
-    Returns ``{"threshold", "rule", "n", "folds", "label", "roc_auc", "sensitivity", "specificity"}``.
-    ``summary``: ``cv_dir``'s summary when the caller has read it already (:func:`read_summary`).
+    Returns ``{"threshold", "rule", "calibrate", "n", "folds", "label", "roc_auc", "sensitivity",
+    "specificity"}``. ``summary``: ``cv_dir``'s summary when the caller has read it already
+    (:func:`read_summary`). ``calibrate``: the model's calibration, when it is not the one the
+    cross-validation ran with: each fold's predictions are calibrated that way first (its
+    ``fold-k/oof.csv`` is read), as the threshold applies to probabilities calibrated so.
 
     Raises:
         ConfigError: no summary in ``cv_dir``, or its pooled predictions hold one class only.
@@ -578,27 +639,33 @@ def oof_threshold(cv_dir: str | Path, summary: dict[str, Any] | None = None) -> 
     path = Path(cv_dir) / "cv.json"
     s = read_summary(cv_dir) if summary is None else summary
     po = s.get("pooled_oof")
+    recorded = _with_defaults(s.get("config") or {}, path)["calibrate"]
+    if po and calibrate is not None and calibrate != po.get("calibrate", recorded):
+        rows = _oof_rows(Path(cv_dir), s["per_fold"], calibrate, recorded)
+        po = _pooled(rows, po["threshold_rule"], calibrate)
     if not po:
         raise ConfigError(f"{path}: no pooled out-of-fold predictions with both classes to choose a threshold on")
-    return {"threshold": float(po["threshold"]), "rule": po["threshold_rule"], "n": int(po["n"]),
-            "folds": list(s["done"]), "label": s.get("label"), "roc_auc": po["roc_auc"],
-            "sensitivity": po["sensitivity"], "specificity": po["specificity"]}
+    return {"threshold": float(po["threshold"]), "rule": po["threshold_rule"],
+            "calibrate": po.get("calibrate", recorded), "n": int(po["n"]), "folds": list(s["done"]),
+            "label": s.get("label"), "roc_auc": po["roc_auc"], "sensitivity": po["sensitivity"],
+            "specificity": po["specificity"]}
 
 
 def apply_oof_threshold(checkpoint: str | Path, cv_dir: str | Path, out: str | Path) -> dict[str, Any]:
-    """Write ``checkpoint`` to ``out`` with the threshold of :func:`oof_threshold` (weights, temperature
+    """Write ``checkpoint`` to ``out`` with the threshold of :func:`oof_threshold` (weights, calibration
     and guard unchanged); the provenance records where it came from and the run's own threshold.
 
     Raises:
-        ConfigError: the cross-validation is unfinished, or of another recipe than the checkpoint's.
+        ConfigError: the cross-validation is unfinished, or of another recipe than the checkpoint's
+            (:data:`FINISHING_KEYS` aside).
 
     The threshold is on calibrated probabilities, as each fold's predictions were (each fold model
-    calibrated on its own validation fold), so it carries over to this model's calibrated output.
+    calibrated on its own validation fold, the way this checkpoint was), so it carries over to this
+    model's calibrated output.
     """
     from .checkpoint import load_checkpoint, save_checkpoint
 
     summary = read_summary(cv_dir)
-    chosen = oof_threshold(cv_dir, summary)
     if len(summary["done"]) != summary["folds"]:
         raise ConfigError(
             f"{Path(cv_dir) / 'cv.json'}: {len(summary['done'])} of {summary['folds']} folds finished; a threshold "
@@ -608,15 +675,18 @@ def apply_oof_threshold(checkpoint: str | Path, cv_dir: str | Path, out: str | P
     recipe = ckpt.provenance.get("train_config")
     if not isinstance(recipe, dict):
         raise ConfigError(f"{checkpoint}: no training recipe recorded; cannot check it against {cv_dir}")
-    ours = {k: v for k, v in _with_defaults(recipe, Path(checkpoint)).items() if k not in ("folds", "fold")}
-    theirs = {k: v for k, v in _with_defaults(summary.get("config") or {}, Path(cv_dir) / "cv.json").items()
-              if k not in ("folds", "fold")}
-    diff = sorted(k for k in set(ours) | set(theirs) if jsonable(ours.get(k)) != jsonable(theirs.get(k)))
+    ours = _with_defaults(recipe, Path(checkpoint))
+    theirs = _with_defaults(summary.get("config") or {}, Path(cv_dir) / "cv.json")
+    ignored = ("folds", "fold", *FINISHING_KEYS)
+    diff = sorted(
+        k for k in set(ours) | set(theirs) if k not in ignored and jsonable(ours.get(k)) != jsonable(theirs.get(k))
+    )
     if diff:
         raise ConfigError(
             f"{checkpoint}: trained with another {', '.join(diff)} than the cross-validation in {cv_dir}; its "
             "out-of-fold threshold belongs to that recipe"
         )
+    chosen = oof_threshold(cv_dir, summary, calibrate=ours["calibrate"])
     ckpt.provenance = {
         **ckpt.provenance,
         "threshold_from": {**chosen, "cv_dir": str(cv_dir), "run_threshold": ckpt.threshold,

@@ -1,7 +1,7 @@
 """Evaluate a checkpoint on a split: metrics with patient-level bootstrap CIs, report and figures.
 
 Data flows one way: files → cached uint8 arrays → :class:`~pneumolens.inference.Predictor`
-probabilities (temperature applied) → metrics → ``metrics.json``, ``predictions.csv``,
+probabilities (calibration applied) → metrics → ``metrics.json``, ``predictions.csv``,
 ``report.md`` and four figures in the output folder. The threshold is the checkpoint's (chosen
 on validation at training time) unless the caller overrides it; nothing here is tuned on the
 data being evaluated.
@@ -138,6 +138,7 @@ def evaluate_arrays(
     metrics: dict[str, Any] = binary_metrics(y, probs, thr)
     metrics["threshold_source"] = source
     metrics["temperature"] = float(predictor.checkpoint.temperature)
+    metrics["calibration_bias"] = float(predictor.checkpoint.bias)
     if n_boot > 0:
         metrics["ci"] = bootstrap_ci(y, probs, thr, groups=patient_ids, n_boot=n_boot, seed=seed)
         unit = "patient" if patient_ids is not None else "image"

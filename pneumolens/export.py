@@ -1,18 +1,19 @@
 """One file that runs without PneumoLens: the model as ONNX or TorchScript, returning calibrated probabilities.
 
 Both formats take the documented input, :data:`INPUT_SPEC`, and return :data:`OUTPUT_SPEC`: the
-temperature is applied inside, so the numbers are ``Predictor``'s (``pneumolens predict``) and the
+calibration is applied inside, so the numbers are ``Predictor``'s (``pneumolens predict``) and the
 checkpoint's threshold applies to them as it is. The network is the BatchNorm-folded copy
 (:class:`~pneumolens.folding.FoldedCnnLstm`, the same logits as the checkpoint's model, eval only).
 
 - ONNX: the graph :func:`pneumolens.onnx_export.export_onnx` writes for the fast CPU backend
   (PyTorch's TorchScript-based exporter, opset :data:`~pneumolens.onnx_export.OPSET`, dynamic
-  batch axis), with ``Div(temperature)`` and ``Sigmoid`` appended; threshold, temperature, class
-  names and the input specification are in the model's metadata (``metadata_props``) and its
+  batch axis), with ``Div(temperature)``, ``Add(bias)`` and ``Sigmoid`` appended; threshold,
+  calibration, class names and the input specification are in the model's metadata (``metadata_props``) and its
   ``doc_string``. Needs the ``onnx`` package (``pip install pneumolens[fast]``).
 - TorchScript: :class:`~pneumolens.calibrated.CalibratedProbability` around the folded network,
   scripted (``torch.jit.load`` needs only torch; scripted rather than traced, so the file runs at
-  any batch size on any device); ``threshold`` and ``temperature`` are buffers of the loaded module,
+  any batch size on any device); ``threshold``, ``temperature`` and ``bias`` are buffers of the loaded
+  module,
   and ``pneumolens.json`` in the archive holds the same metadata as the ONNX file. PyTorch marks
   TorchScript deprecated in favour of ``torch.export``, whose files still lack a stable loader
   outside Python; the deprecation notices are silenced here, and ``torch.jit.load`` shows its own.
@@ -46,7 +47,7 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "probability"
 
 #: The output, in words (the metadata and ``--help`` say it).
-OUTPUT_SPEC = "float32 (B,): calibrated P(PNEUMONIA) = sigmoid(logit / temperature)"
+OUTPUT_SPEC = "float32 (B,): calibrated P(PNEUMONIA) = sigmoid(logit / temperature + bias)"
 
 
 def input_spec(size: int) -> str:
@@ -66,6 +67,7 @@ class ExportResult:
     input_size: int
     threshold: float
     temperature: float
+    bias: float
     class_names: tuple[str, ...]
 
     def summary(self) -> str:
@@ -94,6 +96,7 @@ def metadata(ckpt: Checkpoint, threshold: float) -> dict[str, str]:
         "decision": f"{ckpt.class_names[1]} when probability >= threshold, else {ckpt.class_names[0]}",
         "threshold_rule": str(ckpt.threshold_rule),
         "temperature": repr(float(ckpt.temperature)),
+        "bias": repr(float(ckpt.bias)),
         "class_names": json.dumps(list(ckpt.class_names)),
         "input_size": str(int(ckpt.input_size)),
         "notice": "Research and education use only: not a medical device.",
@@ -109,15 +112,15 @@ def _cpu_model(ckpt: Checkpoint) -> nn.Module:
 
 
 def calibrated_network(ckpt: Checkpoint, threshold: float | None = None) -> CalibratedProbability:
-    """The folded network (no conv chunking: one graph for every batch size) with the temperature applied."""
+    """The folded network (no conv chunking: one graph for every batch size) with the calibration applied."""
     folded = FoldedCnnLstm(_cpu_model(ckpt))
     net = nn.Sequential(folded.features, folded.head)
     thr = float(ckpt.threshold if threshold is None else threshold)
-    return CalibratedProbability(net, ckpt.temperature, thr).eval()
+    return CalibratedProbability(net, ckpt.temperature, thr, ckpt.bias).eval()
 
 
 def onnx_bytes(ckpt: Checkpoint, threshold: float | None = None) -> bytes:
-    """The ONNX file's bytes: the fast backend's logit graph, then ``/ temperature`` and ``Sigmoid``."""
+    """The ONNX file's bytes: the fast backend's logit graph, then ``/ temperature``, ``+ bias`` and ``Sigmoid``."""
     try:
         import onnx
         from onnx import TensorProto, helper
@@ -130,9 +133,13 @@ def onnx_bytes(ckpt: Checkpoint, threshold: float | None = None) -> bytes:
     graph = model.graph
     (logit,) = [o for o in graph.output]
     graph.output.remove(logit)
-    graph.initializer.append(helper.make_tensor("temperature", TensorProto.FLOAT, [], [float(ckpt.temperature)]))
+    graph.initializer.extend([
+        helper.make_tensor("temperature", TensorProto.FLOAT, [], [float(ckpt.temperature)]),
+        helper.make_tensor("bias", TensorProto.FLOAT, [], [float(ckpt.bias)]),
+    ])
     graph.node.extend([
-        helper.make_node("Div", [logit.name, "temperature"], ["calibrated_logit"], name="apply_temperature"),
+        helper.make_node("Div", [logit.name, "temperature"], ["scaled_logit"], name="apply_temperature"),
+        helper.make_node("Add", ["scaled_logit", "bias"], ["calibrated_logit"], name="apply_bias"),
         helper.make_node("Sigmoid", ["calibrated_logit"], [OUTPUT_NAME], name="probability"),
     ])
     graph.output.append(helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch"]))
@@ -192,7 +199,9 @@ def export_model(
     data = onnx_bytes(ckpt, thr) if format == "onnx" else torchscript_bytes(ckpt, thr)
     path = Path(out)
     _write_atomically(path, data)
-    return ExportResult(path, format, int(ckpt.input_size), thr, float(ckpt.temperature), tuple(ckpt.class_names))
+    return ExportResult(
+        path, format, int(ckpt.input_size), thr, float(ckpt.temperature), float(ckpt.bias), tuple(ckpt.class_names)
+    )
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

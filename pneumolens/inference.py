@@ -1,7 +1,7 @@
 """Predictor: load a checkpoint once, turn files or arrays into probabilities and labels.
 
 The CLI's ``predict``, the evaluator, the explainers and the web service all go through this
-class, so preprocessing, temperature and threshold are applied the same way everywhere.
+class, so preprocessing, calibration and threshold are applied the same way everywhere.
 
 Two copies of the network live here: ``predictor.model`` is the checkpoint's own
 :class:`~pneumolens.model.CnnLstm`, untouched (explanations need gradients through its
@@ -196,9 +196,8 @@ class Predictor:
     def probabilities(
         self, images: np.ndarray | torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor] | None = None
     ) -> np.ndarray:
-        """Calibrated PNEUMONIA probabilities, float64 (N,): sigmoid(logit / checkpoint temperature)."""
-        z = torch.from_numpy(self.logits(images, forward).astype(np.float64)) / self.checkpoint.temperature
-        return torch.sigmoid(z).numpy()
+        """Calibrated PNEUMONIA probabilities, float64 (N,): :meth:`Checkpoint.probability` of the logits."""
+        return self.checkpoint.probability(self.logits(images, forward))
 
     # ------------------------------------------------------------------ labels and predictions
 

@@ -17,8 +17,10 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize, minimize_scalar
 from sklearn.metrics import average_precision_score, roc_auc_score
+
+from .calibrated import CALIBRATIONS
 
 #: Metrics that :func:`bootstrap_ci` gives an interval for.
 CI_METRICS = (
@@ -329,6 +331,20 @@ def _nll(log_t: float, z: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.logaddexp(0.0, s) - y * s))  # binary cross-entropy on logits, stable
 
 
+def _check_logits(logits: Any, y_true: Any, who: str) -> tuple[np.ndarray, np.ndarray]:
+    z = np.asarray(logits, dtype=np.float64).ravel()
+    y = np.asarray(y_true).ravel()
+    if z.shape != y.shape or z.size == 0:
+        raise ValueError(f"logits ({z.size}) and y_true ({y.size}) must be non-empty and the same length")
+    if not np.isfinite(z).all():
+        raise ValueError("logits must be finite")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("y_true must hold only 0 and 1")
+    if y.min() == y.max():
+        raise ValueError(f"{who} needs both classes in y_true")
+    return z, y.astype(np.float64)
+
+
 def fit_temperature(logits: Any, y_true: Any, bounds: tuple[float, float] = (1e-2, 1e2)) -> float:
     """Temperature scaling (Guo et al., 2017): the T > 0 minimising the NLL of ``sigmoid(logits / T)``.
 
@@ -339,21 +355,51 @@ def fit_temperature(logits: Any, y_true: Any, bounds: tuple[float, float] = (1e-
     Raises:
         ValueError: non-finite logits, labels other than 0/1, or a single class.
     """
-    z = np.asarray(logits, dtype=np.float64).ravel()
-    y = np.asarray(y_true).ravel()
-    if z.shape != y.shape or z.size == 0:
-        raise ValueError(f"logits ({z.size}) and y_true ({y.size}) must be non-empty and the same length")
-    if not np.isfinite(z).all():
-        raise ValueError("logits must be finite")
-    if not np.isin(y, (0, 1)).all():
-        raise ValueError("y_true must hold only 0 and 1")
-    if y.min() == y.max():
-        raise ValueError("fit_temperature needs both classes in y_true")
+    z, y = _check_logits(logits, y_true, "fit_temperature")
     lo, hi = math.log(bounds[0]), math.log(bounds[1])
-    res = minimize_scalar(
-        _nll, bounds=(lo, hi), args=(z, y.astype(np.float64)), method="bounded", options={"xatol": 1e-6}
-    )
+    res = minimize_scalar(_nll, bounds=(lo, hi), args=(z, y), method="bounded", options={"xatol": 1e-6})
     return float(math.exp(res.x))
+
+
+def _platt_nll(params: np.ndarray, z: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    a, b = params
+    s = a * z + b
+    q = 0.5 * (1.0 + np.tanh(0.5 * s))  # sigmoid(s), stable
+    return float(np.mean(np.logaddexp(0.0, s) - y * s)), np.array([np.mean((q - y) * z), np.mean(q - y)])
+
+
+def fit_platt(logits: Any, y_true: Any, bounds: tuple[float, float] = (1e-2, 1e2)) -> tuple[float, float]:
+    """Platt scaling (Platt, 1999): the temperature T and bias b minimising the NLL of
+    ``sigmoid(logits / T + b)`` — a logistic regression on the logit.
+
+    Temperature scaling's one parameter can sharpen or soften the probabilities but not move
+    them: a model trained with class weights (the ``default`` recipes) sits off-centre, its
+    probabilities low for every film, and only the bias moves it back. Both are monotone in the
+    logit, so the ranking (AUC) and the decisions at a threshold mapped accordingly are unchanged.
+    ``1 / T`` is kept within ``1 / bounds``.
+
+    Returns:
+        ``(temperature, bias)``.
+
+    Raises:
+        ValueError: non-finite logits, labels other than 0/1, or a single class.
+    """
+    z, y = _check_logits(logits, y_true, "fit_platt")
+    start = np.array([1.0 / fit_temperature(z, y, bounds), 0.0])
+    res = minimize(_platt_nll, start, args=(z, y), jac=True, method="L-BFGS-B",
+                   bounds=[(1.0 / bounds[1], 1.0 / bounds[0]), (None, None)], options={"ftol": 1e-12, "gtol": 1e-9})
+    a, b = (float(v) for v in res.x)
+    return 1.0 / a, b
+
+
+def fit_calibration(logits: Any, y_true: Any, method: str) -> tuple[float, float]:
+    """``(temperature, bias)`` for ``sigmoid(logits / temperature + bias)`` by ``method``:
+    ``none`` (1, 0), ``temperature`` (:func:`fit_temperature`, bias 0) or ``platt`` (:func:`fit_platt`)."""
+    if method not in CALIBRATIONS:
+        raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {method!r}")
+    if method == "platt":
+        return fit_platt(logits, y_true)
+    return (fit_temperature(logits, y_true) if method == "temperature" else 1.0), 0.0
 
 
 def subtype_recall(y_true: Any, prob: Any, subtypes: Sequence[str], threshold: float) -> dict[str, dict[str, Any]]:

@@ -360,6 +360,7 @@ def write_report(
         ("flagged out of distribution", _ood_fact(metrics.get("ood"))),
         ("threshold", f"{metrics['threshold']:.4f} ({metrics.get('threshold_source', 'given')})"),
         ("temperature", metrics.get("temperature")),
+        ("calibration bias", metrics.get("calibration_bias")),
     ]
     lines += [f"- **{k}**: {_fmt(v)}" for k, v in facts if v is not None]
     lines += [""]

@@ -4,7 +4,7 @@
         [--oof-threshold CV_DIR] [--cv FILE]
 
 Evaluates on the patient-level validation split (the one the checkpoint's threshold and
-temperature were chosen on) and on the official 16-image val folder, runs the shortcut audit
+calibration were chosen on) and on the official 16-image val folder, runs the shortcut audit
 (``docs/audit/shipped/``) and the out-of-distribution evaluation (``docs/ood/shipped/``), then
 writes the model card from the checkpoint's own provenance and those results, so every number in
 the card is the output of this command. ``--shift FILE`` adds a markdown section of figures
@@ -65,6 +65,14 @@ def _share_text(name: str, m: dict) -> str:
     if m["n_valid"] < m["n_films"]:
         text += f"; {m['n_valid']} of {m['n_films']} films had positive evidence"
     return text + ")"
+
+
+def _calibration_text(info: dict) -> str:
+    """How the card says the probability is calibrated: Platt scaling when there is a bias, else a temperature."""
+    t, b = info["temperature"], info.get("bias", 0.0)
+    if b:
+        return f"Platt-scaled, sigmoid(logit / {t:.3f} + {b:.3f})"
+    return f"after temperature scaling (T = {t:.3f})"
 
 
 def audit_section(audit: dict | None, ood: dict | None) -> str:
@@ -165,7 +173,7 @@ triage patients.
   {info['config']['input_size'] // 8}x{info['config']['input_size'] // 8}x128 map read as a sequence of rows by LSTM(256) and LSTM(128), two dense layers,
   one PNEUMONIA logit. {info['parameters']:,} parameters. Input: 8-bit grayscale resized to
   {info['config']['input_size']}x{info['config']['input_size']} (aspect ratio not kept), scaled to [0, 1].
-- Output: probability of PNEUMONIA after temperature scaling (T = {info['temperature']:.3f}, fitted on validation);
+- Output: probability of PNEUMONIA, {_calibration_text(info)}, fitted on validation;
   label PNEUMONIA when the probability is ≥ **{info['threshold']:.3f}** (rule: `{info['threshold_rule']}`, chosen on
   {chosen_on} — never on a test set).
 {background}

@@ -60,8 +60,9 @@ def test_load_image_returns_a_writable_array_that_torch_takes_without_warning(fi
     assert load_image(square, 32).flags.writeable
 
 
-def test_calibrated_probability_applies_the_temperature() -> None:
-    """sigmoid(logit / T), hand-computed: logits 0, 2, -2 at T = 2 give sigmoid(0), sigmoid(1), sigmoid(-1)."""
+def test_calibrated_probability_applies_the_temperature_and_the_bias() -> None:
+    """sigmoid(logit / T + b), hand-computed: logits 0, 2, -2 at T = 2 give sigmoid(0), sigmoid(1), sigmoid(-1);
+    with b = 1, sigmoid(1), sigmoid(2), sigmoid(0)."""
     from pneumolens.calibrated import CalibratedProbability
 
     class Fixed(torch.nn.Module):
@@ -70,17 +71,20 @@ def test_calibrated_probability_applies_the_temperature() -> None:
 
     p = CalibratedProbability(Fixed(), temperature=2.0, threshold=0.4)(torch.zeros(3, 1, 4, 4))
     np.testing.assert_allclose(p.numpy(), [0.5, 0.7310586, 0.2689414], atol=1e-7)
+    p = CalibratedProbability(Fixed(), temperature=2.0, threshold=0.4, bias=1.0)(torch.zeros(3, 1, 4, 4))
+    np.testing.assert_allclose(p.numpy(), [0.7310586, 0.8807971, 0.5], atol=1e-7)
     with pytest.raises(ValueError, match="temperature"):
         CalibratedProbability(Fixed(), temperature=0.0, threshold=0.5)
 
 
 @pytest.fixture(scope="module")
 def hot_checkpoint(tiny_checkpoint_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny checkpoint with temperature 3 and threshold 0.52: raw sigmoid and calibrated probability differ."""
+    """The tiny checkpoint with temperature 3, bias -0.4 and threshold 0.52: raw sigmoid and calibrated
+    probability differ."""
     from pneumolens.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(tiny_checkpoint_path)
-    ckpt.temperature, ckpt.threshold = 3.0, 0.52
+    ckpt.temperature, ckpt.bias, ckpt.threshold = 3.0, -0.4, 0.52
     return save_checkpoint(ckpt, tmp_path_factory.mktemp("hot") / "model.pt")
 
 
@@ -94,12 +98,14 @@ def test_calling_the_model_gives_calibrated_probabilities_and_the_raw_network_is
         logits = model.logit_module(x)
     p = model(x)
     assert p.shape == (4,) and p.dtype == torch.float32
-    np.testing.assert_allclose(p.numpy(), torch.sigmoid(logits / 3.0).numpy(), atol=1e-7)
+    np.testing.assert_allclose(p.numpy(), torch.sigmoid(logits / 3.0 - 0.4).numpy(), atol=1e-7)
     assert not np.allclose(p.numpy(), torch.sigmoid(logits).numpy(), atol=1e-3)  # the trap: T matters
+    assert not np.allclose(p.numpy(), torch.sigmoid(logits / 3.0).numpy(), atol=1e-3)  # and so does the bias
     u8 = (x[:, 0] * 255).round().to(torch.uint8).numpy()
     np.testing.assert_allclose(model(torch.from_numpy(u8[:, None] / np.float32(255))).numpy(),
                                model.predictor.probabilities(u8), atol=1e-6)
-    assert model.threshold == pytest.approx(0.52) and model.temperature == 3.0
+    assert model.threshold == pytest.approx(0.52) and (model.temperature, model.bias) == (3.0, -0.4)
+    assert "bias -0.4000" in repr(model)
     assert isinstance(model.logit_module, pneumolens.CnnLstm)
     assert not hasattr(model, "model") and not hasattr(model, "net")  # no default name for the raw logits
     assert not p.requires_grad  # inference: no graph kept

@@ -165,3 +165,74 @@ def test_compare_splits_by_true_class_when_films_csv_gives_labels(tmp_path: Path
     text = (out / "compare.md").read_text()
     assert "| gradcam, NORMAL | 2 | 75.0 % | 90.0 % | +15.0 ± 5.0 points | 0 of 2 |" in text
     assert "| gradcam, PNEUMONIA | 2 | 90.0 % | 85.0 % | -5.0 ± 5.0 points | 1 of 2 |" in text
+
+
+# --- scripts/cv_calibration.py ---------------------------------------------------------------------
+def test_calibration_scores_by_hand() -> None:
+    cal = _script("cv_calibration")
+    import numpy as np
+
+    s = cal.scores(np.array([0, 1]), np.array([0.2, 0.6]))
+    assert s["brier"] == pytest.approx((0.2**2 + 0.4**2) / 2)
+    assert s["nll"] == pytest.approx(-(math.log(0.8) + math.log(0.6)) / 2)
+    # 15 bins: 0.2 and 0.6 sit alone, off by 0.2 and 0.4
+    assert s["ece"] == pytest.approx((0.2 + 0.4) / 2)
+
+
+def _calibration_cv(out: Path, shift: float, legacy_t: float | None = None) -> Path:
+    """Two folds of 600 films (300 patients, two films each) whose raw logits sit ``shift`` below
+    calibrated ones; ``legacy_t``: fold 0's oof.csv keeps only probabilities at that temperature."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    out.mkdir(parents=True)
+    folds = []
+    for k in range(2):
+        folder = out / f"fold-{k}"
+        folder.mkdir()
+        true = np.repeat(rng.normal(0.5, 2.0, 300), 2)
+        y = (rng.random(600) < 1 / (1 + np.exp(-true))).astype(int)
+        z = true - shift
+        lines = ["file,patient,label,fold,probability,logit"]
+        for i in range(600):
+            if k == 0 and legacy_t is not None:
+                lines.append(f"f{i},p{k}-{i // 2},{y[i]},{k},{1 / (1 + math.exp(-z[i] / legacy_t)):.6f},")
+            else:
+                lines.append(f"f{i},p{k}-{i // 2},{y[i]},{k},0.5,{z[i]:.6f}")
+        (folder / "oof.csv").write_text("\n".join(lines) + "\n")
+        fold = {"fold": k, "temperature": legacy_t if (k == 0 and legacy_t) else 1.0}
+        (folder / "fold.json").write_text(json.dumps(fold))
+        folds.append(fold)
+    summary = {"label": out.name, "folds": 2, "done": [0, 1], "max_epochs": 1, "per_fold": folds,
+               "mean_sd": {k: {"mean": None, "sd": None} for k in
+                           ("roc_auc", "sensitivity", "specificity", "accuracy", "marker_flip_rate")}}
+    (out / "cv.json").write_text(json.dumps(summary))
+    return out
+
+
+def test_platt_beats_temperature_on_off_centre_logits_and_ties_on_centred_ones(tmp_path: Path) -> None:
+    cal = _script("cv_calibration")
+    off = cal.cv_calibration(_calibration_cv(tmp_path / "off", shift=3.0), repeats=2)
+    o = off["overall"]
+    assert off["folds"] == [0, 1] and o["ece"]["platt"] < 0.5 * o["ece"]["temperature"]
+    assert o["nll"]["diff"] < 0 and o["brier"]["diff"] < 0
+    centred = cal.cv_calibration(_calibration_cv(tmp_path / "centred", shift=0.0), repeats=2)["overall"]
+    assert abs(centred["nll"]["diff"]) < 0.01  # nothing for the bias to fix: one extra parameter, no gain
+    table = cal.markdown([off])
+    assert table.splitlines()[2].startswith("| off | 2 | ")
+
+
+def test_an_older_oof_file_has_its_temperature_undone(tmp_path: Path) -> None:
+    """Fold 0 kept only probabilities at T = 2: the raw logit is 2 * logit(p), so the results match."""
+    cal = _script("cv_calibration")
+    new = cal.cv_calibration(_calibration_cv(tmp_path / "new", shift=3.0), repeats=1)
+    old = cal.cv_calibration(_calibration_cv(tmp_path / "old", shift=3.0, legacy_t=2.0), repeats=1)
+    for s in ("ece", "nll", "brier"):
+        assert old["per_fold"][0]["platt"][s] == pytest.approx(new["per_fold"][0]["platt"][s], abs=1e-4)
+
+
+def test_cv_calibration_missing_folder_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
+    cal = _script("cv_calibration")
+    assert cal.main([str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: ") and "no cross-validation summary" in err

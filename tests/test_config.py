@@ -63,7 +63,8 @@ def test_default_is_base_with_pasted_markers_twenty_epochs_and_the_last_epoch() 
     base, default = load_config("base").to_dict(), load_config("default").to_dict()
     assert default["augment"] == {**base["augment"], "marker": 0.5, "marker_size": 0.15}
     assert (default["max_epochs"], default["select_epoch"], base["select_epoch"]) == (20, "last", "val_loss")
-    rest = ("augment", "max_epochs", "select_epoch")
+    assert (default["calibrate"], base["calibrate"]) == ("platt", "temperature")
+    rest = ("augment", "max_epochs", "select_epoch", "calibrate")
     assert {k: v for k, v in default.items() if k not in rest} == {k: v for k, v in base.items() if k not in rest}
 
 
@@ -82,6 +83,15 @@ def test_yaml_turns_on_one_breaker(tmp_path: Path) -> None:
     y.write_text("augment:\n  marker: 0.3\n")
     c = load_config("base", y)
     assert c.augment.marker == 0.3 and c.augment.erase == 0.0 and c.augment.degrees == 10.0
+
+
+def test_calibrate_reads_older_recipes_booleans_and_checks_its_value() -> None:
+    """Recipes recorded before Platt scaling said calibrate: true/false (a temperature, or nothing)."""
+    assert TrainConfig.from_dict({"calibrate": True}).calibrate == "temperature"
+    assert TrainConfig.from_dict({"calibrate": False}).calibrate == "none"
+    assert load_config("seed", overrides={"calibrate": "platt"}).calibrate == "platt"
+    with pytest.raises(ConfigError, match="calibrate must be one of"):
+        TrainConfig(calibrate="isotonic")
 
 
 def test_select_epoch_defaults_to_the_lowest_val_loss_and_checks_its_value() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import signal
 import statistics
 import sys
@@ -352,6 +353,69 @@ def test_a_shipped_model_takes_its_threshold_from_the_pooled_out_of_fold_predict
     with pytest.raises(ConfigError, match="2 of 3 folds finished"):
         apply_oof_threshold(trained, tmp_path / "cv", tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_a_platt_model_takes_its_threshold_from_out_of_fold_predictions_calibrated_its_way(
+    tmp_path: Path, tiny_checkpoint_path: Path
+) -> None:
+    """A cross-validation run with temperature scaling, a model finished with Platt scaling: each fold's
+    predictions are Platt-calibrated on its own rows (as its run would have done) before pooling.
+
+    Hand-computed: fold 0 has raw logits -1 (2 of 4 positive) and +1 (4 of 5), so Platt gives
+    p = 0.5 and 0.8; fold 1 has -1 (1 of 4) and +1 (3 of 4): p = 0.25 and 0.75. Pooled, Youden's J
+    is highest (0.7 + 5/7 - 1) at p >= 0.75: threshold 0.625, midway between 0.5 and 0.75. The
+    temperature-calibrated probabilities as run (fold 0 at T = 2, fold 1 at T = 1) give 0.5.
+    """
+    from pneumolens.checkpoint import load_checkpoint
+    from pneumolens.cv import apply_oof_threshold, oof_threshold
+
+    out = tmp_path / "cv"
+    out.mkdir()
+    cfg = TrainConfig(folds=2).to_dict()
+    (out / "cv_config.json").write_text(json.dumps({"folds": 2, "preset": "x", "label": "t", "config": cfg}))
+
+    def sig(z: float) -> float:
+        return 1 / (1 + math.exp(-z))
+
+    legacy = [(f"a{i}", y, round(sig(-1 / 2), 6)) for i, y in enumerate([1, 1, 0, 0])]  # no logits kept, T = 2
+    legacy += [(f"b{i}", y, round(sig(1 / 2), 6)) for i, y in enumerate([1, 1, 1, 1, 0])]
+    _fake_fold(out, 0, 0.7, 0.5, 0.5, None, legacy)
+    fold0 = json.loads((out / "fold-0" / "fold.json").read_text())
+    (out / "fold-0" / "fold.json").write_text(json.dumps({**fold0, "temperature": 2.0}))
+    folder = out / "fold-1"
+    folder.mkdir()
+    (folder / "fold.json").write_text(json.dumps({**fold0, "fold": 1, "temperature": 1.0, "bias": 0.0,
+                                                  "calibrate": "temperature"}))
+    with (folder / "oof.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "patient", "label", "fold", "probability", "logit"])
+        for i, y in enumerate([1, 0, 0, 0, 1, 1, 1, 0]):
+            z = -1.0 if i < 4 else 1.0
+            w.writerow([f"c{i}", f"c{i}", y, 1, f"{sig(z):.6f}", z])
+    summary = summarize(out)
+    assert summary["pooled_oof"]["threshold"] == pytest.approx(0.5, abs=1e-6)
+    assert summary["pooled_oof"]["calibrate"] == "temperature"
+    chosen = oof_threshold(out, calibrate="platt")
+    assert chosen["threshold"] == pytest.approx(0.625, abs=1e-4) and chosen["calibrate"] == "platt"
+    assert chosen["sensitivity"] == pytest.approx(0.7) and chosen["specificity"] == pytest.approx(5 / 7)
+    assert oof_threshold(out, calibrate="temperature")["threshold"] == pytest.approx(0.5, abs=1e-6)
+    # the shipped model's recipe differs in calibrate alone: accepted, and thresholded its way
+    trained = _with_recipe(tiny_checkpoint_path, tmp_path / "trained.pt", TrainConfig(calibrate="platt"))
+    apply_oof_threshold(trained, out, tmp_path / "model.pt")
+    after = load_checkpoint(tmp_path / "model.pt")
+    assert after.threshold == pytest.approx(0.625, abs=1e-4)
+    assert after.provenance["threshold_from"]["calibrate"] == "platt"
+
+
+def test_a_cross_validation_continues_under_another_calibration(tmp_path: Path) -> None:
+    """calibrate finishes a trained model: a recipe differing there alone continues the same folds."""
+    from pneumolens.cv import _check_same_recipe
+
+    record = {"folds": 3, "config": _cfg().to_dict(), "max_images": None, "limit_train_batches": None}
+    (tmp_path / "cv_config.json").write_text(json.dumps({**record, "config": {**record["config"], "calibrate": True}}))
+    _check_same_recipe(tmp_path, {**record, "config": {**record["config"], "calibrate": "platt"}})
+    with pytest.raises(ConfigError, match="batch_size"):
+        _check_same_recipe(tmp_path, {**record, "config": {**record["config"], "batch_size": 3}})
 
 
 def test_the_trade_off_figure_has_a_point_per_fold_and_a_mean_per_recipe(tmp_path: Path, capsys) -> None:

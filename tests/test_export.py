@@ -73,11 +73,11 @@ def documented_input(paths: list[Path], size: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def hot_checkpoint(tiny_checkpoint_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny checkpoint with temperature 3 and threshold 0.52 (a missing temperature would show)."""
+    """The tiny checkpoint with temperature 3, bias 0.6 and threshold 0.52 (a missing calibration would show)."""
     from pneumolens.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(tiny_checkpoint_path)
-    ckpt.temperature, ckpt.threshold = 3.0, 0.52
+    ckpt.temperature, ckpt.bias, ckpt.threshold = 3.0, 0.6, 0.52
     return save_checkpoint(ckpt, tmp_path_factory.mktemp("hot") / "model.pt")
 
 
@@ -100,9 +100,10 @@ def test_onnx_file_in_onnx_runtime_alone_equals_predict(hot_checkpoint: Path, tm
         got = run_onnx_alone(out, batch, tmp_path)
         assert got.shape == (len(batch),) and got.dtype == np.float32
         np.testing.assert_allclose(got, expected[: len(batch)], atol=TOL, rtol=0)
-    with torch.no_grad():  # and not the raw sigmoid: the temperature is inside
-        raw = torch.sigmoid(model.logit_module(torch.from_numpy(x))).numpy()
-    assert np.abs(raw - expected).max() > 100 * TOL
+    with torch.no_grad():  # and not the raw sigmoid, nor the temperature alone: the whole calibration is inside
+        z = model.logit_module(torch.from_numpy(x))
+    for partial in (torch.sigmoid(z), torch.sigmoid(z / 3.0)):
+        assert np.abs(partial.numpy() - expected).max() > 100 * TOL
 
 
 @needs_onnx
@@ -118,7 +119,7 @@ def test_onnx_file_carries_its_specification_and_threshold(hot_checkpoint: Path,
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [1, 32, 32]
     meta = read_metadata(result.path)
-    assert float(meta["threshold"]) == 0.52 and float(meta["temperature"]) == 3.0
+    assert float(meta["threshold"]) == 0.52 and (float(meta["temperature"]), float(meta["bias"])) == (3.0, 0.6)
     assert json.loads(meta["class_names"]) == ["NORMAL", "PNEUMONIA"]
     assert meta["input"].startswith("float32 (B, 1, 32, 32) in [0, 1]") and "divided by 255" in meta["input"]
     assert "float32 (B, 1, 32, 32) in [0, 1]" in proto.doc_string and "threshold 0.52" in proto.doc_string
@@ -140,6 +141,7 @@ def test_torchscript_file_loads_with_torch_alone_and_equals_predict(hot_checkpoi
         for batch in (x[:1], x):
             np.testing.assert_allclose(module(batch).numpy(), expected[: len(batch)], atol=TOL, rtol=0)
     assert float(module.threshold) == pytest.approx(0.52) and float(module.temperature) == 3.0
+    assert float(module.bias) == pytest.approx(0.6)
     assert float(read_metadata(out)["threshold"]) == 0.52
 
 
@@ -171,7 +173,7 @@ def test_export_help_documents_the_input_and_output(capsys) -> None:
         main(["export", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "float32 (B, 1, S, S) in [0, 1]" in text and "divided by 255" in text
-    assert "calibrated P(PNEUMONIA) = sigmoid(logit / temperature)" in text and "threshold" in text
+    assert "calibrated P(PNEUMONIA) = sigmoid(logit / temperature + bias)" in text and "threshold" in text
 
 
 @pytest.mark.slow  # real processes / whole pipelines: runs in `make test`, not in test-fast

@@ -39,7 +39,7 @@ def arrays(n: int, seed: int = 0) -> np.ndarray:
 def ckpt() -> Checkpoint:
     torch.manual_seed(0)
     model = randomize_bn(CnnLstm(TINY), seed=0, x=to_input(arrays(16, seed=50)))
-    return Checkpoint(model=model, config=TINY, threshold=0.5, temperature=2.5)
+    return Checkpoint(model=model, config=TINY, threshold=0.5, temperature=2.5, bias=0.3)
 
 
 def with_threshold(ckpt: Checkpoint, threshold: float) -> Checkpoint:
@@ -64,15 +64,16 @@ def files(tmp_path: Path) -> list[Path]:
     return paths
 
 
-def test_probabilities_apply_the_checkpoint_temperature(ckpt):
+def test_probabilities_apply_the_checkpoint_temperature_and_bias(ckpt):
     images = arrays(10)
     z = plain_logits(ckpt.model, images)
     assert z.std() > 1e-2  # outputs vary: the comparison means something
     for fast in (False, True):
         p = Predictor(ckpt, fast=fast).probabilities(images)
         assert p.dtype == np.float64 and p.shape == (10,)
-        np.testing.assert_allclose(p, 1 / (1 + np.exp(-z / 2.5)), atol=1e-5)
+        np.testing.assert_allclose(p, 1 / (1 + np.exp(-(z / 2.5 + 0.3))), atol=1e-5)
         assert not np.allclose(p, 1 / (1 + np.exp(-z)), atol=1e-3)  # temperature 1 would be wrong
+        assert not np.allclose(p, 1 / (1 + np.exp(-z / 2.5)), atol=1e-3)  # and so would bias 0
 
 
 def test_labels_use_the_checkpoint_threshold_and_an_override(ckpt):
@@ -203,12 +204,24 @@ def test_bad_arguments_are_clear_errors(ckpt):
         Predictor(ckpt).probabilities(np.zeros((2, 64, 64), np.uint8))
 
 
-def test_checkpoint_file_round_trip_keeps_temperature_and_threshold(ckpt, tmp_path):
+def test_checkpoint_file_round_trip_keeps_calibration_and_threshold(ckpt, tmp_path):
     path = save_checkpoint(with_threshold(ckpt, 0.3), tmp_path / "model.pt")
     predictor = Predictor(path)
-    assert predictor.threshold == 0.3 and predictor.checkpoint.temperature == 2.5
+    assert predictor.threshold == 0.3 and (predictor.checkpoint.temperature, predictor.checkpoint.bias) == (2.5, 0.3)
     images = arrays(4)
     np.testing.assert_allclose(predictor.probabilities(images), Predictor(ckpt).probabilities(images), atol=1e-6)
+
+
+def test_a_checkpoint_written_before_platt_scaling_loads_with_no_bias(ckpt, tmp_path):
+    path = save_checkpoint(ckpt, tmp_path / "model.pt")
+    payload = torch.load(path, weights_only=True)
+    del payload["bias"]
+    torch.save(payload, path)
+    predictor = Predictor(path)
+    assert predictor.checkpoint.bias == 0.0
+    images = arrays(4)
+    z = plain_logits(ckpt.model, images)
+    np.testing.assert_allclose(predictor.probabilities(images), 1 / (1 + np.exp(-z / 2.5)), atol=1e-5)
 
 
 def test_to_input_gives_pytorchs_values_for_arrays_and_tensors():

@@ -13,6 +13,8 @@ from pneumolens.metrics import (
     calibration_bins,
     choose_threshold,
     expected_calibration_error,
+    fit_calibration,
+    fit_platt,
     fit_temperature,
     resample_weights,
     subtype_recall,
@@ -166,6 +168,47 @@ def test_fit_temperature_rejects_one_class_and_nan():
         fit_temperature([1.0, 2.0], [1, 1])
     with pytest.raises(ValueError, match="finite"):
         fit_temperature([np.nan, 2.0], [0, 1])
+
+
+def test_fit_platt_matches_hand_computed_optima():
+    """Two logit values make the fit saturate: sigmoid(-a + b) and sigmoid(a + b) equal the observed rates.
+
+    z = -1: 2 of 4 positive, z = +1: 4 of 5 -> -a + b = logit(0.5) = 0, a + b = logit(0.8) = ln 4,
+    so a = b = ln 2 (T = 1 / ln 2). Rates 1/4 and 3/4 are symmetric: b = 0, a = ln 3.
+    """
+    z = [-1.0] * 4 + [1.0] * 5
+    t, b = fit_platt(z, [1, 1, 0, 0] + [1, 1, 1, 1, 0])
+    assert t == pytest.approx(1 / np.log(2), rel=1e-5) and b == pytest.approx(np.log(2), rel=1e-5)
+    t, b = fit_platt([-1.0] * 4 + [1.0] * 4, [1, 0, 0, 0, 1, 1, 1, 0])
+    assert t == pytest.approx(1 / np.log(3), rel=1e-5) and b == pytest.approx(0.0, abs=1e-6)
+
+
+def test_fit_platt_recovers_an_off_centre_model_that_temperature_cannot():
+    """Logits shifted by a class-weighting-like offset: Platt finds T and b; temperature alone stays off."""
+    rng = np.random.default_rng(1)
+    calibrated = rng.normal(0.5, 2.0, 20000)
+    y = (rng.random(calibrated.size) < 1 / (1 + np.exp(-calibrated))).astype(int)
+    logits = 0.5 * (calibrated - 3.0)  # calibrated = logits / 0.5 + 3
+    t, b = fit_platt(logits, y)
+    assert t == pytest.approx(0.5, rel=0.05) and b == pytest.approx(3.0, abs=0.15)
+
+    def mean_gap(p):  # how far the mean probability sits from the positive rate
+        return abs(p.mean() - y.mean())
+
+    platt = 1 / (1 + np.exp(-(logits / t + b)))
+    temp = 1 / (1 + np.exp(-logits / fit_temperature(logits, y)))
+    assert mean_gap(platt) < 0.005 and mean_gap(temp) > 0.05
+
+
+def test_fit_calibration_names_its_methods():
+    z, y = [-1.0] * 4 + [1.0] * 4, [1, 0, 0, 0, 1, 1, 1, 0]
+    assert fit_calibration(z, y, "none") == (1.0, 0.0)
+    assert fit_calibration(z, y, "temperature") == (pytest.approx(1 / np.log(3), rel=1e-4), 0.0)
+    assert fit_calibration(z, y, "platt") == pytest.approx((1 / np.log(3), 0.0), abs=1e-5)
+    with pytest.raises(ValueError, match="calibration must be one of"):
+        fit_calibration(z, y, "isotonic")
+    with pytest.raises(ValueError, match="fit_platt needs both classes"):
+        fit_platt([1.0, 2.0], [1, 1])
 
 
 # --------------------------------------------------------------------------- bootstrap

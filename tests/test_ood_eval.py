@@ -71,6 +71,7 @@ def _resaved(src, tmp_path, **changes):
         ({"threshold": float("nan")}, "threshold nan is not a probability"),
         ({"temperature": float("inf")}, "temperature inf is not a finite positive number"),
         ({"temperature": 0.0}, "temperature 0.0 is not a finite positive number"),
+        ({"bias": float("nan")}, "calibration bias nan is not a finite number"),
     ],
 )
 def test_non_finite_threshold_or_temperature_is_refused(tiny_checkpoint_path, tmp_path, changes, message):

@@ -21,11 +21,11 @@ from pneumolens.io import load_image
 
 
 def expected_probabilities(ckpt_path: Path, files: list[Path]) -> dict[str, float]:
-    """Probabilities computed without the Predictor: the model on load_image arrays, temperature, sigmoid."""
+    """Probabilities computed without the Predictor: the model on load_image arrays, temperature, bias, sigmoid."""
     ckpt = load_checkpoint(ckpt_path)
     x = to_input(np.stack([load_image(f, ckpt.input_size) for f in files]))
     with torch.no_grad():
-        p = torch.sigmoid(ckpt.model(x) / ckpt.temperature).numpy()
+        p = torch.sigmoid(ckpt.model(x) / ckpt.temperature + ckpt.bias).numpy()
     return {str(f): float(v) for f, v in zip(files, p)}
 
 

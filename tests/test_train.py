@@ -14,6 +14,7 @@ import torch
 import yaml
 from conftest import tiny_model_config
 from lightning.pytorch.callbacks import Callback
+from sklearn.metrics import roc_auc_score
 
 from pneumolens.checkpoint import load_checkpoint
 from pneumolens.config import TrainConfig
@@ -82,6 +83,26 @@ def test_resumable_batches_shard_across_ranks() -> None:
     assert len(ranks[0]) == len(ranks[1]) == 3
     seen = [set(torch.cat([b[0].flatten() for b in r]).tolist()) for r in ranks]
     assert seen[0] | seen[1] == set(range(11))
+
+
+def test_a_platt_recipe_ships_the_temperature_and_bias_fitted_on_its_validation_logits(
+    synthetic_dataset: Path, tmp_path: Path
+) -> None:
+    from pneumolens.datamodule import PneumoniaDataModule
+    from pneumolens.metrics import fit_platt
+    from pneumolens.training.finalize import _val_logits
+
+    cfg = _tiny_config(calibrate="platt")
+    ck = load_checkpoint(fit(cfg, synthetic_dataset, tmp_path / "run", progress=False).model_path)
+    dm = PneumoniaDataModule.from_config(cfg, synthetic_dataset)
+    dm.setup("validate")
+    logits, y = _val_logits(ck.model, dm)
+    assert (ck.temperature, ck.bias) == pytest.approx(fit_platt(logits, y), rel=1e-4, abs=1e-6)
+    assert ck.bias != 0.0 and ck.provenance["train_config"]["calibrate"] == "platt"
+    val = ck.metrics["validation"]
+    prob = ck.probability(logits)
+    assert val["roc_auc"] == pytest.approx(roc_auc_score(y, prob))
+    assert val["threshold"] == ck.threshold and val["n"] == len(y)
 
 
 def test_subset_by_patient_keeps_whole_patients(synthetic_dataset: Path) -> None:

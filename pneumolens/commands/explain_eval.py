@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_explanations(
             ckpt.model, loaded.images, specs,
             labels=[r.label for r in chosen], names=[str(r.path) for r in chosen],
-            seed=args.seed, steps=args.steps, temperature=ckpt.temperature,
+            seed=args.seed, steps=args.steps, temperature=ckpt.temperature, bias=ckpt.bias,
             forward=forward, grad_forward=grad_forward, make_forward=make_forward,
             sanity_n=args.sanity_n, progress=not args.no_progress, maps_out=maps, substrate=args.substrate,
             insertion_films=starts, threshold=ckpt.threshold, partial=partial,

@@ -16,18 +16,18 @@ FORMATS = ("onnx", "torchscript")
 
 DESCRIPTION = """\
 Write the model as one file that takes a batch of films and returns calibrated probabilities
-(the temperature is applied inside: the numbers `pneumolens predict` prints).
+(the calibration is applied inside: the numbers `pneumolens predict` prints).
 
   input:  float32 (B, 1, S, S) in [0, 1] (S: the model's input side, printed when the file is written):
           each film as 8-bit grayscale, resized to S x S (bilinear, antialiased, aspect ratio
           not kept), divided by 255; B may be any batch size
-  output: float32 (B,), calibrated P(PNEUMONIA) = sigmoid(logit / temperature);
+  output: float32 (B,), calibrated P(PNEUMONIA) = sigmoid(logit / temperature + bias);
           PNEUMONIA when p >= the checkpoint's threshold (printed, and stored in the file)
 
 onnx: runs in ONNX Runtime alone (input 'image', output 'probability'; metadata_props hold the
-threshold, temperature, class names and this specification; needs `pip install pneumolens[fast]`).
-torchscript: torch.jit.load(FILE) needs only torch; the module's `threshold` and `temperature`
-buffers and the archive's pneumolens.json hold the same facts."""
+threshold, temperature, bias, class names and this specification; needs `pip install pneumolens[fast]`).
+torchscript: torch.jit.load(FILE) needs only torch; the module's `threshold`, `temperature` and
+`bias` buffers and the archive's pneumolens.json hold the same facts."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -138,6 +138,7 @@ def evaluate_explanations(
     insertion_films: np.ndarray | None = None,
     threshold: float = 0.5,
     partial: PartialResults | None = None,
+    bias: float = 0.0,
 ) -> dict[str, Any]:
     """Explain ``images`` with every method and measure the maps (see the module docstring).
 
@@ -148,7 +149,7 @@ def evaluate_explanations(
         labels, names: true labels and file names, for the per-image table.
         seed: seeds the methods, the tie-breaking, the random maps and the insertion start films.
         steps: points per deletion / insertion curve minus one. Default: 50.
-        temperature: the checkpoint's logit temperature.
+        temperature, bias: the checkpoint's calibration, ``sigmoid(logit / temperature + bias)``.
         forward: fast no-gradient logits for the curves and the perturbation methods. Default: the model.
         grad_forward: fast differentiable logits for ``ig`` and ``shap``. Default: the model.
         make_forward: builds ``(forward, grad_forward)`` for a randomised copy (None: the copy itself).
@@ -173,7 +174,7 @@ def evaluate_explanations(
     logits_fn: LogitFn = forward or model
     refs = None
     if insertion_films is not None and len(insertion_films):
-        refs, _ = normal_references(logits_fn, as_batch(insertion_films).to(x.device), temperature, threshold)
+        refs, _ = normal_references(logits_fn, as_batch(insertion_films).to(x.device), temperature, threshold, bias)
         if refs.shape[0] == 0:
             log.warning("explain-eval: the model calls none of the %d insertion start films normal: "
                         "insertion starts from the blurred image", len(insertion_films))
@@ -187,8 +188,8 @@ def evaluate_explanations(
             got = partial.image(i) if partial is not None else None
             if got is None:
                 record, image_maps = _one_image(
-                    model, x[i : i + 1], i, methods, seed, steps, temperature, substrate, forward, grad_forward,
-                    logits_fn, refs, bar)
+                    model, x[i : i + 1], i, methods, seed, steps, (temperature, bias), substrate, forward,
+                    grad_forward, logits_fn, refs, bar)
                 record.update(file=names[i] if names is not None else str(i),
                               label=int(labels[i]) if labels is not None else None)
                 got = (partial.add_image(i, record, image_maps) if partial is not None
@@ -207,6 +208,7 @@ def evaluate_explanations(
         "seed": seed,
         "steps": steps,
         "temperature": temperature,
+        "bias": bias,
         "threshold": threshold,
         "insertion_start": {
             "kind": "normal training film" if refs is not None else "blurred image",
@@ -221,7 +223,7 @@ def evaluate_explanations(
             "reverse deletion": "the same, in the exact reverse order (least relevant first); gap = reverse - deletion",
             "insertion": _insertion_protocol(refs, x.shape[-1], float(np.nanmean(start_p)) if n else float("nan"),
                                              threshold),
-            "score": "sigmoid(logit / temperature): the pneumonia probability",
+            "score": "sigmoid(logit / temperature + bias): the pneumonia probability",
             "random": f"uniform noise on a {RANDOM_GRID}x{RANDOM_GRID} grid, bilinear upsampling",
             "ties": "seeded random order",
         },
@@ -269,7 +271,7 @@ def evaluate_explanations(
 
 def _one_image(
     model: nn.Module, xi: torch.Tensor, i: int, methods: Sequence[MethodSpec], seed: int, steps: int,
-    temperature: float, substrate: str, forward: LogitFn | None, grad_forward: LogitFn | None, logits_fn: LogitFn,
+    calibration: tuple[float, float], substrate: str, forward: LogitFn | None, grad_forward: LogitFn | None, logits_fn: LogitFn,
     refs: torch.Tensor | None, bar: Any,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Explain image ``i`` with every method and measure its curves: its record and its maps."""
@@ -285,8 +287,9 @@ def _one_image(
     bar.set_postfix_str("curves")
     start = refs[insertion_start_for(i, seed, refs.shape[0])][None] if refs is not None else None
     candidates = [image_maps[m.label] for m in methods] + [random_map(xi.shape[-1], seed + i)]
+    temperature, bias = calibration
     d, r, s = deletion_insertion(logits_fn, xi, candidates, steps, temperature, seed + i, substrate=substrate,
-                                 insertion_start=start)
+                                 insertion_start=start, bias=bias)
     labels = [*(m.label for m in methods), "random"]
     record = {
         "probability": float(d[0, 0]),

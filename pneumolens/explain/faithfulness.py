@@ -68,10 +68,12 @@ def curve_inputs(start: torch.Tensor, end: torch.Tensor, order: np.ndarray, step
     return imgs.reshape(steps + 1, 1, *start.shape[-2:])
 
 
-def _probabilities(forward: LogitFn, x: torch.Tensor, temperature: float, batch: int = 128) -> np.ndarray:
+def _probabilities(
+    forward: LogitFn, x: torch.Tensor, temperature: float, bias: float = 0.0, batch: int = 128
+) -> np.ndarray:
     with torch.inference_mode():
         out = [forward(x[i : i + batch]).float().reshape(-1) for i in range(0, x.shape[0], batch)]
-    return torch.sigmoid(torch.cat(out) / temperature).cpu().numpy()
+    return torch.sigmoid(torch.cat(out) / temperature + bias).cpu().numpy()
 
 
 def auc(curve: np.ndarray) -> float:
@@ -90,6 +92,7 @@ def deletion_insertion(
     blur_sigma: float | None = None,
     substrate: str = "black",
     insertion_start: torch.Tensor | None = None,
+    bias: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Deletion (most relevant first), reverse deletion (least relevant first) and insertion curves.
 
@@ -98,7 +101,7 @@ def deletion_insertion(
         x: the image, float (1, 1, S, S).
         maps: maps (S, S) to test (e.g. one per method plus a random one).
         steps: the curve has ``steps + 1`` points (0 %, 1/steps, ..., 100 % of pixels). Default: 50.
-        temperature: logit temperature of the checkpoint (probabilities as the predictor reports them).
+        temperature, bias: the checkpoint's calibration (probabilities as the predictor reports them).
         blur_sigma: blur of the insertion canvas (and of the ``blur`` substrate). Default: S / 16.
         substrate: what deleted pixels become: ``black`` (RISE) or ``blur``. Default: black.
         insertion_start: the image (1, 1, S, S) insertion starts from, e.g. a film the model
@@ -121,19 +124,19 @@ def deletion_insertion(
         batches.append(curve_inputs(x, removed, order, steps))  # deletion, most relevant first
         batches.append(curve_inputs(x, removed, order[::-1], steps))  # deletion, least relevant first
         batches.append(curve_inputs(canvas, x, order, steps))  # insertion: start image -> x
-    probs = _probabilities(forward, torch.cat(batches), temperature).reshape(len(maps), 3, steps + 1)
+    probs = _probabilities(forward, torch.cat(batches), temperature, bias).reshape(len(maps), 3, steps + 1)
     return probs[:, 0], probs[:, 1], probs[:, 2]
 
 
 def normal_references(
-    forward: LogitFn, films: torch.Tensor, temperature: float, threshold: float
+    forward: LogitFn, films: torch.Tensor, temperature: float, threshold: float, bias: float = 0.0
 ) -> tuple[torch.Tensor, np.ndarray]:
     """The films (K, 1, S, S) the model calls NORMAL (probability below ``threshold``), and their probabilities.
 
     Insertion starts from one of them (:func:`insertion_start_for`): an image the model itself
     calls normal, so the curve can show the evidence coming back. Empty when it calls none normal.
     """
-    probs = _probabilities(forward, films, temperature)
+    probs = _probabilities(forward, films, temperature, bias)
     keep = probs < threshold
     return films[torch.as_tensor(keep)], probs[keep]
 

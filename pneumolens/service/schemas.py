@@ -49,6 +49,9 @@ class ModelCard(BaseModel):
     threshold: float = Field(description="decision threshold on the PNEUMONIA probability in use")
     threshold_rule: str = Field(description="how the checkpoint's threshold was chosen")
     temperature: float = Field(description="logit temperature from calibration (1 = none)")
+    bias: float = Field(
+        default=0.0, description="calibration bias (0 = none): probability = sigmoid(logit / temperature + bias)"
+    )
     preprocessing: dict[str, Any]
     provenance: dict[str, Any] = Field(description="data, code and command that produced the weights")
     metrics: dict[str, Any] = Field(description="validation metrics recorded at training time")

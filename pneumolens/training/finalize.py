@@ -1,6 +1,6 @@
 """Finishing a run: the kept epoch's weights, calibrated on validation, written as one ``model.pt``.
 
-The temperature and the decision threshold are fitted on the patient-level validation split
+The calibration (temperature, or Platt's temperature and bias) and the decision threshold are fitted on the patient-level validation split
 only; the file carries them with the weights and the run's provenance (see
 :mod:`pneumolens.checkpoint`), plus ``train_summary.json`` and the training-history figure.
 """
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..calibrated import calibrated_probability
 from ..checkpoint import Checkpoint, base_provenance, default_preprocessing, save_checkpoint
 from ..config import TrainConfig
 from ..datamodule import PneumoniaDataModule
@@ -68,8 +69,8 @@ def finalize(
     preset: str | None = None,
     interim: bool = False,
 ) -> FitResult:
-    """Load the kept epoch's weights (``config.select_epoch``: lowest val loss or last), fit the temperature and the
-    threshold on the validation split, and write ``out/model.pt`` with its provenance.
+    """Load the kept epoch's weights (``config.select_epoch``: lowest val loss or last), fit the calibration
+    (``config.calibrate``) and the threshold on the validation split, and write ``out/model.pt`` with its provenance.
 
     Args:
         best: the kept epoch's Lightning checkpoint, as :func:`~pneumolens.training.resume.load_run_checkpoint`
@@ -88,8 +89,8 @@ def finalize(
     model = module.model.cpu().eval().to(memory_format=torch.contiguous_format)
     logits, y = _val_logits(model, dm)
     two_classes = len(set(y.tolist())) == 2
-    temperature = M.fit_temperature(logits, y) if config.calibrate and two_classes else 1.0
-    prob = 1.0 / (1.0 + np.exp(-logits / temperature))
+    temperature, bias = M.fit_calibration(logits, y, config.calibrate if two_classes else "none")
+    prob = calibrated_probability(logits, temperature, bias)
     threshold = M.choose_threshold(y, prob, config.threshold_rule) if two_classes else 0.5
     groups = [r.patient_id for r in dm.val_records]
     val_metrics = M.binary_metrics(y, prob, threshold)
@@ -118,6 +119,7 @@ def finalize(
         threshold=float(threshold),
         threshold_rule=config.threshold_rule,
         temperature=float(temperature),
+        bias=float(bias),
         preprocessing=default_preprocessing(config.model.input_size),
         provenance=provenance,
         metrics={"validation": val_metrics},
