@@ -101,7 +101,7 @@ def main() -> None:
         print(f"{name}: {', '.join(f'{t:.2f}' for t in methods_s[name])} s", flush=True)
     x = as_batch(images)
     maps = [random_map(ckpt.input_size, s) for s in range(len(names) + 1)]
-    curves = [timed(lambda i=i: deletion_insertion(forward, x[i : i + 1], maps, STEPS, ckpt.temperature, 0))
+    curves = [timed(lambda i=i: deletion_insertion(forward, x[i : i + 1], maps, STEPS, ckpt.temperature, 0, bias=ckpt.bias))
               / len(maps) for i in range(len(images))]
     print(f"curves per map: {', '.join(f'{t:.2f}' for t in curves)} s", flush=True)
     stages = available_stages(ckpt.model)

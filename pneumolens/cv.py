@@ -2,7 +2,7 @@
 
 Each fold ``k`` of :func:`pneumolens.data.patient_folds` validates a model trained by
 :func:`pneumolens.training.fit` on the other folds, in ``OUT/fold-k/`` (a complete training run:
-checkpoints, logs, ``model.pt``). Its temperature and threshold are chosen on its own validation
+checkpoints, logs, ``model.pt``). Its calibration and threshold are chosen on its own validation
 fold, as for any training run, and scored there. Then:
 
 - ``OUT/fold-k/fold.json``: the fold's figures (ROC AUC, sensitivity, specificity, accuracy at
@@ -174,7 +174,7 @@ def score_fold(
         "balanced_accuracy": m["balanced_accuracy"],
         "threshold": ckpt.threshold,
         "threshold_rule": ckpt.threshold_rule,
-        "calibrate": config.calibrate,
+        "calibrate": _with_defaults(prov.get("train_config") or {}, folder / "model.pt")["calibrate"],  # as finalised
         "temperature": ckpt.temperature,
         "bias": ckpt.bias,
         "marker_flip_rate": fold_marker_flip_rate(predict, images, labels, ckpt.threshold),
@@ -259,7 +259,8 @@ def _copy_training(source: Path, folder: Path, provenance: dict[str, Any]) -> No
 
 
 def _check_trained_in(source: Path, out: Path, record: dict[str, Any]) -> None:
-    """``source`` holds a cross-validation of the same recipe but for ``select_epoch`` (and its name)."""
+    """``source`` holds a cross-validation of the same recipe but for ``select_epoch``, :data:`FINISHING_KEYS`
+    and its name."""
     if source.resolve() == out.resolve():
         raise ConfigError(f"--trained-in {source}: that is the output folder itself; name another cross-validation")
     path = source / "cv_config.json"
@@ -334,7 +335,7 @@ def run_cv(
         report: receives one line per fold start and end (default: the log); the lines also go
             to ``out/cv.log``.
         trained_in: another cross-validation's folder whose recipe differs only in
-            ``select_epoch``: its finished folds are finalised under this recipe's rule instead of
+            ``select_epoch`` (or :data:`FINISHING_KEYS`): its finished folds are finalised under this recipe's rule instead of
             trained again (no training at all: an early-stopped fold stays stopped); folds it has
             not finished are left for a later run (one line each), never trained here.
 
@@ -573,7 +574,8 @@ def markdown(summary: dict[str, Any]) -> str:
         lines += [
             "",
             f"Pooled out-of-fold predictions ({po['n']} films, `oof.csv`): ROC AUC {_num(po['roc_auc'])}; "
-            f"threshold by `{po['threshold_rule']}` over all folds {_num(po['threshold'])}, at which sensitivity "
+            f"threshold by `{po['threshold_rule']}` over all folds ({po.get('calibrate', 'temperature')} calibration) "
+            f"{_num(po['threshold'])}, at which sensitivity "
             f"{_num(po['sensitivity'])}, specificity {_num(po['specificity'])}, accuracy {_num(po['accuracy'])}.",
         ]
     return "\n".join(lines) + "\n"

@@ -153,7 +153,8 @@ def card(
     if oof:
         chosen_on = (
             f"the pooled out-of-fold predictions of the recipe's {len(oof['folds'])}-fold patient-level "
-            f"cross-validation of `train` ({oof['n']} films, `{oof['cv_dir']}`; the run's own validation "
+            f"cross-validation of `train` ({oof['n']} films, `{oof['cv_dir']}`, each fold's predictions "
+            f"calibrated as this model is, {oof.get('calibrate', 'temperature')}; the run's own validation "
             f"split would have given {oof['run_threshold']:.3f})"
         )
     else:

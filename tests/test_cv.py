@@ -407,6 +407,33 @@ def test_a_platt_model_takes_its_threshold_from_out_of_fold_predictions_calibrat
     assert after.provenance["threshold_from"]["calibrate"] == "platt"
 
 
+def test_a_fold_records_the_calibration_its_model_was_finalised_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_checkpoint_path: Path
+) -> None:
+    """A fold trained (and finalised) under temperature scaling, scored by a run now asking for Platt:
+    its fold.json must say temperature, or pooling would skip recalibrating it."""
+    import numpy as np
+
+    import pneumolens.cv as cv
+    from pneumolens.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(tiny_checkpoint_path)
+    ckpt.provenance = {"train_config": {"calibrate": True}}
+    logits = np.array([-2.0, -1.0, 1.0, 2.0])
+    recs = [Record(Path(f"f{i}.jpeg"), i // 2, f"p{i}", "normal", "train") for i in range(4)]
+
+    def fake(*_args, **_kw):
+        return recs, np.zeros((4, 8, 8), np.uint8), np.array([0, 0, 1, 1]), logits, ckpt.probability, ckpt
+
+    monkeypatch.setattr(cv, "_oof_predictions", fake)
+    monkeypatch.setattr(cv, "fold_marker_flip_rate", lambda *a, **k: None)
+    (tmp_path / "fold-0").mkdir()
+    result = cv.score_fold(TrainConfig(folds=2, calibrate="platt"), tmp_path, tmp_path, 0)
+    assert result["calibrate"] == "temperature"
+    rows = list(csv.DictReader((tmp_path / "fold-0" / "oof.csv").open()))
+    assert [float(r["logit"]) for r in rows] == [-2.0, -1.0, 1.0, 2.0]
+
+
 def test_a_cross_validation_continues_under_another_calibration(tmp_path: Path) -> None:
     """calibrate finishes a trained model: a recipe differing there alone continues the same folds."""
     from pneumolens.cv import _check_same_recipe
