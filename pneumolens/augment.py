@@ -10,7 +10,11 @@ Two families, all on a float batch (B, 1, S, S) in [0, 1]:
   annotations and the body's edge predict the label; these transforms make them uninformative:
   random erasing of the border band or of a corner, letters ("R", "L"), text and marker shapes
   pasted white or black into random corners at random sizes, brightness/contrast, gamma and
-  Gaussian noise.
+  Gaussian noise; and the context swap, which keeps a film's lung fields (with a margin) and
+  takes everything around them from another film of the batch, so that nothing outside the
+  lungs (markers, text, borders, the body's edge, the arms) can tell the film's label. It needs
+  each training film's lung fields (:func:`pneumolens.audit.lungs.lung_mask`, computed once
+  when the training data loads).
 
 Every shortcut-breaking knob defaults to off and, when off, draws no random numbers, so a recipe
 that does not use them gets exactly the augmentation it had before they existed. Plain torch, so
@@ -45,6 +49,9 @@ MARKER_MARGIN = 0.06
 MARKER_WHITE = 0.7
 #: Random resized crops keep an aspect ratio between 1/RATIO and RATIO.
 CROP_RATIO = 4.0 / 3.0
+#: The context swap keeps the lung fields grown by this share of the side (the lungs' edges, the
+#: costophrenic angles), and blends over as many pixels again.
+SWAP_MARGIN = 0.03
 
 
 @dataclass
@@ -74,6 +81,9 @@ class AugmentConfig:
             (0 = off). Default: 0.
         noise: additive Gaussian noise with a standard deviation uniform in [0, noise] (0 = off).
             Default: 0.
+        swap: probability of the context swap: the film inside its lung fields (grown by
+            :data:`SWAP_MARGIN` of the side, edges softened), another film of the batch outside
+            them (0 = off). Needs the films' lung masks. Default: 0.
     """
 
     enabled: bool = True
@@ -92,6 +102,7 @@ class AugmentConfig:
     marker_size: float = 0.15
     gamma: float = 0.0
     noise: float = 0.0
+    swap: float = 0.0
 
     def __post_init__(self) -> None:
         if self.padding_mode not in ("reflection", "zeros", "border"):
@@ -102,6 +113,7 @@ class AugmentConfig:
             "crop": (0.0, 1.0, True),
             "erase": (0.0, 1.0, True),
             "marker": (0.0, 1.0, True),
+            "swap": (0.0, 1.0, True),
             "zoom": (0.0, 1.0, False),
             "translate": (0.0, 1.0, False),
             "brightness": (0.0, 1.0, False),
@@ -118,6 +130,11 @@ class AugmentConfig:
             v = getattr(self, name)
             if not 0.0 < v <= high:
                 raise ConfigError(f"augment.{name} out of range (0, {high}]: {v}")
+
+    @property
+    def needs_lung_masks(self) -> bool:
+        """Whether training must pass each film's lung mask (the context swap is on)."""
+        return self.enabled and self.swap > 0
 
     @property
     def geometric(self) -> bool:
@@ -292,6 +309,25 @@ def erase_border(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
     return torch.where(mask.unsqueeze(1), u[:, 2].unsqueeze(1), x)
 
 
+def swap_context(
+    x: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """With probability ``cfg.swap`` per image, keep it inside its lung fields and take the rest from
+    another image of the batch (a random permutation; an image may draw itself).
+
+    ``masks``: float (B, 1, S, S) in [0, 1], each image's lung fields, transformed with it. They are
+    grown by :data:`SWAP_MARGIN` of the side (a max-pool) and softened over as many pixels (a
+    mean-pool), so the seam is a blend, not an edge the model could learn.
+    """
+    b, _, h, _ = x.shape
+    chosen = torch.rand(b, 1, 1, 1, generator=generator, device=x.device, dtype=x.dtype) < cfg.swap
+    other = torch.randperm(b, generator=generator, device="cpu").to(x.device)
+    k = max(1, round(SWAP_MARGIN * h))
+    keep = F.max_pool2d(masks.to(x.dtype), 2 * k + 1, stride=1, padding=k)
+    keep = F.avg_pool2d(keep, 2 * k + 1, stride=1, padding=k, count_include_pad=False)
+    return torch.where(chosen, keep * x + (1.0 - keep) * x[other], x)
+
+
 def paste_markers(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     """With probability ``cfg.marker`` per image, paste one glyph of :func:`glyph_bank` into a corner.
 
@@ -332,9 +368,11 @@ def paste_markers(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
 class Augment(nn.Module):
     """Random augmentation of a float batch (B, 1, S, S) in [0, 1]; identity when disabled.
 
-    Order: one resampling (crop, flip, rotation, zoom, shift), border erasing, pasted markers,
-    brightness/contrast, gamma, noise, then a clamp to [0, 1]. Uses the global torch RNG unless a
-    ``generator`` is given, so ``seed_everything`` makes a run repeatable.
+    Order: one resampling (crop, flip, rotation, zoom, shift; the lung masks resampled with their
+    films), the context swap, border erasing, pasted markers, brightness/contrast, gamma, noise,
+    then a clamp to [0, 1]. Uses the global torch RNG unless a ``generator`` is given, so
+    ``seed_everything`` makes a run repeatable. ``masks`` (uint8 or float (B, 1, S, S), 1 inside
+    the lung fields) are needed when the context swap is on and ignored otherwise.
     """
 
     def __init__(self, config: AugmentConfig | None = None) -> None:
@@ -346,13 +384,21 @@ class Augment(nn.Module):
     @property
     def active(self) -> bool:
         c = self.config
-        knobs = (c.brightness, c.contrast, c.crop, c.erase, c.marker, c.gamma, c.noise)
+        knobs = (c.brightness, c.contrast, c.crop, c.erase, c.marker, c.gamma, c.noise, c.swap)
         return c.enabled and (c.geometric or any(v > 0 for v in knobs))
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, generator: torch.Generator | None = None, masks: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if not self.active:
             return x
         cfg, b = self.config, x.shape[0]
+        if cfg.swap > 0:
+            if masks is None or masks.shape != x.shape:
+                got = "none" if masks is None else f"shape {tuple(masks.shape)}"
+                raise ValueError(f"augment.swap needs each film's lung mask, shaped like the batch {tuple(x.shape)}; "
+                                 f"got {got}")
+            x = torch.cat([x, masks.to(x.dtype)], dim=1)  # resampled together below
         if cfg.geometric or cfg.crop > 0:
             if cfg.geometric:
                 theta = random_affine(b, cfg, generator, x.device).to(x.dtype)
@@ -362,6 +408,8 @@ class Augment(nn.Module):
                 theta = compose(random_crop(b, cfg, generator, x.device).to(x.dtype), theta)
             grid = F.affine_grid(theta, list(x.shape), align_corners=False)
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode=cfg.padding_mode, align_corners=False)
+        if cfg.swap > 0:
+            x = swap_context(x[:, :1], x[:, 1:], cfg, generator)
         if cfg.erase > 0:
             x = erase_border(x, cfg, generator)
         if cfg.marker > 0:

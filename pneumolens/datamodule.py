@@ -16,6 +16,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
 
 from .cache import load_images
 from .data import Record, class_counts, find_split, fold_split, manifest_hash, patient_split
@@ -33,6 +34,7 @@ class ResumableBatches:
     The order of epoch ``e`` is a permutation drawn from ``seed + e``, so it does not depend on
     how many times the run was interrupted. Under DDP each rank takes every ``world_size``-th
     index of the same permutation (padded by wrapping so all ranks take the same step count).
+    With ``masks`` (one per image) each batch is ``(images, labels, masks)``.
     """
 
     def __init__(
@@ -43,8 +45,9 @@ class ResumableBatches:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        masks: torch.Tensor | None = None,
     ) -> None:
-        self.images, self.labels = images, labels
+        self.images, self.labels, self.masks = images, labels, masks
         self.batch_size, self.seed = batch_size, seed
         self.rank, self.world_size = rank, world_size
         self._next_epoch = 0  # the epoch the next __iter__ serves
@@ -63,7 +66,7 @@ class ResumableBatches:
         per_rank = -(-len(self.images) // self.world_size)
         return -(-per_rank // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         # The epoch advances when an iteration *starts*: Lightning stops fetching once it has the
         # epoch's len() batches, so the generator's end is not a reliable signal.
         if self._pending is not None:
@@ -75,7 +78,10 @@ class ResumableBatches:
         idx = self._indices(epoch)
         for b in range(start, len(self)):
             sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
-            yield self.images[sel], self.labels[sel]
+            if self.masks is None:
+                yield self.images[sel], self.labels[sel]
+            else:
+                yield self.images[sel], self.labels[sel], self.masks[sel]
 
     def set_epoch(self, epoch: int) -> None:
         """Serve epoch ``epoch``'s order next (called as Lightning starts an epoch).
@@ -126,6 +132,8 @@ class PneumoniaDataModule(L.LightningDataModule):
         max_images: keep only the first patients up to this many images per class (tests, demos).
         cache_dir: where decoded arrays are kept (default ``~/.cache/pneumolens``).
         progress: progress bars while decoding and loading (``--no-progress`` turns them off).
+        lung_masks: also find each training film's lung fields (:func:`pneumolens.audit.lungs.lung_mask`,
+            once, at setup) and serve them with its batches: the context swap augmentation needs them.
     """
 
     def __init__(
@@ -142,6 +150,7 @@ class PneumoniaDataModule(L.LightningDataModule):
         folds: int = 0,
         fold: int = 0,
         progress: bool = True,
+        lung_masks: bool = False,
     ) -> None:
         super().__init__()
         self.root = Path(root)
@@ -149,7 +158,7 @@ class PneumoniaDataModule(L.LightningDataModule):
         self.val_fraction, self.split_seed, self.seed = val_fraction, split_seed, seed
         self.skip_bad, self.max_images, self.cache_dir = skip_bad, max_images, cache_dir
         self.folds, self.fold = folds, fold
-        self.progress = progress
+        self.progress, self.lung_masks = progress, lung_masks
         self.train_records: list[Record] = []
         self.val_records: list[Record] = []
         self.bad: list[tuple[str, str]] = []
@@ -164,7 +173,8 @@ class PneumoniaDataModule(L.LightningDataModule):
         """
         return cls(
             root, config.model.input_size, config.batch_size, config.val_fraction, config.split_seed, config.seed,
-            folds=config.folds, fold=config.fold, **kwargs,  # type: ignore[arg-type]
+            folds=config.folds, fold=config.fold, lung_masks=config.augment.needs_lung_masks,
+            **kwargs,  # type: ignore[arg-type]
         )
 
     # --- one-off work in one process: decode everything into the on-disk cache -----------------
@@ -205,8 +215,19 @@ class PneumoniaDataModule(L.LightningDataModule):
         self.val_records, x_va, y_va = self._load(val, "loading validation")
         rank = self.trainer.global_rank if self.trainer is not None else 0
         world = self.trainer.world_size if self.trainer is not None else 1
-        self._train = ResumableBatches(x_tr, y_tr, self.batch_size, self.seed, rank, world)
+        masks = self._lung_masks(x_tr) if self.lung_masks else None
+        self._train = ResumableBatches(x_tr, y_tr, self.batch_size, self.seed, rank, world, masks)
         self._val = TensorDataset(x_va, y_va)
+
+    def _lung_masks(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 1, S, S): 1 inside each film's approximate lung fields."""
+        from .audit.lungs import lung_mask
+
+        films = images.numpy()
+        out = np.zeros((len(films), 1, *films.shape[1:]), dtype=np.uint8)
+        for i, film in enumerate(tqdm(films, desc="finding lung fields", unit="img", disable=not self.progress, leave=False)):
+            out[i, 0] = lung_mask(film).mask
+        return torch.from_numpy(out)
 
     def split(self, records: list[Record]) -> tuple[list[Record], list[Record]]:
         """(train, validation) records: the cross-validation fold if ``folds`` is set, else the one split."""

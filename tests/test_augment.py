@@ -236,3 +236,72 @@ def test_robust_preset_is_repeatable_with_a_seed_and_in_range() -> None:
 def test_breaker_settings_out_of_range_are_config_errors(key: str, value: float) -> None:
     with pytest.raises(ConfigError, match=f"augment.{key}"):
         AugmentConfig(**{key: value})
+
+
+# --- the context swap ------------------------------------------------------------------------------
+from pneumolens.augment import SWAP_MARGIN, swap_context  # noqa: E402
+
+
+def _left_lung_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """Four 40 px films of constant greys 0.1..0.4 whose 'lungs' are columns 10-19, rows 10-29."""
+    x = torch.stack([torch.full((1, 40, 40), 0.1 * (i + 1)) for i in range(4)])
+    m = torch.zeros(4, 1, 40, 40)
+    m[:, :, 10:30, 10:20] = 1.0
+    return x, m
+
+
+def test_the_swap_keeps_the_lungs_and_takes_the_rest_from_another_film() -> None:
+    x, m = _left_lung_batch()
+    cfg = AugmentConfig(**NO_GEOMETRY, swap=1.0)
+    g = torch.Generator().manual_seed(3)
+    out = swap_context(x, m, cfg, g)
+    g = torch.Generator().manual_seed(3)
+    torch.rand(4, 1, 1, 1, generator=g)
+    other = torch.randperm(4, generator=g)
+    k = round(SWAP_MARGIN * 40)  # 1 px grown, 1 px blended
+    for i in range(4):
+        inside, far = out[i, 0, 10:30, 10:20], out[i, 0, :, 25:]
+        assert torch.allclose(inside, x[i, 0, 0, 0].expand_as(inside)), i
+        assert torch.allclose(far, x[other[i], 0, 0, 0].expand_as(far)), i  # beyond margin + blend
+        seam = out[i, 0, 20, 20 + k]  # one step into the blend: between the two greys
+        lo, hi = sorted((float(x[i, 0, 0, 0]), float(x[other[i], 0, 0, 0])))
+        assert lo - 1e-6 <= float(seam) <= hi + 1e-6
+
+
+def test_the_swap_follows_its_probability_and_needs_the_masks() -> None:
+    x, m = _left_lung_batch()
+    x = x.repeat(100, 1, 1, 1)
+    m = m.repeat(100, 1, 1, 1)
+    out = Augment(AugmentConfig(**NO_GEOMETRY, swap=0.3))(x, generator=torch.Generator().manual_seed(0), masks=m)
+    changed = (out[:, 0, :, 30:] != x[:, 0, :, 30:]).flatten(1).any(1).float().mean()
+    assert 0.15 < float(changed) < 0.35  # swapped (with itself sometimes: unchanged) ~ 0.3 * 3/4
+    with pytest.raises(ValueError, match="augment.swap needs each film's lung mask"):
+        Augment(AugmentConfig(swap=0.5))(x)
+    assert not AugmentConfig(swap=0.0).needs_lung_masks and AugmentConfig(swap=0.5).needs_lung_masks
+
+
+def test_the_masks_are_resampled_with_their_films() -> None:
+    """A horizontal flip moves the lung mask with the film: each film keeps its own (mirrored) lungs."""
+    x, m = _left_lung_batch()
+    for i in range(4):
+        x[i, :, 10:30, 10:20] = 0.5 + 0.1 * i  # each film's 'lungs' have their own grey
+    cfg = AugmentConfig(hflip=1.0, degrees=0.0, zoom=0.0, translate=0.0, swap=1.0)
+    out = Augment(cfg)(x, generator=torch.Generator().manual_seed(0), masks=m)
+    for i in range(4):  # mirrored to columns 20-29, and still the film's own
+        assert torch.allclose(out[i, 0, 10:30, 20:30], torch.full((20, 10), 0.5 + 0.1 * i)), i
+    assert not torch.allclose(out[:, 0, 10:30, 12:18], x[:, 0, 10:30, 12:18])  # others' surroundings came in
+
+
+def test_training_data_comes_with_lung_masks_only_when_the_swap_is_on(synthetic_dataset) -> None:
+    from pneumolens.audit.lungs import lung_mask
+    from pneumolens.datamodule import PneumoniaDataModule
+
+    for swap in (0.0, 0.5):
+        cfg = load_config("debug", overrides={"augment": {"swap": swap}})
+        dm = PneumoniaDataModule.from_config(cfg, synthetic_dataset, progress=False)
+        dm.setup("fit")
+        batch = next(iter(dm.train_dataloader()))
+        assert len(batch) == (3 if swap else 2)
+    images, _, masks = batch
+    assert masks.shape == (len(images), 1, *images.shape[1:]) and masks.dtype == torch.uint8
+    assert torch.equal(masks[0, 0], torch.from_numpy(lung_mask(images[0].numpy()).mask.astype("uint8")))

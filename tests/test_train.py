@@ -105,6 +105,26 @@ def test_a_platt_recipe_ships_the_temperature_and_bias_fitted_on_its_validation_
     assert val["threshold"] == ck.threshold and val["n"] == len(y)
 
 
+def test_a_finished_run_resumed_under_another_calibration_is_refinalised_with_it(
+    synthetic_dataset: Path, tmp_path: Path
+) -> None:
+    """calibrate only finishes a run: --resume accepts it, trains nothing more, and recalibrates."""
+    cfg = _tiny_config(max_epochs=1)
+    before = load_checkpoint(fit(cfg, synthetic_dataset, tmp_path / "run", progress=False).model_path)
+    after = load_checkpoint(fit(replace(cfg, calibrate="platt"), synthetic_dataset, tmp_path / "run", resume=True,
+                                progress=False).model_path)
+    assert before.bias == 0.0 and after.bias != 0.0
+    assert _states_equal(before.model.state_dict(), after.model.state_dict())
+    assert after.provenance["train_config"]["calibrate"] == "platt"
+
+
+def test_a_context_swap_recipe_trains_with_its_lung_masks(synthetic_dataset: Path, tmp_path: Path) -> None:
+    """The swap needs each film's lung mask in its batch: the whole run, data module to model.pt."""
+    res = fit(_tiny_config(max_epochs=1, augment={"swap": 0.5}), synthetic_dataset, tmp_path / "run", progress=False)
+    ck = load_checkpoint(res.model_path)
+    assert ck.provenance["train_config"]["augment"]["swap"] == 0.5 and res.epochs == 1
+
+
 def test_subset_by_patient_keeps_whole_patients(synthetic_dataset: Path) -> None:
     recs = find_split(synthetic_dataset, "train")
     sub = subset_by_patient(recs, 5)

@@ -105,10 +105,11 @@ class PneumoniaClassifier(L.LightningModule):
         # from any checkpoint continues with exactly the randomness it would have had.
         torch.manual_seed(self.config.seed * 1_000_003 + self.global_step * 131 + self.global_rank)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        images, y = batch
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        images, y, *masks = batch  # lung masks come along when the augmentation needs them
         # 1. augment in the training path only
-        x = self.augment(self.to_float(images)).contiguous(memory_format=torch.channels_last)
+        x = self.augment(self.to_float(images), masks=masks[0] if masks else None)
+        x = x.contiguous(memory_format=torch.channels_last)
         # 2. forward and the class-weighted focal loss
         logits = self.model(x)
         w = self.class_weight[y.long()]
