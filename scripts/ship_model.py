@@ -239,6 +239,9 @@ def main() -> None:
     for given in (args.checkpoint, args.cv, args.shift):  # before the shipped file is replaced
         if given is not None and not given.is_file():
             raise SystemExit(f"{given}: no such file")
+    if load_checkpoint(args.checkpoint).shap_background is None:  # the CLI, API and web page explain SHAP against it
+        raise SystemExit(f"{args.checkpoint}: no SHAP background; add one first: "
+                         f"python scripts/add_shap_background.py {args.checkpoint}")
     root = data_root(args.data)  # as the CLI finds it
     SHIPPED.parent.mkdir(parents=True, exist_ok=True)
     if args.oof_threshold:
