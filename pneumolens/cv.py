@@ -174,7 +174,7 @@ def score_fold(
         "balanced_accuracy": m["balanced_accuracy"],
         "threshold": ckpt.threshold,
         "threshold_rule": ckpt.threshold_rule,
-        "calibrate": _with_defaults(prov.get("train_config") or {}, folder / "model.pt")["calibrate"],  # as finalised
+        "calibrate": _with_defaults(prov.get("train_config") or {}, folder / "model.pt")["calibrate"],  # its own
         "temperature": ckpt.temperature,
         "bias": ckpt.bias,
         "marker_flip_rate": fold_marker_flip_rate(predict, images, labels, ckpt.threshold),
@@ -335,8 +335,8 @@ def run_cv(
         report: receives one line per fold start and end (default: the log); the lines also go
             to ``out/cv.log``.
         trained_in: another cross-validation's folder whose recipe differs only in
-            ``select_epoch`` (or :data:`FINISHING_KEYS`): its finished folds are finalised under this recipe's rule instead of
-            trained again (no training at all: an early-stopped fold stays stopped); folds it has
+            ``select_epoch`` (or :data:`FINISHING_KEYS`): its finished folds are finalised under this
+            recipe's rule instead of trained again (no training at all: an early-stopped fold stays stopped); folds it has
             not finished are left for a later run (one line each), never trained here.
 
     Returns:
@@ -515,12 +515,12 @@ def summarize(out: str | Path) -> dict[str, Any]:
     trained on all of ``train`` would take from cross-validation.
     """
     out = Path(out)
-    path = out / "cv_config.json"
-    record = _read_json(path)
+    record_path = out / "cv_config.json"
+    record = _read_json(record_path)
     k = int(record["folds"])
     finished = [fold_dir(out, i) / "fold.json" for i in range(k)]
     per_fold = [_read_json(path) for path in finished if path.exists()]
-    config = _with_defaults(record["config"], path)
+    config = _with_defaults(record["config"], record_path)
     oof = _oof_rows(out, per_fold, config["calibrate"], config["calibrate"])
     summary = {
         "label": record.get("label"),
@@ -535,7 +535,8 @@ def summarize(out: str | Path) -> dict[str, Any]:
         "config": record["config"],
         "options": {key: record.get(key) for key in RESULT_OPTIONS},
     }
-    _write_oof(out / "oof.csv", [{**r, "probability": f"{r['probability']:.6f}", "logit": f"{r['logit']:.6f}"} for r in oof])
+    rows = [{**r, "probability": f"{r['probability']:.6f}", "logit": f"{r['logit']:.6f}"} for r in oof]
+    _write_oof(out / "oof.csv", rows)
     _write_atomic(out / "cv.json", dumps(summary, indent=2) + "\n")
     _write_atomic(out / "cv.md", markdown(summary))
     return summary

@@ -225,7 +225,8 @@ class PneumoniaDataModule(L.LightningDataModule):
 
         films = images.numpy()
         out = np.zeros((len(films), 1, *films.shape[1:]), dtype=np.uint8)
-        for i, film in enumerate(tqdm(films, desc="finding lung fields", unit="img", disable=not self.progress, leave=False)):
+        bar = tqdm(films, desc="finding lung fields", unit="img", disable=not self.progress, leave=False)
+        for i, film in enumerate(bar):
             out[i, 0] = lung_mask(film).mask
         return torch.from_numpy(out)
 

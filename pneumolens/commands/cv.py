@@ -48,8 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--trained-in", metavar="DIR",
         help="train nothing: take the folds that the cross-validation in DIR has finished (its recipe must differ "
-        "from this one in --select-epoch, or the calibration, alone) and finalise them under this recipe's epoch rule; folds DIR has "
-        "not finished are left for a later run (the epoch-rule lever in minutes, not hours)",
+        "from this one in --select-epoch, or the calibration, alone) and finalise them under this recipe's epoch "
+        "rule; folds DIR has not finished are left for a later run (the epoch-rule lever in minutes, not hours)",
     )
     p.add_argument("--resume", action="store_true", help="keep finished folds, continue interrupted ones")
     add_scale_flags(p)  # each fold's training is spread over them

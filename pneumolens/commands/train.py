@@ -23,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="train the CNN-LSTM on ROOT/train (patient-level validation split)",
         description=(
             "Train the CNN-LSTM on the Kaggle layout's train split. A patient-level, class-stratified "
-            "validation split of train fits the calibration (--config key calibrate: temperature, platt or none) and the decision threshold, and picks the epoch "
+            "validation split of train fits the calibration (config key calibrate: temperature, platt or none) "
+            "and the decision threshold, and picks the epoch "
             "kept (with --select-epoch val_loss) and when to stop (in recipes with early stopping: seed); no "
             "other split is used for any choice. Writes OUT/model.pt (weights + "
             "config + threshold + provenance), per-epoch metrics (OUT/logs/metrics.csv, TensorBoard in OUT/tb), "

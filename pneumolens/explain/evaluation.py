@@ -271,7 +271,8 @@ def evaluate_explanations(
 
 def _one_image(
     model: nn.Module, xi: torch.Tensor, i: int, methods: Sequence[MethodSpec], seed: int, steps: int,
-    calibration: tuple[float, float], substrate: str, forward: LogitFn | None, grad_forward: LogitFn | None, logits_fn: LogitFn,
+    calibration: tuple[float, float], substrate: str, forward: LogitFn | None, grad_forward: LogitFn | None,
+    logits_fn: LogitFn,
     refs: torch.Tensor | None, bar: Any,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Explain image ``i`` with every method and measure its curves: its record and its maps."""

@@ -1,8 +1,9 @@
 """Finishing a run: the kept epoch's weights, calibrated on validation, written as one ``model.pt``.
 
-The calibration (temperature, or Platt's temperature and bias) and the decision threshold are fitted on the patient-level validation split
-only; the file carries them with the weights and the run's provenance (see
-:mod:`pneumolens.checkpoint`), plus ``train_summary.json`` and the training-history figure.
+The calibration (a temperature, or Platt's temperature and bias) and the decision threshold are
+fitted on the patient-level validation split only; the file carries them with the weights and the
+run's provenance (see :mod:`pneumolens.checkpoint`), plus ``train_summary.json`` and the
+training-history figure.
 """
 
 from __future__ import annotations
