@@ -1,4 +1,5 @@
-"""scripts/compare_audits.py and scripts/cv_attribution.py: the pairing and the tables, on hand-made audits."""
+"""The scripts: compare_audits.py and cv_attribution.py (pairing and tables, on hand-made audits),
+cv_calibration.py (scores by hand, on hand-made folds) and ship_model.py's refusals."""
 
 from __future__ import annotations
 
@@ -236,3 +237,18 @@ def test_cv_calibration_missing_folder_is_one_line_and_exit_2(tmp_path: Path, ca
     assert cal.main([str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("error: ") and "no cross-validation summary" in err
+
+
+# --- scripts/ship_model.py -------------------------------------------------------------------------
+def test_ship_model_refuses_a_checkpoint_without_a_shap_background(
+    tiny_checkpoint_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Shipping one without it silently dropped the background from the card, the CLI and the service."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))  # ship_model imports its sibling results_table
+    ship = _script("ship_model")
+    for name in ("SHIPPED", "FIGS", "REPO"):  # were the check gone, nothing of the real project is touched
+        monkeypatch.setattr(ship, name, tmp_path / name)
+    monkeypatch.setattr(sys, "argv", ["ship_model.py", str(tiny_checkpoint_path)])
+    with pytest.raises(SystemExit, match="no SHAP background; add one first: python scripts/add_shap_background.py"):
+        ship.main()
+    assert not any(tmp_path.iterdir())  # refused before anything was written
