@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from pneumolens.augment import Augment, AugmentConfig
+from pneumolens.audit.lungs import prior_lungs
+from pneumolens.augment import Augment, AugmentConfig, lung_keep_weights
 from pneumolens.config import PRESETS, load_config
 
 #: One shortcut breaker at a time, on top of no augmentation at all.
@@ -26,6 +27,7 @@ ALONE = {
     "marker only": {"marker": 0.5},
     "gamma only": {"gamma": 0.4},
     "noise only": {"noise": 0.03},
+    "swap only": {"swap": 0.5},
 }
 
 
@@ -33,6 +35,9 @@ def settings() -> dict[str, Augment]:
     out = {f"preset {name}": Augment(load_config(name).augment) for name in sorted(PRESETS)}
     off = {"hflip": 0.0, "degrees": 0.0, "zoom": 0.0, "translate": 0.0}
     out.update({name: Augment(AugmentConfig(**off, **knobs)) for name, knobs in ALONE.items()})
+    out["preset default + swap (docs/cv/levers/swap.yaml)"] = Augment(
+        load_config("default", Path(__file__).resolve().parents[1] / "docs" / "cv" / "levers" / "swap.yaml").augment
+    )
     return out
 
 
@@ -47,13 +52,15 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     x = torch.rand(args.batch, 1, args.size, args.size, generator=torch.Generator().manual_seed(0))
+    prior = torch.from_numpy(prior_lungs((args.size, args.size)))[None, None]
+    masks = (lung_keep_weights(prior) * 255).round().to(torch.uint8).expand(args.batch, 1, -1, -1)  # as served
     augs = settings()
     times: dict[str, list[float]] = {name: [] for name in augs}
     for r in range(args.rounds + 2):
         for name, aug in augs.items():
             torch.manual_seed(r)
             t0 = time.perf_counter()
-            aug(x)
+            aug(x, masks=masks if aug.config.needs_lung_masks else None)
             if r >= 2:  # two warm-up rounds
                 times[name].append(time.perf_counter() - t0)
     lines = [

@@ -309,22 +309,28 @@ def erase_border(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
     return torch.where(mask.unsqueeze(1), u[:, 2].unsqueeze(1), x)
 
 
-def swap_context(
-    x: torch.Tensor, masks: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """With probability ``cfg.swap`` per image, keep it inside its lung fields and take the rest from
-    another image of the batch (a random permutation; an image may draw itself).
+def lung_keep_weights(masks: torch.Tensor) -> torch.Tensor:
+    """What the context swap keeps of each film: float (B, 1, S, S) in [0, 1] from lung masks (B, 1, S, S).
 
-    ``masks``: float (B, 1, S, S) in [0, 1], each image's lung fields, transformed with it. They are
-    grown by :data:`SWAP_MARGIN` of the side (a max-pool) and softened over as many pixels (a
-    mean-pool), so the seam is a blend, not an edge the model could learn.
+    The masks grown by :data:`SWAP_MARGIN` of the side (a max-pool) and softened over as many pixels
+    (a mean-pool), so the seam is a blend, not an edge the model could learn. Computed once per
+    film when the training data loads (the pools cost more than the rest of the augmentation).
     """
-    b, _, h, _ = x.shape
+    k = max(1, round(SWAP_MARGIN * masks.shape[-1]))
+    keep = F.max_pool2d(masks.float(), 2 * k + 1, stride=1, padding=k)
+    return F.avg_pool2d(keep, 2 * k + 1, stride=1, padding=k, count_include_pad=False)
+
+
+def swap_context(
+    x: torch.Tensor, keep: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """With probability ``cfg.swap`` per image, keep it where ``keep`` (float (B, 1, S, S) in [0, 1],
+    :func:`lung_keep_weights` resampled with the image) says and take the rest from another image
+    of the batch (a random permutation; an image may draw itself): ``keep * x + (1 - keep) * other``.
+    """
+    b = x.shape[0]
     chosen = torch.rand(b, 1, 1, 1, generator=generator, device=x.device, dtype=x.dtype) < cfg.swap
     other = torch.randperm(b, generator=generator, device="cpu").to(x.device)
-    k = max(1, round(SWAP_MARGIN * h))
-    keep = F.max_pool2d(masks.to(x.dtype), 2 * k + 1, stride=1, padding=k)
-    keep = F.avg_pool2d(keep, 2 * k + 1, stride=1, padding=k, count_include_pad=False)
     return torch.where(chosen, keep * x + (1.0 - keep) * x[other], x)
 
 
@@ -371,8 +377,9 @@ class Augment(nn.Module):
     Order: one resampling (crop, flip, rotation, zoom, shift; the lung masks resampled with their
     films), the context swap, border erasing, pasted markers, brightness/contrast, gamma, noise,
     then a clamp to [0, 1]. Uses the global torch RNG unless a ``generator`` is given, so
-    ``seed_everything`` makes a run repeatable. ``masks`` (uint8 or float (B, 1, S, S), 1 inside
-    the lung fields) are needed when the context swap is on and ignored otherwise.
+    ``seed_everything`` makes a run repeatable. ``masks``: what the context swap keeps of each film,
+    (B, 1, S, S), float in [0, 1] or uint8 in [0, 255] (:func:`lung_keep_weights` times 255, as the
+    data module serves them); needed when the swap is on, ignored otherwise.
     """
 
     def __init__(self, config: AugmentConfig | None = None) -> None:
@@ -398,7 +405,8 @@ class Augment(nn.Module):
                 got = "none" if masks is None else f"shape {tuple(masks.shape)}"
                 raise ValueError(f"augment.swap needs each film's lung mask, shaped like the batch {tuple(x.shape)}; "
                                  f"got {got}")
-            x = torch.cat([x, masks.to(x.dtype)], dim=1)  # resampled together below
+            keep = masks.to(x.dtype) / 255.0 if masks.dtype == torch.uint8 else masks.to(x.dtype)
+            x = torch.cat([x, keep], dim=1)  # resampled together below
         if cfg.geometric or cfg.crop > 0:
             if cfg.geometric:
                 theta = random_affine(b, cfg, generator, x.device).to(x.dtype)

@@ -133,7 +133,7 @@ class PneumoniaDataModule(L.LightningDataModule):
         cache_dir: where decoded arrays are kept (default ``~/.cache/pneumolens``).
         progress: progress bars while decoding and loading (``--no-progress`` turns them off).
         lung_masks: also find each training film's lung fields (:func:`pneumolens.audit.lungs.lung_mask`,
-            once, at setup) and serve them with its batches: the context swap augmentation needs them.
+            once, at setup) and serve what the context swap keeps of it with its batches.
     """
 
     def __init__(
@@ -220,15 +220,18 @@ class PneumoniaDataModule(L.LightningDataModule):
         self._val = TensorDataset(x_va, y_va)
 
     def _lung_masks(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 1, S, S): 1 inside each film's approximate lung fields."""
+        """uint8 (N, 1, S, S): what the context swap keeps of each film, 0-255
+        (:func:`pneumolens.augment.lung_keep_weights` of its approximate lung fields)."""
         from .audit.lungs import lung_mask
+        from .augment import lung_keep_weights
 
         films = images.numpy()
-        out = np.zeros((len(films), 1, *films.shape[1:]), dtype=np.uint8)
+        masks = np.zeros((len(films), 1, *films.shape[1:]), dtype=np.uint8)
         bar = tqdm(films, desc="finding lung fields", unit="img", disable=not self.progress, leave=False)
         for i, film in enumerate(bar):
-            out[i, 0] = lung_mask(film).mask
-        return torch.from_numpy(out)
+            masks[i, 0] = lung_mask(film).mask
+        keep = [lung_keep_weights(torch.from_numpy(masks[i : i + 256])) for i in range(0, len(masks), 256)]
+        return (torch.cat(keep) * 255).round().to(torch.uint8) if keep else torch.from_numpy(masks)
 
     def split(self, records: list[Record]) -> tuple[list[Record], list[Record]]:
         """(train, validation) records: the cross-validation fold if ``folds`` is set, else the one split."""

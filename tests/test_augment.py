@@ -239,7 +239,7 @@ def test_breaker_settings_out_of_range_are_config_errors(key: str, value: float)
 
 
 # --- the context swap ------------------------------------------------------------------------------
-from pneumolens.augment import SWAP_MARGIN, swap_context  # noqa: E402
+from pneumolens.augment import SWAP_MARGIN, lung_keep_weights, swap_context  # noqa: E402
 
 
 def _left_lung_batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,7 +254,7 @@ def test_the_swap_keeps_the_lungs_and_takes_the_rest_from_another_film() -> None
     x, m = _left_lung_batch()
     cfg = AugmentConfig(**NO_GEOMETRY, swap=1.0)
     g = torch.Generator().manual_seed(3)
-    out = swap_context(x, m, cfg, g)
+    out = swap_context(x, lung_keep_weights(m), cfg, g)
     g = torch.Generator().manual_seed(3)
     torch.rand(4, 1, 1, 1, generator=g)
     other = torch.randperm(4, generator=g)
@@ -266,6 +266,16 @@ def test_the_swap_keeps_the_lungs_and_takes_the_rest_from_another_film() -> None
         seam = out[i, 0, 20, 20 + k]  # one step into the blend: between the two greys
         lo, hi = sorted((float(x[i, 0, 0, 0]), float(x[other[i], 0, 0, 0])))
         assert lo - 1e-6 <= float(seam) <= hi + 1e-6
+
+
+def test_keep_weights_grow_the_lungs_by_the_margin_and_blend_over_as_much() -> None:
+    """A step edge at column 20 (lungs left of it), k = 1 px at 40 px: grown to column 21, then a
+    3-wide mean: 1 up to column 20, 2/3 at 21, 1/3 at 22, 0 from 23 (by hand)."""
+    m = torch.zeros(1, 1, 40, 40)
+    m[..., :20] = 1.0
+    assert round(SWAP_MARGIN * 40) == 1
+    row = lung_keep_weights(m)[0, 0, 20]
+    torch.testing.assert_close(row[18:24], torch.tensor([1.0, 1.0, 2 / 3, 1 / 3, 0.0, 0.0]))
 
 
 def test_the_swap_follows_its_probability_and_needs_the_masks() -> None:
@@ -302,6 +312,8 @@ def test_training_data_comes_with_lung_masks_only_when_the_swap_is_on(synthetic_
         dm.setup("fit")
         batch = next(iter(dm.train_dataloader()))
         assert len(batch) == (3 if swap else 2)
-    images, _, masks = batch
-    assert masks.shape == (len(images), 1, *images.shape[1:]) and masks.dtype == torch.uint8
-    assert torch.equal(masks[0, 0], torch.from_numpy(lung_mask(images[0].numpy()).mask.astype("uint8")))
+    images, _, keep = batch
+    assert keep.shape == (len(images), 1, *images.shape[1:]) and keep.dtype == torch.uint8
+    mask = torch.from_numpy(lung_mask(images[0].numpy()).mask)[None, None]
+    assert torch.equal(keep[0], (lung_keep_weights(mask)[0] * 255).round().to(torch.uint8))
+    assert keep.max() == 255 and keep.min() == 0
