@@ -252,3 +252,20 @@ def test_ship_model_refuses_a_checkpoint_without_a_shap_background(
     with pytest.raises(SystemExit, match="no SHAP background; add one first: python scripts/add_shap_background.py"):
         ship.main()
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+# --- scripts/attribution_profile.py ----------------------------------------------------------------
+def test_band_shares_by_hand() -> None:
+    """Map 1: all evidence in the top-left pixel; map 2: evenly spread; map 3: none positive (left out).
+    Row band 1: (1 + 1/8) / 2; the other bands (0 + 1/8) / 2; columns alike."""
+    import numpy as np
+
+    prof = _script("attribution_profile")
+    corner = np.zeros((16, 16))
+    corner[0, 0] = 5.0
+    maps = np.stack([corner, np.ones((16, 16)), -np.ones((16, 16))])
+    rows, cols, used = prof.band_shares(maps)
+    expected = np.array([(1 + 1 / 8) / 2] + [1 / 16] * 7)
+    assert used == 2 and np.allclose(rows, expected) and np.allclose(cols, expected)
+    assert rows.sum() == pytest.approx(1.0)
+    assert prof.band_shares(-np.ones((1, 16, 16)))[2] == 0
