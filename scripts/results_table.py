@@ -25,15 +25,21 @@ def _ci(m: dict, key: str) -> str:
 
 
 def training_time_s(run: Path) -> tuple[float, int] | None:
-    """(seconds of training summed over segments, number of segments), from ``run/tb`` events."""
+    """(seconds of training summed over segments, number of segments), from ``run/tb`` events.
+
+    A segment that logged no epoch (a finished run resumed only to be finished again, e.g. under
+    another calibration) trained nothing and is not counted.
+    """
     try:
         from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     except ImportError:
         return None
     total, segments = 0.0, 0
     for events in sorted((run / "tb").glob("events.out.tfevents.*")):
-        times = [e.wall_time for e in EventFileLoader(str(events)).Load()]
-        if len(times) > 1:
+        loaded = list(EventFileLoader(str(events)).Load())
+        times = [e.wall_time for e in loaded]
+        trained = any(v.tag == "epoch" for e in loaded for v in e.summary.value)
+        if len(times) > 1 and trained:
             total += max(times) - min(times)
             segments += 1
     return (total, segments) if segments else None

@@ -269,3 +269,20 @@ def test_band_shares_by_hand() -> None:
     assert used == 2 and np.allclose(rows, expected) and np.allclose(cols, expected)
     assert rows.sum() == pytest.approx(1.0)
     assert prof.band_shares(-np.ones((1, 16, 16)))[2] == 0
+
+
+# --- scripts/results_table.py ----------------------------------------------------------------------
+def test_a_segment_that_trained_no_epoch_is_not_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finished run resumed only to be finished again (another calibration) logs no epoch."""
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    table = _script("results_table")
+    for tags in (("epoch", "lr-AdamW"), ("hp_metric",)):
+        w = SummaryWriter(str(tmp_path / "tb"), filename_suffix=f".{tags[0]}")
+        for step in range(3):
+            for tag in tags:
+                w.add_scalar(tag, float(step), step)
+        w.close()
+    assert table.training_time_s(tmp_path)[1] == 1  # both files span time; only one trained
