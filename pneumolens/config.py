@@ -24,6 +24,9 @@ OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("plateau", "cosine")
 #: Which epoch's weights a run keeps: the lowest validation loss, or the last epoch.
 EPOCH_RULES = ("val_loss", "last")
+#: Keys that only finish a trained run (fit its calibration): a run or a cross-validation may be
+#: resumed, and a cross-validation's threshold taken, under another value.
+FINISHING_KEYS = ("calibrate",)
 
 
 @dataclass

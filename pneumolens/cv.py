@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .calibrated import calibrated_probability
-from .config import TrainConfig
+from .config import FINISHING_KEYS, TrainConfig
 from .errors import ConfigError
 from .jsonable import dumps, jsonable
 
@@ -51,9 +51,6 @@ FIGURES = ("roc_auc", "sensitivity", "specificity", "accuracy", "marker_flip_rat
 OOF_COLUMNS = ("file", "patient", "label", "fold", "probability", "logit")
 #: Run options besides the config that change the result; a resumed run must keep them.
 RESULT_OPTIONS = ("max_images", "limit_train_batches")
-#: Config keys that only finish a trained model: a cross-validation may be continued, or its
-#: threshold taken, under another value (the folds' out-of-fold predictions are recalibrated).
-FINISHING_KEYS = ("calibrate",)
 
 Report = Callable[[str], None]
 

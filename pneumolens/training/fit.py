@@ -17,7 +17,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from ..config import TrainConfig
+from ..config import FINISHING_KEYS, TrainConfig
 from ..datamodule import PneumoniaDataModule
 from ..errors import CheckpointError, ConfigError
 from ..jsonable import dumps
@@ -50,7 +50,7 @@ def _check_same_run(config: TrainConfig, out: Path, epoch: int) -> None:
             raise ConfigError(f"{path}: cannot read the recipe this run was started with ({exc})") from None
         now = config.to_dict()
         diff = sorted(k for k in set(started) | set(now)
-                      if started.get(k) != now.get(k) and k not in ("max_epochs", "accelerate", "calibrate"))
+                      if started.get(k) != now.get(k) and k not in ("max_epochs", "accelerate", *FINISHING_KEYS))
         if diff:
             raise ConfigError(
                 f"{path}: the run in {out} was started with another {', '.join(diff)}; resume it with the same "
