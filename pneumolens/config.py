@@ -159,7 +159,7 @@ _BASE: dict[str, Any] = {
 
 #: Named recipes. ``seed`` = the original exactly; ``default`` = the shipped model's recipe, chosen
 #: by patient-level cross-validation on ``train`` (docs/cv/README.md): ``base`` with letters and
-#: markers pasted into the corners of half the training films, 20 epochs, the last epoch kept,
+#: markers pasted into the corners of half the training films, 30 epochs, the last epoch kept,
 #: Platt-calibrated (class weighting leaves its probabilities low; docs/cv/README.md, calibration);
 #: ``base`` = the starting point of that cross-validation; ``robust`` = ``base`` with every
 #: shortcut breaker of pneumolens/augment.py; ``debug`` = seconds, for tests.
@@ -167,7 +167,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "seed": {},
     "base": _BASE,
     "default": _merge(
-        _BASE, {"max_epochs": 20, "select_epoch": "last", "calibrate": "platt",
+        _BASE, {"max_epochs": 30, "select_epoch": "last", "calibrate": "platt",
                 "augment": {"marker": 0.5, "marker_size": 0.15}}
     ),
     # Random resized crops, border/corner erasing, pasted letters and markers, stronger contrast,

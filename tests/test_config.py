@@ -58,11 +58,11 @@ def test_seed_and_base_leave_the_shortcut_breakers_off() -> None:
         assert all(getattr(a, k) == 0.0 for k in BREAKERS), name
 
 
-def test_default_is_base_with_pasted_markers_twenty_epochs_and_the_last_epoch() -> None:
+def test_default_is_base_with_pasted_markers_thirty_epochs_and_the_last_epoch() -> None:
     """The cross-validated recipe (docs/cv/README.md): one lever set over base, nothing else."""
     base, default = load_config("base").to_dict(), load_config("default").to_dict()
     assert default["augment"] == {**base["augment"], "marker": 0.5, "marker_size": 0.15}
-    assert (default["max_epochs"], default["select_epoch"], base["select_epoch"]) == (20, "last", "val_loss")
+    assert (default["max_epochs"], default["select_epoch"], base["select_epoch"]) == (30, "last", "val_loss")
     assert (default["calibrate"], base["calibrate"]) == ("platt", "temperature")
     rest = ("augment", "max_epochs", "select_epoch", "calibrate")
     assert {k: v for k, v in default.items() if k not in rest} == {k: v for k, v in base.items() if k not in rest}
