@@ -342,6 +342,9 @@ def test_audit_command_writes_every_output_and_is_deterministic(
     report = (out / "report.md").read_text()
     assert "laterality marker" in report and "![probes](probes.png)" in report
     assert "median: NORMAL / PNEUMONIA films" in report
+    c = m["context_swap"]
+    assert (c["pairs"], set(c["kinds"])) == (4, {"normal_lungs", "pneumonia_lungs"})
+    assert 0 <= c["followed"] <= c["informative"] <= 8 and "## Context swap: does the answer follow the lungs?" in report
     printed = capsys.readouterr().out
     assert "flip rate" in printed and "NORMAL films" in printed and "PNEUMONIA films" in printed
 
@@ -360,6 +363,28 @@ def test_bad_options_are_one_line_errors(tmp_path: Path, tiny_checkpoint_path: P
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_context_swap_pairs_are_counted_in_the_audit_and_zero_skips_them(
+    tmp_path: Path, tiny_checkpoint_path: Path, synthetic_dataset: Path
+) -> None:
+    from pneumolens.audit import run_audit
+
+    kw = {"checkpoint": tiny_checkpoint_path, "data": synthetic_dataset, "split": "val", "explain_n": 0,
+          "methods": "", "markers_per_film": 1, "progress": False}
+    m = run_audit(out=tmp_path / "a", context_pairs=3, **kw)
+    c = m["context_swap"]
+    assert c["pairs"] == 3 and c["informative"] == sum(k["informative"] for k in c["kinds"].values())
+    assert "## Context swap" in (tmp_path / "a" / "report.md").read_text()
+    m = run_audit(out=tmp_path / "b", context_pairs=0, **kw)
+    assert m["context_swap"] is None and "## Context swap" not in (tmp_path / "b" / "report.md").read_text()
+
+
+def test_the_context_pairs_default_is_the_same_in_the_command_and_the_library() -> None:
+    from pneumolens.audit.context import CONTEXT_PAIRS
+    from pneumolens.commands import audit as command
+
+    assert command.CONTEXT_PAIRS == CONTEXT_PAIRS
 
 
 def test_zero_films_is_refused_by_the_parser(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..data import CLASS_NAMES
+from .context import KIND_TITLES
 from .figures import CREDIT, FAMILY_TITLES
 from .probes import BORDER_WIDTHS, FAMILIES, FONTS, MARKER_HEIGHTS, MARGIN, TEXT_HEIGHT
 
@@ -56,6 +57,32 @@ HEADER = (
     "\\|Δp\\| median / p90 / max | "
     "mean Δp | specificity | sensitivity |\n|---|---|---|---|---|---|---|---|---|"
 )
+
+
+def _context_lines(c: Mapping[str, Any] | None) -> list[str]:
+    """The context-swap section: does the answer follow the lungs or their surroundings?"""
+    if not c:
+        return []
+    lines = [
+        "## Context swap: does the answer follow the lungs?",
+        "",
+        (f"{c['pairs']} NORMAL/PNEUMONIA pairs (seed {c['seed']}), crossed both ways: the approximate lung fields of "
+         "one film (grown and blended at the seam) set into the other, so a composite has the lungs of one film and "
+         "everything else — markers, text, borders, the body's edges, heart and diaphragm — of the other. Counted "
+         "over *informative* composites, whose two source films the model labels differently. A model that reads "
+         "the lungs follows them every time; 50 % is a coin. Composites are not real films: this measures what the "
+         "answer rests on, not accuracy; a model trained with `augment.swap` has seen such composites."),
+        "",
+        ("| composite | informative | label follows the lungs | mean P(pneumonia): lungs' film / surroundings' film "
+         "/ composite |"),
+        "|---|---|---|---|",
+    ]
+    for key, k in c["kinds"].items():
+        lines.append(f"| {KIND_TITLES[key]} | {k['informative']} | {_pct(k['follow_rate'])} ({k['followed']}) | "
+                     f"{_f(k['mean_p_lungs_film'])} / {_f(k['mean_p_surroundings_film'])} / "
+                     f"{_f(k['mean_p_composite'])} |")
+    lines += [f"| **both** | {c['informative']} | **{_pct(c['follow_rate'])}** ({c['followed']}) | |", ""]
+    return lines
 
 
 def write_report(metrics: Mapping[str, Any], out: str | Path, figures: Mapping[str, str | None]) -> Path:
@@ -123,6 +150,7 @@ def write_report(metrics: Mapping[str, Any], out: str | Path, figures: Mapping[s
     if figures.get("probes"):
         lines += [f"![probes]({figures['probes']})", ""]
 
+    lines += _context_lines(m.get("context_swap"))
     lungs = m["lungs"]
     ex = m["explanations"]
     lines += [

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, InvalidImageError
+from .context import CONTEXT_PAIRS, context_swap, keep_weights
 from .probes import FAMILIES, Probe, assign, default_probes
 from .scoring import marker_probe, predict_probed, summarize
 
@@ -123,6 +124,7 @@ def run_audit(
     progress: bool = True,
     background_n: int = 32,
     command: str | None = None,
+    context_pairs: int = CONTEXT_PAIRS,
 ) -> dict[str, Any]:
     """Audit a checkpoint's shortcuts on a split and write the results to ``out``.
 
@@ -140,6 +142,7 @@ def run_audit(
         progress: progress bars.
         background_n: GradientSHAP background images from train, when ``shap`` is asked for.
         command: the command line to record in the report.
+        context_pairs: NORMAL/PNEUMONIA pairs crossed for the context swap; 0 skips it.
 
     Returns:
         The dict written to ``metrics.json``.
@@ -158,7 +161,8 @@ def run_audit(
     from .lungs import lung_mask
     from .markdown import write_report
 
-    for name, value, low in (("n", n, 1), ("explain_n", explain_n, 0), ("markers_per_film", markers_per_film, 1)):
+    for name, value, low in (("n", n, 1), ("explain_n", explain_n, 0), ("markers_per_film", markers_per_film, 1),
+                             ("context_pairs", context_pairs, 0)):
         if value is not None and value < low:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
     t_start = time.perf_counter()
@@ -204,6 +208,10 @@ def run_audit(
     status_counts: dict[str, int] = {}
     for m in lungs:
         status_counts[m.status] = status_counts.get(m.status, 0) + 1
+    t0 = time.perf_counter()
+    context = context_swap(inputs, keep_weights(masks), labels, predictor.probabilities, threshold,
+                           n_pairs=context_pairs, seed=seed) if context_pairs else None
+    context_seconds = time.perf_counter() - t0
     chosen = pick(labels, explain_n, seed, balanced=True) if explain_n and specs else []
     explanations, maps = _explanations(predictor.model, inputs[chosen], masks[chosen], labels[chosen], specs, seed,
                                         root, background_n, ckpt, progress) if chosen else ({}, {})
@@ -230,6 +238,7 @@ def run_audit(
         },
         "probes": metrics_probes,
         "quick_marker": quick,
+        "context_swap": context,
         "lungs": {
             "method": "anatomical prior refined by intensity (pneumolens.audit.lungs); error measured by eye in "
                       "docs/audit/README.md",
@@ -241,7 +250,7 @@ def run_audit(
             "films": [str(records[i].path.name) for i in chosen],
             "methods": explanations,
         },
-        "seconds": {"probes": probe_seconds, "total": time.perf_counter() - t_start},
+        "seconds": {"probes": probe_seconds, "context_swap": context_seconds, "total": time.perf_counter() - t_start},
     }
     (out / "metrics.json").write_text(dumps(metrics, indent=2) + "\n", encoding="utf-8")
     _write_films_csv(out / "films.csv", records, p_clean, pairs, probes, threshold, lungs, chosen, explanations)

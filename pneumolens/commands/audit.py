@@ -14,6 +14,7 @@ from ._common import DATA_HELP, data_root, integer_at_least
 from .evaluate import SPLITS
 
 DEFAULT_METHODS = "gradcam,ig,occlusion"  # = pneumolens.audit.run.DEFAULT_METHODS, here so --help needs no torch
+CONTEXT_PAIRS = 100  # = pneumolens.audit.context.CONTEXT_PAIRS, likewise
 
 DESCRIPTION = """\
 Shortcut audit of a checkpoint on one split of the dataset.
@@ -25,6 +26,11 @@ For every film, P(pneumonia) clean and with probes drawn on the film before the 
   annotation  a line of text ("AP PORTABLE", "SUPINE") or a tick-marked ruler at an edge
 Reported per family: the label-flip rate at the checkpoint's threshold, the |delta p|
 distribution (median, 90th percentile, max), and specificity and sensitivity clean -> probed.
+
+Context swap: --context-pairs NORMAL/PNEUMONIA pairs crossed both ways (the lung fields of one
+film set into the other, the seam blended): the share of composites whose label follows the
+lungs' film, over those whose two source films the model labels differently. 100 % = the answer
+rests on the lungs; 50 % = a coin between lungs and surroundings.
 
 Then, on --explain-n films, each explanation method's share of positive attribution that falls
 outside the lung fields (approximate masks: an anatomical prior refined by intensity; see
@@ -60,6 +66,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
              f"(default: {DEFAULT_METHODS})")
     add("--explain-n", metavar="N", type=integer_at_least(0), default=20,
         help="films explained, half per class; 0 skips the explanations (default: 20)")
+    add("--context-pairs", metavar="N", type=integer_at_least(0), default=CONTEXT_PAIRS,
+        help="NORMAL/PNEUMONIA pairs crossed for the context swap (lungs of one film, surroundings of the other: "
+             f"does the answer follow the lungs?); 0 skips it (default: {CONTEXT_PAIRS})")
     add("--seed", type=int, default=0, help="seed for the subsets, the markers per film and the methods (default: 0)")
     add("--skip-bad", action="store_true", help="warn about unreadable files and audit the rest")
     add("--threads", type=integer_at_least(1), default=None,
@@ -90,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         skip_bad=args.skip_bad,
         progress=not args.no_progress,
         command=command,
+        context_pairs=args.context_pairs,
     )
     fam = m["probes"]["families"]
     print(f"{args.split}: {m['n_films']} films ({m['n_pneumonia']} PNEUMONIA, {m['n_normal']} NORMAL), "
@@ -106,5 +116,9 @@ def run(args: argparse.Namespace) -> int:
         by_class = ", ".join(f"{c} films {pct(b['median'])}" for c, b in (s.get("by_class") or {}).items())
         print(f"  {label:<10} median share of positive attribution outside the lungs {pct(s['share_outside']['median'])} "
               f"({by_class + '; ' if by_class else ''}chance {pct(s['uniform_share'])})")
+    c = m.get("context_swap")
+    if c and c["follow_rate"] is not None:
+        print(f"  context swap: the label follows the lungs on {pct(c['follow_rate'])} of {c['informative']} "
+              "informative composites")
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
