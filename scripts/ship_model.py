@@ -108,6 +108,17 @@ def audit_section(audit: dict | None, ood: dict | None) -> str:
             + (f"; an evenly spread map: {_pct(chance)}." if chance is not None else ".")
             if shares else ""
         )
+        context = audit.get("context_swap") or {}
+        if context.get("follow_rate") is not None:
+            by_kind = ", ".join(f"{_pct(k['follow_rate'])} with {name} lungs" for name, k in
+                                (("NORMAL", context["kinds"]["normal_lungs"]), ("PNEUMONIA", context["kinds"]["pneumonia_lungs"]))
+                                if k.get("follow_rate") is not None)
+            where += (
+                f"\n\nContext swap ({context['pairs']} NORMAL/PNEUMONIA pairs crossed both ways: the lung fields of one "
+                "film set into the other): the label follows the lungs' film on "
+                f"**{_pct(context['follow_rate'])}** of {context['informative']} informative composites ({by_kind}); "
+                "100 % = the answer rests on the lungs, 50 % = a coin between lungs and surroundings."
+            )
         parts.append(
             "## Shortcut audit\n"
             f"`pneumolens audit --split validation` on {audit['n_films']} films ([report](../../docs/audit/shipped/report.md)):\n\n"

@@ -254,6 +254,21 @@ def test_ship_model_refuses_a_checkpoint_without_a_shap_background(
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
+def test_the_card_states_the_context_swap_and_leaves_it_out_when_not_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    ship = _script("ship_model")
+    fam = {"marker": {"flip_rate": 0.01, "flips_to_pneumonia": 3, "flips_to_normal": 1,
+                      "specificity": {"clean": 0.95, "probed": 0.94}}}
+    kinds = {"normal_lungs": {"follow_rate": 0.5}, "pneumonia_lungs": {"follow_rate": 0.75}}
+    audit = {"n_films": 10, "probes": {"families": fam}, "explanations": {"methods": {}},
+             "context_swap": {"pairs": 4, "informative": 8, "followed": 5, "follow_rate": 0.625, "kinds": kinds}}
+    text = ship.audit_section(audit, None)
+    assert "the label follows the lungs' film on **62.5 %** of 8 informative composites" in text
+    assert "(50.0 % with NORMAL lungs, 75.0 % with PNEUMONIA lungs)" in text
+    for missing in (None, {"pairs": 0, "informative": 0, "followed": 0, "follow_rate": None, "kinds": {}}):
+        assert "Context swap" not in ship.audit_section({**audit, "context_swap": missing}, None)
+
+
 # --- scripts/attribution_profile.py ----------------------------------------------------------------
 def test_band_shares_by_hand() -> None:
     """Map 1: all evidence in the top-left pixel; map 2: evenly spread; map 3: none positive (left out).
