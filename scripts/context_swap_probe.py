@@ -19,6 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from pneumolens.audit.context import CONTEXT_PAIRS
+from pneumolens.cli import OneLineErrorParser
+from pneumolens.commands._common import integer_at_least
 from pneumolens.errors import PneumoLensError
 
 
@@ -42,7 +45,7 @@ def table(result: dict[str, Any], gradcam: bool) -> list[str]:
 
 
 def probe(args: argparse.Namespace) -> str:
-    from pneumolens.audit.context import context_swap, keep_weights
+    from pneumolens.audit.context import context_swap, pair_indices
     from pneumolens.audit.lungs import lung_mask
     from pneumolens.checkpoint import SHIPPED, load_checkpoint
     from pneumolens.commands._common import data_root
@@ -51,22 +54,21 @@ def probe(args: argparse.Namespace) -> str:
     from pneumolens.inference import Predictor, to_input
     from pneumolens.io import load_image
 
-    if args.pairs < 1:
-        raise PneumoLensError(f"--pairs {args.pairs}: must be at least 1")
     ckpt = load_checkpoint(args.checkpoint or SHIPPED)
     records = split_records(data_root(args.data), args.split, ckpt.provenance)
     labels = np.array([r.label for r in records])
     if not ((labels == 0).any() and (labels == 1).any()):
         raise PneumoLensError(f"--split {args.split}: needs films of both classes")
-    films = np.stack([load_image(r.path, ckpt.input_size) for r in records])
-    keep = keep_weights(np.stack([lung_mask(f).mask for f in films]))
+    used = sorted({i for pair in pair_indices(labels, args.pairs, args.seed) for i in pair})  # the films read
+    films = {i: load_image(records[i].path, ckpt.input_size) for i in used}
+    masks = {i: lung_mask(films[i]).mask for i in used}
     predictor = Predictor(ckpt)
 
     def gradcam(mixed: np.ndarray) -> np.ndarray:
         inputs = to_input(mixed)
         return np.stack([explain(ckpt.model, inputs[i : i + 1], "gradcam").maps[0] for i in range(len(mixed))])
 
-    result = context_swap(films, keep, labels, predictor.probabilities, predictor.threshold, n_pairs=args.pairs,
+    result = context_swap(films, masks, labels, predictor.probabilities, predictor.threshold, n_pairs=args.pairs,
                           seed=args.seed, gradcam=gradcam if args.gradcam else None)
     which = "the shipped model" if args.checkpoint is None else f"`{args.checkpoint}`"
     command = " ".join(["python scripts/context_swap_probe.py", *sys.argv[1:]])
@@ -83,16 +85,17 @@ def probe(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=None, help="model file (default: the shipped model)")
     parser.add_argument("--data", default=None, help="dataset root (default: as the CLI finds it)")
     parser.add_argument("--split", default="validation",
                         help="validation (the checkpoint's own, or a fold model's held-out fold), val or test "
                              "(default: validation)")
-    parser.add_argument("--pairs", type=int, default=100, help="NORMAL/PNEUMONIA pairs (default: 100)")
+    parser.add_argument("--pairs", type=integer_at_least(1), default=CONTEXT_PAIRS,
+                        help=f"NORMAL/PNEUMONIA pairs (default: {CONTEXT_PAIRS})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the pairing (default: 0)")
     parser.add_argument("--gradcam", action="store_true", help="also measure where Grad-CAM's evidence lies")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=integer_at_least(1), default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None, help="also write the table to this markdown file")
     args = parser.parse_args(argv)
     if args.threads:

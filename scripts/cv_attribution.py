@@ -66,7 +66,7 @@ def _cached_audit(checkpoint: Callable[[], Any], out: Path, data: Path, settings
     metrics = run_audit(checkpoint=checkpoint(), data=data, split="validation", out=out, n=settings["n"],
                         markers_per_film=1, methods=settings["methods"], explain_n=settings["explain_n"], seed=0,
                         progress=False, command=f"scripts/cv_attribution.py ({what})",
-                        context_pairs=0)  # the context swap: scripts/context_swap_probe.py, on all held-out films
+                        context_pairs=0)  # the context swap: scripts/context_swap_probe.py, 100 pairs of held-out films
     metrics["attribution_settings"] = settings
     done.write_text(dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return metrics

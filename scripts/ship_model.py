@@ -117,7 +117,7 @@ def audit_section(audit: dict | None, ood: dict | None) -> str:
                 f"\n\nContext swap ({context['pairs']} NORMAL/PNEUMONIA pairs crossed both ways: the lung fields of one "
                 "film set into the other): the label follows the lungs' film on "
                 f"**{_pct(context['follow_rate'])}** of {context['informative']} informative composites ({by_kind}); "
-                "100 % = the answer rests on the lungs, 50 % = a coin between lungs and surroundings."
+                "100 % = the answer rests on the lungs, 0 % = on the surroundings, 50 % = a coin between them."
             )
         parts.append(
             "## Shortcut audit\n"

@@ -313,6 +313,9 @@ def test_context_swap_probe_runs_end_to_end_and_refuses_zero_pairs(
     out = capsys.readouterr().out
     assert "| NORMAL lungs, PNEUMONIA surroundings | 2 |" in out and "| PNEUMONIA lungs, NORMAL surroundings | 2 |" in out
     assert "Grad-CAM inside kept region" in out
-    assert swap.main([*args, "--pairs", "0"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--pairs 0" in err
+    for bad, message in ((["--pairs", "0"], "--pairs: 0 must be >= 1"), (["--threads", "-1"], "--threads: -1 must be >= 1"),
+                         (["--pairs", "x"], "--pairs: 'x' is not a whole number")):
+        with pytest.raises(SystemExit) as exc:
+            swap.main([*args, *bad])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.count("\n") == 1 and message in err

@@ -346,6 +346,7 @@ def test_audit_command_writes_every_output_and_is_deterministic(
     assert (c["pairs"], set(c["kinds"])) == (4, {"normal_lungs", "pneumonia_lungs"})
     assert 0 <= c["followed"] <= c["informative"] <= 8 and "## Context swap: does the answer follow the lungs?" in report
     printed = capsys.readouterr().out
+    assert "context swap:" in printed
     assert "flip rate" in printed and "NORMAL films" in printed and "PNEUMONIA films" in printed
 
 
@@ -368,16 +369,51 @@ def test_bad_options_are_one_line_errors(tmp_path: Path, tiny_checkpoint_path: P
 def test_context_swap_pairs_are_counted_in_the_audit_and_zero_skips_them(
     tmp_path: Path, tiny_checkpoint_path: Path, synthetic_dataset: Path
 ) -> None:
+    """The audit's context swap is the library's on the same model inputs (its clean probabilities
+    reused, not recomputed); 0 pairs leaves it out."""
     from pneumolens.audit import run_audit
+    from pneumolens.audit.context import context_swap
+    from pneumolens.audit.lungs import lung_mask
+    from pneumolens.checkpoint import load_checkpoint
+    from pneumolens.evaluate import split_records
+    from pneumolens.inference import Predictor
+    from pneumolens.io import load_image
 
     kw = {"checkpoint": tiny_checkpoint_path, "data": synthetic_dataset, "split": "val", "explain_n": 0,
           "methods": "", "markers_per_film": 1, "progress": False}
     m = run_audit(out=tmp_path / "a", context_pairs=3, **kw)
-    c = m["context_swap"]
-    assert c["pairs"] == 3 and c["informative"] == sum(k["informative"] for k in c["kinds"].values())
+    predictor = Predictor(load_checkpoint(tiny_checkpoint_path))
+    records = split_records(synthetic_dataset, "val")
+    films = np.stack([load_image(r.path, predictor.size) for r in records])
+    direct = context_swap(films, np.stack([lung_mask(f).mask for f in films]), [r.label for r in records],
+                          predictor.probabilities, predictor.threshold, n_pairs=3)
+    got = m["context_swap"]
+    assert got["pairs"] == 3 and {k: v for k, v in got.items() if k != "kinds"} == direct_top(direct)
+    for kind, values in direct["kinds"].items():
+        assert got["kinds"][kind] == pytest.approx(values)
     assert "## Context swap" in (tmp_path / "a" / "report.md").read_text()
     m = run_audit(out=tmp_path / "b", context_pairs=0, **kw)
     assert m["context_swap"] is None and "## Context swap" not in (tmp_path / "b" / "report.md").read_text()
+
+
+def direct_top(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "kinds"}
+
+
+def test_films_of_one_class_say_the_context_swap_was_not_measured(
+    tmp_path: Path, tiny_checkpoint_path: Path, synthetic_dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["audit", "--checkpoint", str(tiny_checkpoint_path), "--data", str(synthetic_dataset), "--split",
+                 "val", "--n", "1", "--explain-n", "0", "--methods", "", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert "context swap: not measured" in capsys.readouterr().out
+    assert "Not measured: 0 NORMAL/PNEUMONIA pairs" in (tmp_path / "report.md").read_text()
+
+
+def test_negative_context_pairs_are_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["audit", "--context-pairs", "-1", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--context-pairs: -1 must be >= 0" in err and err.count("\n") == 1
 
 
 def test_the_context_pairs_default_is_the_same_in_the_command_and_the_library() -> None:

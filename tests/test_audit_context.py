@@ -46,22 +46,24 @@ def test_keep_weights_cover_the_mask_and_fade_outside_it() -> None:
 
 
 def _planted() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Films whose centre (the "lungs") is bright for PNEUMONIA and dark for NORMAL, and whose border
-    grey is the other way round."""
+    """Films whose lungs are bright for PNEUMONIA and dark for NORMAL, on a surrounding grey that is the
+    other way round. NORMAL films' lungs are the centre 8 x 8 pixels, PNEUMONIA films' the centre 6 x 6,
+    so that a composite shows whose mask it kept."""
     s = 16
-    centre = np.zeros((s, s), bool)
-    centre[4:12, 4:12] = True
+    big, small = np.zeros((s, s), bool), np.zeros((s, s), bool)
+    big[4:12, 4:12], small[5:11, 5:11] = True, True
     labels = np.array([0, 1, 0, 1, 1])
-    films = np.stack([np.where(centre, 200 if y else 50, 60 if y else 190) for y in labels]).astype(np.uint8)
-    keep = np.broadcast_to(centre.astype(float), films.shape)
-    return films, keep, labels, centre
+    masks = np.stack([small if y else big for y in labels])
+    films = np.stack([np.where(m, 200 if y else 50, 60 if y else 190) for m, y in zip(masks, labels)]).astype(np.uint8)
+    return films, masks, labels, big
 
 
 def test_a_model_reading_the_lungs_follows_them_and_one_reading_the_border_does_not() -> None:
     """Two pairs (two NORMAL films) give four composites. The centre reader follows the lungs on all
-    four, the border reader on none; a Grad-CAM stand-in that puts everything in the centre is 100 %
-    inside a kept region of a quarter of the film."""
-    films, keep, labels, centre = _planted()
+    four, the border reader on none. Each composite is its lungs' film where that film's own mask
+    (grown and blended) says, the other film elsewhere; the kept region is that film's."""
+    films, masks, labels, centre = _planted()
+    seen: list[np.ndarray] = []
 
     def reads_centre(x: np.ndarray) -> np.ndarray:
         return x[:, centre].mean(axis=1) / 255.0
@@ -69,23 +71,56 @@ def test_a_model_reading_the_lungs_follows_them_and_one_reading_the_border_does_
     def reads_border(x: np.ndarray) -> np.ndarray:
         return 1.0 - x[:, ~centre].mean(axis=1) / 255.0
 
-    def centre_map(x: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(centre.astype(float), x.shape)
+    def bright_map(x: np.ndarray) -> np.ndarray:  # evidence where the film is bright: a film-dependent map
+        seen.append(x)
+        return (x >= 195).astype(float)
 
-    lungs = context_swap(films, keep, labels, reads_centre, 0.5, n_pairs=10, gradcam=centre_map)
-    border = context_swap(films, keep, labels, reads_border, 0.5, n_pairs=10)
+    lungs = context_swap(films, masks, labels, reads_centre, 0.5, n_pairs=10, gradcam=bright_map)
+    border = context_swap(films, masks, labels, reads_border, 0.5, n_pairs=10)
     assert (lungs["pairs"], lungs["informative"], lungs["followed"], lungs["follow_rate"]) == (2, 4, 4, 1.0)
     assert (border["informative"], border["followed"], border["follow_rate"]) == (4, 0, 0.0)
-    kind = lungs["kinds"]["normal_lungs"]
-    assert kind["gradcam_inside_median"] == pytest.approx(1.0) and kind["kept_region_share"] == pytest.approx(0.25)
-    assert kind["mean_p_lungs_film"] == pytest.approx(50 / 255) and kind["mean_p_surroundings_film"] == pytest.approx(200 / 255)
+    pairs = pair_indices(labels, 10, seed=0)
+    for composites, (kind, lungs_of) in zip(seen, (("normal_lungs", 0), ("pneumonia_lungs", 1))):
+        for got, pair in zip(composites, pairs):
+            a, b = pair[lungs_of], pair[1 - lungs_of]
+            assert np.array_equal(got, composite(films[a], films[b], keep_weights(masks[a][None])[0]))
+    normal, pneumonia = lungs["kinds"]["normal_lungs"], lungs["kinds"]["pneumonia_lungs"]
+    # the kept region (weight > 1/2) is each lungs' film's own mask grown by a pixel (10 x 10, 8 x 8)
+    # less its four corners, which the 3 x 3 blur leaves at 4/9
+    assert normal["kept_region_share"] == pytest.approx(96 / 256)
+    assert pneumonia["kept_region_share"] == pytest.approx(60 / 256)
+    # PNEUMONIA lungs are the only bright pixels of their composites: all the evidence is inside;
+    # NORMAL lungs in PNEUMONIA surroundings leave no bright pixel: no film with positive evidence
+    assert (pneumonia["gradcam_inside_median"], pneumonia["gradcam_films"]) == (pytest.approx(1.0), 2)
+    assert (normal["gradcam_inside_median"], normal["gradcam_films"]) == (None, 0)
+    assert normal["mean_p_lungs_film"] == pytest.approx(50 / 255) and normal["mean_p_surroundings_film"] == pytest.approx(
+        (36 * 200 + 28 * 60) / 64 / 255)
+    assert pneumonia["mean_p_lungs_film"] == normal["mean_p_surroundings_film"]
     assert "gradcam_inside_median" not in border["kinds"]["normal_lungs"]
 
 
+def test_given_probabilities_are_used_and_not_recomputed() -> None:
+    films, masks, labels, _ = _planted()
+    calls: list[int] = []
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        return x.mean(axis=(1, 2)) / 255.0
+
+    context_swap(films, masks, labels, predict, 0.5, p=np.linspace(0, 1, len(labels)))
+    assert calls == [2, 2]  # the composites only, one batch per kind
+
+
 def test_a_model_that_labels_everything_alike_has_nothing_informative() -> None:
-    films, keep, labels, _ = _planted()
-    r = context_swap(films, keep, labels, lambda x: np.full(len(x), 0.9), 0.5)
+    films, masks, labels, _ = _planted()
+    r = context_swap(films, masks, labels, lambda x: np.full(len(x), 0.9), 0.5)
     assert (r["informative"], r["followed"], r["follow_rate"]) == (0, 0, None)
     assert r["kinds"]["pneumonia_lungs"]["follow_rate"] is None
-    assert context_swap(films[labels == 1], keep[labels == 1], labels[labels == 1], lambda x: x.mean((1, 2)), 0.5) == {
+    one_class = labels == 1
+    assert context_swap(films[one_class], masks[one_class], labels[one_class], lambda x: x.mean((1, 2)), 0.5) == {
         "pairs": 0, "seed": 0, "kinds": {}, "informative": 0, "followed": 0, "follow_rate": None}
+
+
+def test_a_probability_that_is_not_a_number_makes_a_composite_uninformative() -> None:
+    assert follows_lungs([0.9, np.nan], [0.1, 0.1], [0.8, 0.8], 0.5) == (1, 1)
+    assert follows_lungs([0.9], [0.1], [np.nan], 0.5) == (0, 0)

@@ -63,6 +63,10 @@ def _context_lines(c: Mapping[str, Any] | None) -> list[str]:
     """The context-swap section: does the answer follow the lungs or their surroundings?"""
     if not c:
         return []
+    if c["follow_rate"] is None:
+        return ["## Context swap: does the answer follow the lungs?", "",
+                f"Not measured: {c['pairs']} NORMAL/PNEUMONIA pairs, {c['informative']} composites whose two source "
+                "films the model labels differently (it needs films of both classes, told apart).", ""]
     lines = [
         "## Context swap: does the answer follow the lungs?",
         "",
@@ -70,7 +74,7 @@ def _context_lines(c: Mapping[str, Any] | None) -> list[str]:
          "one film (grown and blended at the seam) set into the other, so a composite has the lungs of one film and "
          "everything else — markers, text, borders, the body's edges, heart and diaphragm — of the other. Counted "
          "over *informative* composites, whose two source films the model labels differently. A model that reads "
-         "the lungs follows them every time; 50 % is a coin. Composites are not real films: this measures what the "
+         "the lungs follows them every time, one that reads the surroundings never; 50 % is a coin. Composites are not real films: this measures what the "
          "answer rests on, not accuracy; a model trained with `augment.swap` has seen such composites."),
         "",
         ("| composite | informative | label follows the lungs | mean P(pneumonia): lungs' film / surroundings' film "

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, InvalidImageError
-from .context import CONTEXT_PAIRS, context_swap, keep_weights
+from .context import CONTEXT_PAIRS, context_swap
 from .probes import FAMILIES, Probe, assign, default_probes
 from .scoring import marker_probe, predict_probed, summarize
 
@@ -209,8 +209,8 @@ def run_audit(
     for m in lungs:
         status_counts[m.status] = status_counts.get(m.status, 0) + 1
     t0 = time.perf_counter()
-    context = context_swap(inputs, keep_weights(masks), labels, predictor.probabilities, threshold,
-                           n_pairs=context_pairs, seed=seed) if context_pairs else None
+    context = context_swap(inputs, masks, labels, predictor.probabilities, threshold, n_pairs=context_pairs,
+                           seed=seed, p=p_clean) if context_pairs else None
     context_seconds = time.perf_counter() - t0
     chosen = pick(labels, explain_n, seed, balanced=True) if explain_n and specs else []
     explanations, maps = _explanations(predictor.model, inputs[chosen], masks[chosen], labels[chosen], specs, seed,

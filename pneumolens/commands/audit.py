@@ -30,7 +30,7 @@ distribution (median, 90th percentile, max), and specificity and sensitivity cle
 Context swap: --context-pairs NORMAL/PNEUMONIA pairs crossed both ways (the lung fields of one
 film set into the other, the seam blended): the share of composites whose label follows the
 lungs' film, over those whose two source films the model labels differently. 100 % = the answer
-rests on the lungs; 50 % = a coin between lungs and surroundings.
+rests on the lungs, 0 % = on the surroundings, 50 % = a coin between them.
 
 Then, on --explain-n films, each explanation method's share of positive attribution that falls
 outside the lung fields (approximate masks: an anatomical prior refined by intensity; see
@@ -120,5 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if c and c["follow_rate"] is not None:
         print(f"  context swap: the label follows the lungs on {pct(c['follow_rate'])} of {c['informative']} "
               "informative composites")
+    elif c:
+        print("  context swap: not measured (needs films of both classes that the model labels differently)")
     print(f"report: {Path(args.out) / 'report.md'}")
     return 0
