@@ -105,15 +105,32 @@ def default_preprocessing(size: int) -> dict[str, Any]:
     return {"grayscale": "8-bit", "size": size, "resize": "bilinear, aspect ratio not kept", "scale": "1/255", "tag": preprocess_tag(size)}
 
 
+#: ``git archive`` writes the archived commit into this file (``export-subst`` in .gitattributes), so a
+#: tree unpacked from an archive, which has no .git, still knows the commit it was made from.
+COMMIT_FILE = Path(__file__).resolve().parent / "COMMIT"
+
+
+def archived_commit(path: Path = COMMIT_FILE) -> str | None:
+    """The commit ``git archive`` wrote into ``path``; None in a checkout (the placeholder) or without it."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return text if len(text) == 40 and all(c in "0123456789abcdef" for c in text) else None
+
+
 def git_commit() -> str | None:
-    """The commit of the working tree this code runs from, if it is a git checkout."""
+    """The commit of the working tree this code runs from: a git checkout's HEAD, else the commit of
+    the ``git archive`` it was unpacked from (:func:`archived_commit`), else None."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
         )
-        return out.stdout.strip() or None if out.returncode == 0 else None
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return None
+        pass
+    return archived_commit()
 
 
 def base_provenance(**extra: Any) -> dict[str, Any]:
