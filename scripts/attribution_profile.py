@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from markdown_output import emit  # scripts/ is on sys.path when this file runs as a script
 
 from pneumolens.errors import PneumoLensError
 
@@ -57,16 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flip", action="store_true", help="also explain the films upside down")
     parser.add_argument("--out", type=Path, default=None, help="also write the tables to this markdown file")
     args = parser.parse_args(argv)
-    try:
-        text = profile(args)
-    except PneumoLensError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(text, end="")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    return 0
+    return emit(lambda: profile(args), args.out)
 
 
 def profile(args: argparse.Namespace) -> str:

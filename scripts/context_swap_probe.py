@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from markdown_output import emit  # scripts/ is on sys.path when this file runs as a script
 
 from pneumolens.audit.context import CONTEXT_PAIRS
 from pneumolens.cli import OneLineErrorParser
@@ -102,16 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    try:
-        text = probe(args)
-    except PneumoLensError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(text, end="")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    return 0
+    return emit(lambda: probe(args), args.out)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from markdown_output import emit  # scripts/ is on sys.path when this file runs as a script
 
 from pneumolens import metrics as M
 from pneumolens.calibrated import calibrated_probability
@@ -117,17 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
-    try:
-        results = [cv_calibration(d, args.repeats, args.seed) for d in args.cv_dirs]
-    except PneumoLensError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    text = markdown(results)
-    print(text, end="")
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    return 0
+    return emit(lambda: markdown([cv_calibration(d, args.repeats, args.seed) for d in args.cv_dirs]), args.out)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def _script(name: str):
+    if str(SCRIPTS) not in sys.path:  # as when a script runs: its siblings (markdown_output, results_table) import
+        sys.path.insert(0, str(SCRIPTS))
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -319,3 +321,19 @@ def test_context_swap_probe_runs_end_to_end_and_refuses_zero_pairs(
             swap.main([*args, *bad])
         err = capsys.readouterr().err
         assert exc.value.code == 2 and err.count("\n") == 1 and message in err
+
+
+# --- scripts/markdown_output.py --------------------------------------------------------------------
+def test_emit_prints_writes_and_turns_a_project_error_into_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pneumolens.errors import PneumoLensError
+
+    emit = _script("markdown_output").emit
+    out = tmp_path / "deep" / "table.md"
+    assert emit(lambda: "| a |\n", out) == 0
+    assert capsys.readouterr().out == "| a |\n" and out.read_text() == "| a |\n"
+
+    def fails() -> str:
+        raise PneumoLensError("runs/x: no folds")
+
+    assert emit(fails, tmp_path / "never.md") == 2
+    assert capsys.readouterr().err == "error: runs/x: no folds\n" and not (tmp_path / "never.md").exists()
