@@ -74,8 +74,9 @@ def _context_lines(c: Mapping[str, Any] | None) -> list[str]:
          "one film (grown and blended at the seam) set into the other, so a composite has the lungs of one film and "
          "everything else — markers, text, borders, the body's edges, heart and diaphragm — of the other. Counted "
          "over *informative* composites, whose two source films the model labels differently. A model that reads "
-         "the lungs follows them every time, one that reads the surroundings never; 50 % is a coin. Composites are not real films: this measures what the "
-         "answer rests on, not accuracy; a model trained with `augment.swap` has seen such composites."),
+         "the lungs follows them every time, one that reads the surroundings never; 50 % is a coin. Composites "
+         "are not real films: this measures what the answer rests on, not accuracy; a model trained with "
+         "`augment.swap` has seen such composites."),
         "",
         ("| composite | informative | label follows the lungs | mean P(pneumonia): lungs' film / surroundings' film "
          "/ composite |"),
