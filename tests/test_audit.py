@@ -388,7 +388,7 @@ def test_context_swap_pairs_are_counted_in_the_audit_and_zero_skips_them(
     direct = context_swap(films, np.stack([lung_mask(f).mask for f in films]), [r.label for r in records],
                           predictor.probabilities, predictor.threshold, n_pairs=3)
     got = m["context_swap"]
-    assert got["pairs"] == 3 and {k: v for k, v in got.items() if k != "kinds"} == direct_top(direct)
+    assert got["pairs"] == 3 and {k: v for k, v in got.items() if k != "kinds"} == _without_kinds(direct)
     for kind, values in direct["kinds"].items():
         assert got["kinds"][kind] == pytest.approx(values)
     assert "## Context swap" in (tmp_path / "a" / "report.md").read_text()
@@ -396,7 +396,7 @@ def test_context_swap_pairs_are_counted_in_the_audit_and_zero_skips_them(
     assert m["context_swap"] is None and "## Context swap" not in (tmp_path / "b" / "report.md").read_text()
 
 
-def direct_top(result: dict) -> dict:
+def _without_kinds(result: dict) -> dict:
     return {k: v for k, v in result.items() if k != "kinds"}
 
 
