@@ -110,9 +110,9 @@ def audit_section(audit: dict | None, ood: dict | None) -> str:
         )
         context = audit.get("context_swap") or {}
         if context.get("follow_rate") is not None:
-            by_kind = ", ".join(f"{_pct(k['follow_rate'])} with {name} lungs" for name, k in
-                                (("NORMAL", context["kinds"]["normal_lungs"]), ("PNEUMONIA", context["kinds"]["pneumonia_lungs"]))
-                                if k.get("follow_rate") is not None)
+            lungs = {"normal_lungs": "NORMAL", "pneumonia_lungs": "PNEUMONIA"}
+            by_kind = ", ".join(f"{_pct(k['follow_rate'])} with {lungs[key]} lungs"
+                                for key, k in context["kinds"].items() if k.get("follow_rate") is not None)
             where += (
                 f"\n\nContext swap ({context['pairs']} NORMAL/PNEUMONIA pairs crossed both ways: the lung fields of one "
                 "film set into the other): the label follows the lungs' film on "

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from .lungs import outside_share
+
 #: Pairs crossed by default (each gives two composites).
 CONTEXT_PAIRS = 100
 #: Kinds of composite: (name, which film of a (NORMAL, PNEUMONIA) pair gives the lungs, which the rest).
@@ -57,11 +59,12 @@ def pair_indices(labels: Any, n: int, seed: int) -> list[tuple[int, int]]:
 
 
 def inside_share(maps: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """Share of each map's positive values inside ``region`` (bool, same shape); NaN for a map with none."""
-    pos = np.clip(np.asarray(maps, dtype=np.float64), 0.0, None)
-    total = pos.sum(axis=(1, 2))
-    inside = (pos * region).sum(axis=(1, 2))
-    return np.where(total > 0, inside / np.where(total > 0, total, 1.0), np.nan)
+    """Share of each map's positive values inside ``region`` (bool, one per map or one for all); NaN
+    for a map with none. The complement of :func:`pneumolens.audit.lungs.outside_share`."""
+    maps = np.asarray(maps, dtype=np.float64)
+    regions = np.broadcast_to(np.asarray(region, dtype=bool), maps.shape)
+    shares = [outside_share(m, r) for m, r in zip(maps, regions)]
+    return np.array([np.nan if s is None else 1.0 - s for s in shares])
 
 
 def keep_weights(masks: np.ndarray) -> np.ndarray:

@@ -63,13 +63,11 @@ def _context_lines(c: Mapping[str, Any] | None) -> list[str]:
     """The context-swap section: does the answer follow the lungs or their surroundings?"""
     if not c:
         return []
+    lines = ["## Context swap: does the answer follow the lungs?", ""]
     if c["follow_rate"] is None:
-        return ["## Context swap: does the answer follow the lungs?", "",
-                f"Not measured: {c['pairs']} NORMAL/PNEUMONIA pairs, {c['informative']} composites whose two source "
-                "films the model labels differently (it needs films of both classes, told apart).", ""]
-    lines = [
-        "## Context swap: does the answer follow the lungs?",
-        "",
+        return [*lines, f"Not measured: {c['pairs']} NORMAL/PNEUMONIA pairs, {c['informative']} composites whose two "
+                "source films the model labels differently (it needs films of both classes, told apart).", ""]
+    lines += [
         (f"{c['pairs']} NORMAL/PNEUMONIA pairs (seed {c['seed']}), crossed both ways: the approximate lung fields of "
          "one film (grown and blended at the seam) set into the other, so a composite has the lungs of one film and "
          "everything else — markers, text, borders, the body's edges, heart and diaphragm — of the other. Counted "
