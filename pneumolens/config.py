@@ -159,8 +159,10 @@ _BASE: dict[str, Any] = {
 
 #: Named recipes. ``seed`` = the original exactly; ``default`` = the shipped model's recipe, chosen
 #: by patient-level cross-validation on ``train`` (docs/cv/README.md): ``base`` with letters and
-#: markers pasted into the corners of half the training films, 30 epochs, the last epoch kept,
-#: Platt-calibrated (class weighting leaves its probabilities low; docs/cv/README.md, calibration);
+#: markers pasted into the corners of half the training films, half the films' surroundings taken
+#: from another film (the context swap, so that nothing outside the lungs carries the label),
+#: 30 epochs, the last epoch kept, Platt-calibrated (class weighting leaves its probabilities low;
+#: docs/cv/README.md, calibration);
 #: ``base`` = the starting point of that cross-validation; ``robust`` = ``base`` with every
 #: shortcut breaker of pneumolens/augment.py; ``debug`` = seconds, for tests.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -168,7 +170,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "base": _BASE,
     "default": _merge(
         _BASE, {"max_epochs": 30, "select_epoch": "last", "calibrate": "platt",
-                "augment": {"marker": 0.5, "marker_size": 0.15}}
+                "augment": {"marker": 0.5, "marker_size": 0.15, "swap": 0.5}}
     ),
     # Random resized crops, border/corner erasing, pasted letters and markers, stronger contrast,
     # gamma and noise.

@@ -58,10 +58,10 @@ def test_seed_and_base_leave_the_shortcut_breakers_off() -> None:
         assert all(getattr(a, k) == 0.0 for k in BREAKERS), name
 
 
-def test_default_is_base_with_pasted_markers_thirty_epochs_and_the_last_epoch() -> None:
-    """The cross-validated recipe (docs/cv/README.md): one lever set over base, nothing else."""
+def test_default_is_base_with_pasted_markers_the_context_swap_thirty_epochs_and_the_last_epoch() -> None:
+    """The cross-validated recipe (docs/cv/README.md): the levers that passed their screens over base, nothing else."""
     base, default = load_config("base").to_dict(), load_config("default").to_dict()
-    assert default["augment"] == {**base["augment"], "marker": 0.5, "marker_size": 0.15}
+    assert default["augment"] == {**base["augment"], "marker": 0.5, "marker_size": 0.15, "swap": 0.5}
     assert (default["max_epochs"], default["select_epoch"], base["select_epoch"]) == (30, "last", "val_loss")
     assert (default["calibrate"], base["calibrate"]) == ("platt", "temperature")
     rest = ("augment", "max_epochs", "select_epoch", "calibrate")
