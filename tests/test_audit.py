@@ -345,6 +345,8 @@ def test_audit_command_writes_every_output_and_is_deterministic(
     c = m["context_swap"]
     assert (c["pairs"], set(c["kinds"])) == (4, {"normal_lungs", "pneumonia_lungs"})
     assert 0 <= c["followed"] <= c["informative"] <= 8 and "## Context swap: does the answer follow the lungs?" in report
+    drawn = c["follow_rate"] is not None
+    assert (out / "context.png").exists() == drawn and ("![context swap](context.png)" in report) == drawn
     printed = capsys.readouterr().out
     assert "context swap:" in printed
     assert "flip rate" in printed and "NORMAL films" in printed and "PNEUMONIA films" in printed
@@ -391,13 +393,15 @@ def test_context_swap_pairs_are_counted_in_the_audit_and_zero_skips_them(
     assert got["pairs"] == 3 and _without_kinds(got) == _without_kinds(direct)
     for kind, values in direct["kinds"].items():
         assert got["kinds"][kind] == pytest.approx(values)
+    for mine, theirs in zip(got["per_pair"], direct["per_pair"], strict=True):
+        assert mine == pytest.approx(theirs)
     assert "## Context swap" in (tmp_path / "a" / "report.md").read_text()
     m = run_audit(out=tmp_path / "b", context_pairs=0, **kw)
     assert m["context_swap"] is None and "## Context swap" not in (tmp_path / "b" / "report.md").read_text()
 
 
 def _without_kinds(result: dict) -> dict:
-    return {k: v for k, v in result.items() if k != "kinds"}
+    return {k: v for k, v in result.items() if k not in ("kinds", "per_pair")}
 
 
 def test_films_of_one_class_say_the_context_swap_was_not_measured(

@@ -97,6 +97,41 @@ def test_a_model_reading_the_lungs_follows_them_and_one_reading_the_border_does_
         (36 * 200 + 28 * 60) / 64 / 255)
     assert pneumonia["mean_p_lungs_film"] == normal["mean_p_surroundings_film"]
     assert "gradcam_inside_median" not in border["kinds"]["normal_lungs"]
+    # per pair: both films' and both composites' probabilities. A NORMAL film's lungs (50) fill the centre
+    # reader's 8 x 8, so its film and its composite read 50; a PNEUMONIA film reads its lungs (200) on 36
+    # of those pixels and its own surroundings (60) on 28; its composite the NORMAL film's centre there
+    assert [(r["normal"], r["pneumonia"]) for r in lungs["per_pair"]] == pairs
+    for r in lungs["per_pair"]:
+        j, i = r["pneumonia"], r["normal"]
+        assert r["p_normal"] == pytest.approx(50 / 255) and r["p_normal_lungs"] == pytest.approx(50 / 255)
+        assert r["p_pneumonia"] == pytest.approx((36 * 200 + 28 * 60) / 64 / 255)
+        mixed = composite(films[j], films[i], keep_weights(masks[j][None])[0])
+        assert r["p_pneumonia_lungs"] == pytest.approx(reads_centre(mixed[None])[0])
+
+
+def test_per_pair_probabilities_recount_to_the_totals() -> None:
+    films, masks, labels, _ = _planted()
+    rng = np.random.default_rng(3)
+    r = context_swap(films, masks, labels, lambda x: rng.uniform(size=len(x)), 0.5, n_pairs=10)
+    rows = r["per_pair"]
+    for name, lungs_key, rest_key in (("normal_lungs", "p_normal", "p_pneumonia"),
+                                      ("pneumonia_lungs", "p_pneumonia", "p_normal")):
+        counts = follows_lungs([x[lungs_key] for x in rows], [x[rest_key] for x in rows], [x[f"p_{name}"] for x in rows], 0.5)
+        assert counts == (r["kinds"][name]["informative"], r["kinds"][name]["followed"])
+
+
+def test_the_context_figure_draws_the_pairs_told_apart(tmp_path) -> None:
+    """A PNG is written; a result in which no pair is told apart still draws (empty examples)."""
+    from matplotlib.image import imread
+
+    from pneumolens.audit.figures import plot_context
+
+    films, masks, labels, centre = _planted()
+    r = context_swap(films, masks, labels, lambda x: x[:, centre].mean(axis=1) / 255.0, 0.5)
+    image = imread(plot_context(films, masks, r, 0.5, tmp_path / "context.png"))
+    assert image.shape[0] > 200 and image.shape[1] > 800 and image[..., :3].std() > 0.05
+    flat = context_swap(films, masks, labels, lambda x: np.full(len(x), 0.9), 0.5)
+    assert plot_context(films, masks, flat, 0.5, tmp_path / "flat.png").stat().st_size > 1000
 
 
 def test_given_probabilities_are_used_and_not_recomputed() -> None:
@@ -118,7 +153,7 @@ def test_a_model_that_labels_everything_alike_has_nothing_informative() -> None:
     assert r["kinds"]["pneumonia_lungs"]["follow_rate"] is None
     one_class = labels == 1
     assert context_swap(films[one_class], masks[one_class], labels[one_class], lambda x: x.mean((1, 2)), 0.5) == {
-        "pairs": 0, "seed": 0, "kinds": {}, "informative": 0, "followed": 0, "follow_rate": None}
+        "pairs": 0, "seed": 0, "kinds": {}, "informative": 0, "followed": 0, "follow_rate": None, "per_pair": []}
 
 
 def test_a_probability_that_is_not_a_number_makes_a_composite_uninformative() -> None:

@@ -99,24 +99,30 @@ def context_swap(
 
     Returns:
         ``pairs``, ``seed``, ``informative``, ``followed``, ``follow_rate`` (None without an
-        informative composite) over both kinds, and ``kinds``: per kind (``normal_lungs``,
+        informative composite) over both kinds; ``kinds``: per kind (``normal_lungs``,
         ``pneumonia_lungs``) the same counts and the mean P(PNEUMONIA) of the lungs' films, the
-        surroundings' films and the composites.
+        surroundings' films and the composites; and ``per_pair``: per pair the two films' indices
+        (``normal``, ``pneumonia``) and P(PNEUMONIA) of both films and both composites (``p_normal``,
+        ``p_pneumonia``, ``p_normal_lungs``, ``p_pneumonia_lungs``), for figures and re-counting.
     """
     pairs = pair_indices(labels, n_pairs, seed)
     out: dict[str, Any] = {"pairs": len(pairs), "seed": seed, "kinds": {}}
     if not pairs:
-        return {**out, "informative": 0, "followed": 0, "follow_rate": None}
+        return {**out, "informative": 0, "followed": 0, "follow_rate": None, "per_pair": []}
     used = sorted({i for pair in pairs for i in pair})
     keep = dict(zip(used, keep_weights(np.stack([masks[i] for i in used]))))
     if p is None:
         prob = dict(zip(used, np.asarray(predict(np.stack([films[i] for i in used])), dtype=np.float64)))
     else:
         prob = {i: float(p[i]) for i in used}
+    per_pair = [{"normal": i, "pneumonia": j, "p_normal": float(prob[i]),
+                 "p_pneumonia": float(prob[j])} for i, j in pairs]
     for name, lungs_of, rest_of in KINDS:
         src = [(pair[lungs_of], pair[rest_of]) for pair in pairs]
         mixed = np.stack([composite(films[a], films[b], keep[a]) for a, b in src])
         p_mixed = np.asarray(predict(mixed), dtype=np.float64)
+        for row, value in zip(per_pair, p_mixed):
+            row[f"p_{name}"] = float(value)
         p_l, p_c = np.array([prob[a] for a, _ in src]), np.array([prob[b] for _, b in src])
         n_inf, n_follow = follows_lungs(p_l, p_c, p_mixed, threshold)
         kind = {"informative": n_inf, "followed": n_follow, "follow_rate": n_follow / n_inf if n_inf else None,
@@ -133,4 +139,4 @@ def context_swap(
     informative = sum(k["informative"] for k in out["kinds"].values())
     followed = sum(k["followed"] for k in out["kinds"].values())
     return {**out, "informative": informative, "followed": followed,
-            "follow_rate": followed / informative if informative else None}
+            "follow_rate": followed / informative if informative else None, "per_pair": per_pair}

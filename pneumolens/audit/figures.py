@@ -173,6 +173,71 @@ def plot_lungs(
     return _save(fig, path)
 
 
+def plot_context(
+    films: Any, masks: Any, context: Mapping[str, Any], threshold: float, path: str | Path, n_examples: int = 3,
+) -> Path:
+    """Left: pairs crossed both ways, the kept lung region outlined. Right: how often the label follows the lungs.
+
+    The examples are the first pairs in ``context["per_pair"]`` (from
+    :func:`pneumolens.audit.context.context_swap`) whose two films the model labels differently,
+    the pairs that can tell lungs from surroundings; their composites are rebuilt from ``films``
+    and ``masks`` (film index -> array), with the probabilities the audit measured.
+    """
+    from .context import KIND_TITLES, KINDS, composite, keep_weights
+
+    told_apart = [r for r in context["per_pair"] if (r["p_normal"] >= threshold) != (r["p_pneumonia"] >= threshold)]
+    rows = told_apart[:n_examples]
+    fig = Figure(figsize=(2.0 * 4 + 4.4, 2.45 * max(1, len(rows)) + 0.7), dpi=85, layout="constrained")
+    left, right = fig.subfigures(1, 2, width_ratios=[8.0, 4.2])
+    axes = left.subplots(max(1, len(rows)), 4, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+
+    def label(p: float) -> str:
+        return "PNEUMONIA" if p >= threshold else "NORMAL"
+
+    for r, row in enumerate(rows):
+        pair = (row["normal"], row["pneumonia"])
+        keep = keep_weights(np.stack([masks[pair[0]], masks[pair[1]]]))
+        for c, (cls, key) in enumerate(((0, "p_normal"), (1, "p_pneumonia"))):
+            ax = axes[r, c]
+            ax.imshow(films[pair[c]], cmap="gray", vmin=0, vmax=255)
+            ax.set_title(f"{CLASS_NAMES[cls]} film\np = {row[key]:.2f} → {label(row[key])}", fontsize=7.5)
+        for c, (name, lungs_of, rest_of) in enumerate(KINDS, start=2):
+            ax = axes[r, c]
+            ax.imshow(composite(films[pair[lungs_of]], films[pair[rest_of]], keep[lungs_of]), cmap="gray",
+                      vmin=0, vmax=255)
+            ax.contour(keep[lungs_of] > 0.5, [0.5], colors=MASK_COLOUR, linewidths=0.8)
+            p = row[f"p_{name}"]
+            lungs_p = row["p_normal" if lungs_of == 0 else "p_pneumonia"]
+            verdict = "follows the lungs" if label(p) == label(lungs_p) else "follows the surroundings"
+            ax.set_title(f"{CLASS_NAMES[lungs_of]} lungs, {CLASS_NAMES[rest_of]} rest\np = {p:.2f}: {verdict}",
+                         fontsize=7.5)
+    left.suptitle("Pairs the model tells apart, crossed both ways (cyan: the kept lung region)", fontsize=8.5)
+    ax = right.subplots()
+    kinds = [(KIND_TITLES[name], context["kinds"].get(name) or {}) for name, _, _ in KINDS]
+    kinds.append(("both", {"follow_rate": context["follow_rate"], "followed": context["followed"],
+                           "informative": context["informative"]}))
+    for y, (title, k) in enumerate(kinds):
+        rate = k.get("follow_rate")
+        if rate is None:
+            ax.text(0.02, y, "not measured", va="center", fontsize=7.5)
+            continue
+        ax.barh(y, rate, color="#1f77b4" if y < len(kinds) - 1 else "#08306b", height=0.6)
+        ax.text(min(rate, 0.98), y, f" {rate:.0%} ({k['followed']} of {k['informative']})", va="center",
+                ha="right" if rate > 0.6 else "left", fontsize=7.5, color="white" if rate > 0.6 else "black")
+    ax.axvline(0.5, color="#d62728", ls="--", lw=1, label="50 %: a coin")
+    ax.set_yticks(range(len(kinds)), ["\n".join(t.split(", ")) for t, _ in kinds], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("composites whose label follows the lungs' film", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(f"{context['pairs']} pairs, informative composites only", fontsize=8)
+    fig.suptitle(f"Context swap: does the answer follow the lungs? {CREDIT}", fontsize=9)
+    return _save(fig, path)
+
+
 def plot_mask_grid(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], titles: Sequence[str], path: str | Path,
                    columns: int = 6) -> Path:
     """Lung masks drawn over films, for checking them by eye (``scripts/lung_mask_check.py``)."""

@@ -59,7 +59,7 @@ HEADER = (
 )
 
 
-def _context_lines(c: Mapping[str, Any] | None) -> list[str]:
+def _context_lines(c: Mapping[str, Any] | None, figure: str | None = None) -> list[str]:
     """The context-swap section: does the answer follow the lungs or their surroundings?"""
     if not c:
         return []
@@ -85,6 +85,8 @@ def _context_lines(c: Mapping[str, Any] | None) -> list[str]:
                      f"{_f(k['mean_p_lungs_film'])} / {_f(k['mean_p_surroundings_film'])} / "
                      f"{_f(k['mean_p_composite'])} |")
     lines += [f"| **both** | {c['informative']} | **{_pct(c['follow_rate'])}** ({c['followed']}) | |", ""]
+    if figure:
+        lines += [f"![context swap]({figure})", ""]
     return lines
 
 
@@ -153,7 +155,7 @@ def write_report(metrics: Mapping[str, Any], out: str | Path, figures: Mapping[s
     if figures.get("probes"):
         lines += [f"![probes]({figures['probes']})", ""]
 
-    lines += _context_lines(m.get("context_swap"))
+    lines += _context_lines(m.get("context_swap"), figures.get("context"))
     lungs = m["lungs"]
     ex = m["explanations"]
     lines += [

@@ -157,7 +157,7 @@ def run_audit(
     from ..inference import Predictor
     from ..io import resize_square
     from ..jsonable import dumps
-    from .figures import plot_lungs, plot_probes
+    from .figures import plot_context, plot_lungs, plot_probes
     from .lungs import lung_mask
     from .markdown import write_report
 
@@ -260,7 +260,11 @@ def run_audit(
     if chosen:
         plot_lungs(inputs[chosen], masks[chosen], maps, explanations, labels[chosen], p_clean[chosen], threshold,
                    out / "lungs.png")
-    write_report(metrics, out, figures={"probes": "probes.png", "lungs": "lungs.png" if chosen else None})
+    drawn_context = bool(context and context["follow_rate"] is not None)
+    if drawn_context:
+        plot_context(inputs, masks, context, threshold, out / "context.png")
+    write_report(metrics, out, figures={"probes": "probes.png", "lungs": "lungs.png" if chosen else None,
+                                        "context": "context.png" if drawn_context else None})
     return metrics
 
 
