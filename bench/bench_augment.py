@@ -35,8 +35,8 @@ def settings() -> dict[str, Augment]:
     out = {f"preset {name}": Augment(load_config(name).augment) for name in sorted(PRESETS)}
     off = {"hflip": 0.0, "degrees": 0.0, "zoom": 0.0, "translate": 0.0}
     out.update({name: Augment(AugmentConfig(**off, **knobs)) for name, knobs in ALONE.items()})
-    out["preset default + swap (docs/cv/levers/swap.yaml)"] = Augment(
-        load_config("default", Path(__file__).resolve().parents[1] / "docs" / "cv" / "levers" / "swap.yaml").augment
+    out["preset default without the swap (docs/cv/levers/no-swap.yaml)"] = Augment(
+        load_config("default", Path(__file__).resolve().parents[1] / "docs" / "cv" / "levers" / "no-swap.yaml").augment
     )
     return out
 

@@ -345,8 +345,9 @@ def test_audit_command_writes_every_output_and_is_deterministic(
     c = m["context_swap"]
     assert (c["pairs"], set(c["kinds"])) == (4, {"normal_lungs", "pneumonia_lungs"})
     assert 0 <= c["followed"] <= c["informative"] <= 8 and "## Context swap: does the answer follow the lungs?" in report
-    drawn = c["follow_rate"] is not None
-    assert (out / "context.png").exists() == drawn and ("![context swap](context.png)" in report) == drawn
+    # the trained tiny model tells some pairs apart, so the figure is drawn and shown
+    assert c["informative"] > 0 and (out / "context.png").stat().st_size > 1000
+    assert "![context swap](context.png)" in report
     printed = capsys.readouterr().out
     assert "context swap:" in printed
     assert "flip rate" in printed and "NORMAL films" in printed and "PNEUMONIA films" in printed
@@ -411,6 +412,7 @@ def test_films_of_one_class_say_the_context_swap_was_not_measured(
                  "val", "--n", "1", "--explain-n", "0", "--methods", "", "--out", str(tmp_path), "--no-progress"]) == 0
     assert "context swap: not measured" in capsys.readouterr().out
     assert "Not measured: 0 NORMAL/PNEUMONIA pairs" in (tmp_path / "report.md").read_text()
+    assert not (tmp_path / "context.png").exists()
 
 
 def test_negative_context_pairs_are_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pneumolens.audit.context import composite, context_swap, follows_lungs, inside_share, keep_weights, pair_indices
+from pneumolens.audit.context import (composite, context_swap, follows_lungs, inside_share, keep_weights, pair_indices,
+                                      told_apart)
 
 
 def test_composite_blends_by_the_keep_weights_and_rounds() -> None:
@@ -120,18 +121,51 @@ def test_per_pair_probabilities_recount_to_the_totals() -> None:
         assert counts == (r["kinds"][name]["informative"], r["kinds"][name]["followed"])
 
 
-def test_the_context_figure_draws_the_pairs_told_apart(tmp_path) -> None:
-    """A PNG is written; a result in which no pair is told apart still draws (empty examples)."""
+def test_each_pair_keeps_its_own_composites_probabilities() -> None:
+    """Films of different brightness, so every pair's composites differ: a shuffled row would not match."""
+    rng = np.random.default_rng(5)
+    labels = np.array([0, 1] * 4)
+    masks = np.zeros((8, 16, 16), bool)
+    masks[:, 4:12, 4:12] = True
+    films = rng.integers(0, 256, size=(8, 16, 16)).astype(np.uint8)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return x.mean(axis=(1, 2)) / 255.0
+
+    r = context_swap(films, masks, labels, predict, 0.5, n_pairs=4)
+    assert len(r["per_pair"]) == 4
+    for row in r["per_pair"]:
+        i, j = row["normal"], row["pneumonia"]
+        assert (labels[i], labels[j]) == (0, 1)
+        assert row["p_normal"] == pytest.approx(predict(films[i][None])[0])
+        assert row["p_normal_lungs"] == pytest.approx(predict(composite(films[i], films[j], keep_weights(masks[i][None])[0])[None])[0])
+        assert row["p_pneumonia_lungs"] == pytest.approx(predict(composite(films[j], films[i], keep_weights(masks[j][None])[0])[None])[0])
+
+
+def test_told_apart_needs_two_labels_and_four_numbers() -> None:
+    rows = [{"p_normal": 0.1, "p_pneumonia": 0.9, "p_normal_lungs": 0.2, "p_pneumonia_lungs": 0.8},
+            {"p_normal": 0.6, "p_pneumonia": 0.9, "p_normal_lungs": 0.2, "p_pneumonia_lungs": 0.8},  # both PNEUMONIA
+            {"p_normal": np.nan, "p_pneumonia": 0.9, "p_normal_lungs": 0.2, "p_pneumonia_lungs": 0.8},
+            {"p_normal": 0.1, "p_pneumonia": 0.9, "p_normal_lungs": np.nan, "p_pneumonia_lungs": 0.8},
+            {"p_normal": 0.5, "p_pneumonia": 0.4, "p_normal_lungs": 0.2, "p_pneumonia_lungs": 0.8}]  # p = t: PNEUMONIA
+    assert told_apart(rows, 0.5) == [rows[0], rows[4]]
+
+
+def test_the_context_figure_draws_one_row_per_pair_told_apart(tmp_path) -> None:
+    """The figure's height is fixed by its rows (no tight crop): two told-apart pairs draw two rows; a
+    result in which none is told apart draws one empty row beside its bars."""
     from matplotlib.image import imread
 
     from pneumolens.audit.figures import plot_context
 
     films, masks, labels, centre = _planted()
     r = context_swap(films, masks, labels, lambda x: x[:, centre].mean(axis=1) / 255.0, 0.5)
+    assert len(told_apart(r["per_pair"], 0.5)) == 2
     image = imread(plot_context(films, masks, r, 0.5, tmp_path / "context.png"))
-    assert image.shape[0] > 200 and image.shape[1] > 800 and image[..., :3].std() > 0.05
+    height, width = image.shape[:2]  # inches x 85 dpi, to the pixel below
+    assert abs(height - (2.45 * 2 + 0.7) * 85) < 1 and abs(width - 12.4 * 85) < 1 and image[..., :3].std() > 0.05
     flat = context_swap(films, masks, labels, lambda x: np.full(len(x), 0.9), 0.5)
-    assert plot_context(films, masks, flat, 0.5, tmp_path / "flat.png").stat().st_size > 1000
+    assert abs(imread(plot_context(films, masks, flat, 0.5, tmp_path / "flat.png")).shape[0] - (2.45 + 0.7) * 85) < 1
 
 
 def test_given_probabilities_are_used_and_not_recomputed() -> None:

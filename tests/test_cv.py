@@ -477,3 +477,30 @@ def test_the_trade_off_figure_has_a_point_per_fold_and_a_mean_per_recipe(tmp_pat
     (b / "cv.json").write_text(json.dumps({"label": "b"}))
     assert main(["cv", "--table", str(b)]) == 2
     assert "not a cross-validation summary (missing folds" in capsys.readouterr().err
+
+
+DOCS_CV = Path(__file__).resolve().parents[1] / "docs" / "cv"
+
+
+@pytest.mark.parametrize(("run", "lever", "epochs"), [
+    ("s5-default-20", "no-swap.yaml", 20), ("s5-default-30", "no-swap.yaml", 30), ("s5-erase-30", "erase.yaml", 30),
+    ("s5-crop-20", "crop.yaml", 20), ("s5-swap-20", "swap.yaml", 20), ("s5-swap-30", "swap.yaml", 30),
+])
+def test_the_documented_lever_files_repeat_the_recorded_recipes(tmp_path: Path, run: str, lever: str, epochs: int) -> None:
+    """docs/cv's commands (`--preset default --config docs/cv/levers/LEVER --max-epochs E`) still describe
+    the recipe each recorded cross-validation ran, after `default` gained the context swap: `--resume`
+    would accept them. The plain preset is refused where the run had no swap."""
+    from dataclasses import replace
+
+    from pneumolens.cv import _check_same_recipe
+
+    saved = json.loads((DOCS_CV / "runs" / run / "cv_config.json").read_text())
+    (tmp_path / "cv_config.json").write_text(json.dumps(saved))
+
+    def record(config: TrainConfig) -> dict:
+        return {**saved, "config": replace(config, folds=5, fold=0).to_dict()}
+
+    _check_same_recipe(tmp_path, record(load_config("default", DOCS_CV / "levers" / lever, {"max_epochs": epochs})))
+    if lever != "swap.yaml":
+        with pytest.raises(ConfigError, match="another config"):
+            _check_same_recipe(tmp_path, record(load_config("default", None, {"max_epochs": epochs})))

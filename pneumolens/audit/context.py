@@ -48,6 +48,14 @@ def follows_lungs(p_lungs: Any, p_context: Any, p_mixed: Any, threshold: float) 
     return int(informative.sum()), int((informative & (lab_m == lab_l)).sum())
 
 
+def told_apart(per_pair: list[dict[str, Any]], threshold: float) -> list[dict[str, Any]]:
+    """The rows of a result's ``per_pair`` whose two films get different labels and whose four
+    probabilities are all numbers: the pairs that can tell lungs from surroundings both ways."""
+    keys = ("p_normal", "p_pneumonia", "p_normal_lungs", "p_pneumonia_lungs")
+    return [r for r in per_pair if all(np.isfinite(r[k]) for k in keys)
+            and (r["p_normal"] >= threshold) != (r["p_pneumonia"] >= threshold)]
+
+
 def pair_indices(labels: Any, n: int, seed: int) -> list[tuple[int, int]]:
     """Up to ``n`` (NORMAL index, PNEUMONIA index) pairs, each film used at most once, drawn at random."""
     labels = np.asarray(labels)

@@ -179,14 +179,13 @@ def plot_context(
     """Left: pairs crossed both ways, the kept lung region outlined. Right: how often the label follows the lungs.
 
     The examples are the first pairs in ``context["per_pair"]`` (from
-    :func:`pneumolens.audit.context.context_swap`) whose two films the model labels differently,
-    the pairs that can tell lungs from surroundings; their composites are rebuilt from ``films``
-    and ``masks`` (film index -> array), with the probabilities the audit measured.
+    :func:`pneumolens.audit.context.context_swap`) that can tell lungs from surroundings
+    (:func:`pneumolens.audit.context.told_apart`); their composites are rebuilt from ``films`` and
+    ``masks`` (film index -> array), with the probabilities the audit measured.
     """
-    from .context import KIND_TITLES, KINDS, composite, keep_weights
+    from .context import KIND_TITLES, KINDS, composite, keep_weights, told_apart
 
-    told_apart = [r for r in context["per_pair"] if (r["p_normal"] >= threshold) != (r["p_pneumonia"] >= threshold)]
-    rows = told_apart[:n_examples]
+    rows = told_apart(context["per_pair"], threshold)[:n_examples]
     fig = Figure(figsize=(2.0 * 4 + 4.4, 2.45 * max(1, len(rows)) + 0.7), dpi=85, layout="constrained")
     left, right = fig.subfigures(1, 2, width_ratios=[8.0, 4.2])
     axes = left.subplots(max(1, len(rows)), 4, squeeze=False)

@@ -38,7 +38,8 @@ docs/audit/README.md for their measured error), beside the chance level; overall
 and PNEUMONIA films apart.
 
 Writes under --out: metrics.json, report.md, films.csv (one row per film), probes.csv (one row
-per film and probe), probes.png and lungs.png. Deterministic for a given --seed."""
+per film and probe), probes.png, lungs.png and context.png (pairs crossed both ways, when the model
+tells any apart). Deterministic for a given --seed."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
