@@ -145,6 +145,12 @@ def table(rows: list[dict], labels: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def axis_start(rows: list[dict], labels: list[str]) -> float:
+    """Left end of the share axis: 0.5, or further left so that every fold's dot lies inside it."""
+    shares = [r["median"][m] for r in rows for m in labels if r["median"][m] is not None]
+    return min([0.5, *(x - 0.03 for x in shares)])
+
+
 def plot(rows: list[dict], labels: list[str], path: Path) -> None:
     """A panel per method: each fold's median share outside the lungs, a column per recipe, chance dashed."""
     import matplotlib
@@ -155,6 +161,7 @@ def plot(rows: list[dict], labels: list[str], path: Path) -> None:
     recipes = list(dict.fromkeys(r["recipe"] for r in rows))
     fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 0.45 * len(recipes) + 1.8),
                              sharey=True, squeeze=False)
+    low = axis_start(rows, labels)
     for ax, label in zip(axes[0], labels):
         for i, recipe in enumerate(recipes):
             xs = [r["median"][label] for r in rows if r["recipe"] == recipe and r["median"][label] is not None]
@@ -163,7 +170,7 @@ def plot(rows: list[dict], labels: list[str], path: Path) -> None:
                 ax.plot([statistics.mean(xs)] * 2, [i - 0.3, i + 0.3], color="black", lw=1.5)
         chance = statistics.mean(r["chance"] for r in rows)
         ax.axvline(chance, color="tab:red", ls="--", lw=0.9, label=f"evenly spread map ({100 * chance:.0f} %)")
-        ax.set(xlim=(0.5, 1.02), title=title(label), xlabel="share of positive attribution outside the lungs")
+        ax.set(xlim=(low, 1.02), title=title(label), xlabel="share of positive attribution outside the lungs")
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(range(len(recipes)), recipes, fontsize=8)
     axes[0][0].invert_yaxis()

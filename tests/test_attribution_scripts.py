@@ -126,6 +126,17 @@ def test_cv_attribution_plot_draws_a_panel_per_method(tmp_path: Path) -> None:
     assert (tmp_path / "a.png").stat().st_size > 5000
 
 
+def test_cv_attribution_axis_starts_left_of_the_lowest_share() -> None:
+    """A fold whose share lies below 50 % (a swap-trained fold's Integrated Gradients) stays on the plot."""
+    cv_attr = _script("cv_attribution")
+
+    def rows(*shares: float | None) -> list[dict]:
+        return [{"recipe": "r", "fold": i, "median": {"ig": x}} for i, x in enumerate(shares)]
+
+    assert cv_attr.axis_start(rows(0.62, None, 0.9), ["ig"]) == 0.5
+    assert cv_attr.axis_start(rows(0.62, 0.489), ["ig"]) == pytest.approx(0.459)
+
+
 def test_untrained_baseline_is_the_shipped_architecture_reinitialised_reproducibly() -> None:
     import torch
 
