@@ -58,7 +58,7 @@ def test_explain_writes_panels_json_maps_and_gallery(
         assert list(doc["timings_s"]) == labels and all(t > 0 for t in doc["timings_s"].values())
         assert doc["methods"]["lime"]["params"]["n_samples"] == 30
         assert doc["methods"]["shap"]["params"]["background"].startswith("fallback")
-        assert doc["methods"]["gradcam"]["params"]["layer"] == "features.block3.pool"
+        assert doc["methods"]["gradcam"]["params"]["layer"] == "features.block3.relu"
         for label in labels:
             amap = np.load(out / doc["methods"][label]["map"])
             assert amap.shape == (32, 32) and amap.dtype == np.float32

@@ -150,7 +150,7 @@ def test_gradcam_layer_by_dotted_name_and_default() -> None:
     model = tiny_cnnlstm()
     images = textured_images(1, SIZE)
     default = explain(model, images, "gradcam")
-    assert default.params["layer"] == "features.block3.pool" and default.params["layer_resolution"] == [SIZE // 8, SIZE // 8]
+    assert default.params["layer"] == "features.block3.relu" and default.params["layer_resolution"] == [SIZE // 4, SIZE // 4]
     other = explain(model, images, "gradcam", layer="features.block2.relu")
     assert other.params["layer_resolution"] == [16, 16] and other.maps.shape == (1, SIZE, SIZE)
 

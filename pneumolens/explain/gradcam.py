@@ -5,22 +5,21 @@ logit's gradient, sums over channels, and (here, by default) keeps the positive 
 paper does; the coarse map is then upsampled bilinearly to the input size. The layer is named
 by its dotted path (``model.get_submodule``).
 
-Default layer: the last convolutional block's max-pooled output (``features.block3.pool`` on the
-128x128 CnnLstm: 128 channels at 16x16, what the LSTM reads). Measured, not habit, with
-``pneumolens explain-eval --split validation --n 40 --methods gradcam:layer=...`` against the
-block's ReLU before pooling (32x32), its conv output (pre-BatchNorm) and the second block's ReLU
-(64x64), on the interim model of 2026-11-25, the two models shipped on 2026-11-29 and a 2-epoch
-one (docs/figures/gradcam-layers/README.md).
-The last block's output (relu or pool) led the conv output and the earlier block on the deletion
-gap on every model (tied by block2.relu on the 2-epoch model). Relu was the default until
-2026-11-29 on split or tied evidence (pool's deletion gap higher on an interim model, relu's
-insertion AUC higher on the 2-epoch one, a tie on the 10-epoch model; relu's map is the finer).
-The rule since: the layer with the highest deletion gap (reverse-order minus deletion AUC,
-ROAD-style), unless another matches it within two paired standard errors, when the finer map
-wins; on the shipped 20-epoch model pool's gap is higher by about four standard errors at equal
-insertion AUC. All layers pass the randomisation check (Spearman with the re-initialised model's
-maps between -0.6 and 0.3). ``relu=False`` (signed Grad-CAM) is available for "evidence against"
-views.
+Default layer: the last convolutional block's ReLU output (``features.block3.relu`` on the
+128x128 CnnLstm: 128 channels at 32x32, before the max-pooling whose 16x16 output the LSTM reads).
+Measured, not habit, with ``pneumolens explain-eval --split validation --n 40 --methods
+gradcam:layer=...`` against the pooled output, the block's conv output (pre-BatchNorm) and the
+second block's ReLU (64x64), on the interim model of 2026-11-25, the models shipped on 2026-11-29
+and a 2-epoch one (docs/figures/gradcam-layers/README.md). The last block's output (relu or
+pool) led the conv output and the earlier block on the deletion gap on every model (tied by
+block2.relu on the 2-epoch model). The rule: the layer with the highest deletion gap
+(reverse-order minus deletion AUC, ROAD-style), unless another matches it within two paired
+standard errors, when the finer map wins. Pool won it on the 20-epoch model of 2026-11-29 (about
+four standard errors) and was the default for it and the 30-epoch model after it; on the
+context-swap model shipped next pool's lead is under two standard errors, so relu, the finer
+map, is the default again. All layers pass the randomisation check (Spearman with the
+re-initialised model's maps between -0.6 and 0.3). ``relu=False`` (signed Grad-CAM) is available
+for "evidence against" views.
 """
 
 from __future__ import annotations
@@ -34,11 +33,11 @@ from torch import nn
 from .base import LogitFn, column, gradient_scope, model_device, resolve_layer
 
 #: The last conv block's module that Grad-CAM hooks by default (see the module docstring).
-DEFAULT_BLOCK_PART = "pool"
+DEFAULT_BLOCK_PART = "relu"
 
 
 def default_layer(model: nn.Module) -> str:
-    """``features.block<last>.pool`` for a CnnLstm-shaped model.
+    """``features.block<last>.relu`` for a CnnLstm-shaped model.
 
     Raises:
         ValueError: the model has no ``features`` sequence of conv blocks; pass ``layer=``.
@@ -52,7 +51,7 @@ def default_layer(model: nn.Module) -> str:
             return name
         except AttributeError:
             pass
-    raise ValueError("gradcam: this model has no features.<block>.pool layer; pass layer='<dotted name>'")
+    raise ValueError(f"gradcam: this model has no features.<block>.{DEFAULT_BLOCK_PART} layer; pass layer='<dotted name>'")
 
 
 def gradcam(
