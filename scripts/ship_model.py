@@ -238,7 +238,8 @@ Cite the dataset (Kermany et al., Cell 2018) and this repository.
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="copy a model into the package, evaluate it, write MODEL_CARD.md")
-    ap.add_argument("checkpoint", type=Path, help="the trained model.pt (with a SHAP background: scripts/add_shap_background.py)")
+    ap.add_argument("checkpoint", type=Path,
+                    help="the trained model.pt (with a SHAP background: scripts/add_shap_background.py)")
     ap.add_argument("--data", help="the chest_xray folder (default: as the CLI finds it)")
     ap.add_argument("--note", default="", help="a line at the top of the card (e.g. an interim model)")
     ap.add_argument("--shift", type=Path, help="markdown section with figures measured elsewhere (withheld test split)")

@@ -117,7 +117,8 @@ def test_per_pair_probabilities_recount_to_the_totals() -> None:
     rows = r["per_pair"]
     for name, lungs_key, rest_key in (("normal_lungs", "p_normal", "p_pneumonia"),
                                       ("pneumonia_lungs", "p_pneumonia", "p_normal")):
-        counts = follows_lungs([x[lungs_key] for x in rows], [x[rest_key] for x in rows], [x[f"p_{name}"] for x in rows], 0.5)
+        counts = follows_lungs([x[lungs_key] for x in rows], [x[rest_key] for x in rows],
+                               [x[f"p_{name}"] for x in rows], 0.5)
         assert counts == (r["kinds"][name]["informative"], r["kinds"][name]["followed"])
 
 
@@ -138,8 +139,9 @@ def test_each_pair_keeps_its_own_composites_probabilities() -> None:
         i, j = row["normal"], row["pneumonia"]
         assert (labels[i], labels[j]) == (0, 1)
         assert row["p_normal"] == pytest.approx(predict(films[i][None])[0])
-        assert row["p_normal_lungs"] == pytest.approx(predict(composite(films[i], films[j], keep_weights(masks[i][None])[0])[None])[0])
-        assert row["p_pneumonia_lungs"] == pytest.approx(predict(composite(films[j], films[i], keep_weights(masks[j][None])[0])[None])[0])
+        for key, a, b in (("p_normal_lungs", i, j), ("p_pneumonia_lungs", j, i)):
+            mixed = composite(films[a], films[b], keep_weights(masks[a][None])[0])
+            assert row[key] == pytest.approx(predict(mixed[None])[0])
 
 
 def test_told_apart_needs_two_labels_and_four_numbers() -> None:

@@ -486,7 +486,9 @@ DOCS_CV = Path(__file__).resolve().parents[1] / "docs" / "cv"
     ("s5-default-20", "no-swap.yaml", 20), ("s5-default-30", "no-swap.yaml", 30), ("s5-erase-30", "erase.yaml", 30),
     ("s5-crop-20", "crop.yaml", 20), ("s5-swap-20", "swap.yaml", 20), ("s5-swap-30", "swap.yaml", 30),
 ])
-def test_the_documented_lever_files_repeat_the_recorded_recipes(tmp_path: Path, run: str, lever: str, epochs: int) -> None:
+def test_the_documented_lever_files_repeat_the_recorded_recipes(
+    tmp_path: Path, run: str, lever: str, epochs: int
+) -> None:
     """docs/cv's commands (`--preset default --config docs/cv/levers/LEVER --max-epochs E`) still describe
     the recipe each recorded cross-validation ran, after `default` gained the context swap: `--resume`
     would accept them. The plain preset is refused where the run had no swap."""

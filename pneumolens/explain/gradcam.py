@@ -51,7 +51,9 @@ def default_layer(model: nn.Module) -> str:
             return name
         except AttributeError:
             pass
-    raise ValueError(f"gradcam: this model has no features.<block>.{DEFAULT_BLOCK_PART} layer; pass layer='<dotted name>'")
+    raise ValueError(
+        f"gradcam: this model has no features.<block>.{DEFAULT_BLOCK_PART} layer; pass layer='<dotted name>'"
+    )
 
 
 def gradcam(
