@@ -41,7 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "pasted into corners, half the films' surroundings taken from another film, last epoch kept); 'seed' = "
         "the original exactly (batch 8, ±72° rotation, flips, Adam, plateau LR, early stopping); 'base' = the "
         "project's recipe before the cross-validation (30 epochs, lowest-val-loss epoch); 'robust' = 'base' plus "
-        "every augmentation against burnt-in markers and borders; 'debug' = the seed recipe at batch 16 for 2 epochs (tests; add --max-images for a run of seconds)",
+        "every augmentation against burnt-in markers and borders; 'debug' = the seed recipe at batch 16 for 2 "
+        "epochs (tests; add --max-images for a run of seconds)",
     )
     p.add_argument("--config", help="YAML file of TrainConfig keys applied over the preset")
     p.add_argument("--max-epochs", type=int, help="override the preset's epoch limit")
