@@ -32,7 +32,18 @@ from pneumolens.cv import read_summary
 from pneumolens.errors import PneumoLensError
 from pneumolens.jsonable import dumps
 
-METHODS = "gradcam,gradcam:layer=features.block3.relu,ig"
+#: Both Grad-CAM layers named, so that a cached audit keeps its meaning when the default layer moves.
+METHODS = "gradcam:layer=features.block3.pool,gradcam:layer=features.block3.relu,ig"
+
+
+def audit_settings(n: int, explain_n: int, methods: str, **extra: Any) -> dict[str, Any]:
+    """What a cached audit must match to be reused; a bare ``gradcam`` adds the default layer it means now."""
+    from pneumolens.explain.gradcam import DEFAULT_BLOCK_PART
+
+    settings: dict[str, Any] = {"n": n, "explain_n": explain_n, "methods": methods, **extra}
+    if any(spec.strip() == "gradcam" for spec in methods.split(",")):
+        settings["gradcam_default"] = DEFAULT_BLOCK_PART
+    return settings
 
 
 def title(label: str) -> str:
@@ -75,7 +86,7 @@ def _cached_audit(checkpoint: Callable[[], Any], out: Path, data: Path, settings
 def audit_fold(fold_dir: Path, data: Path, n: int, explain_n: int, methods: str, threads: int | None,
                fresh: bool) -> dict:
     """The audit's metrics.json of one fold model on its own held-out films, cached in ``fold_dir``."""
-    settings = {"n": n, "explain_n": explain_n, "methods": methods}
+    settings = audit_settings(n, explain_n, methods)
     return _cached_audit(lambda: fold_dir / "model.pt", fold_dir / "audit-attribution", data, settings, threads,
                          fresh, str(fold_dir))
 
@@ -102,7 +113,7 @@ def untrained(seed: int = 0) -> Any:
 def audit_untrained(out: Path, data: Path, n: int, explain_n: int, methods: str, threads: int | None,
                     fresh: bool) -> dict:
     """The audit of :func:`untrained` on the shipped model's validation split, cached in ``out``."""
-    settings = {"n": n, "explain_n": explain_n, "methods": methods, "untrained_seed": 0}
+    settings = audit_settings(n, explain_n, methods, untrained_seed=0)
     return _cached_audit(lambda: untrained(0), out, data, settings, threads, fresh, "shipped architecture, re-initialised")
 
 
@@ -242,7 +253,8 @@ def _main() -> None:
             f"Median share of positive attribution outside the approximate lung fields (pneumolens.audit.lungs) over "
             f"{args.explain_n} of each fold's held-out films (half per class; films whose map has no positive value "
             "are left out: the count per method is in the second table), then mean ± sd over folds; chance: an "
-            "evenly spread map. `gradcam` is Grad-CAM on its default layer (the last block's pooled output); ROC AUC "
+            "evenly spread map. Grad-CAM at the last block's pooled output (`block3.pool`) and its ReLU output "
+            "(`block3.relu`, the default layer since the context-swap model; docs/figures/gradcam-layers); ROC AUC "
             "and marker flip rate: the fold's, or their mean over the folds, from cv.json; border and text flip "
             "rates: the audit's border-band (6 per film) and text/ruler (4 per film) probes on the fold's "
             f"{args.n} probed films, at the fold model's threshold. The untrained row (if "

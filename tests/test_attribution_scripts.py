@@ -105,17 +105,41 @@ def test_cv_attribution_reuses_a_fold_audit_with_the_same_settings(tmp_path: Pat
     cv_attr = _script("cv_attribution")
     fold = tmp_path / "fold-0"
     (fold / "audit-attribution").mkdir(parents=True)
-    saved = {"attribution_settings": {"n": 120, "explain_n": 40, "methods": "gradcam"}, "explanations": {}}
+    spec = "gradcam:layer=features.block3.pool"
+    saved = {"attribution_settings": {"n": 120, "explain_n": 40, "methods": spec}, "explanations": {}}
     (fold / "audit-attribution" / "metrics.json").write_text(json.dumps(saved))
     calls = []
     monkeypatch.setattr(cv_attr, "run_audit", lambda **kw: calls.append(kw) or {"explanations": {}})
-    assert cv_attr.audit_fold(fold, tmp_path, 120, 40, "gradcam", None, fresh=False) == saved and not calls
+    assert cv_attr.audit_fold(fold, tmp_path, 120, 40, spec, None, fresh=False) == saved and not calls
     # other settings, or --fresh: the audit runs again and its settings are stored with it
-    again = cv_attr.audit_fold(fold, tmp_path, 120, 20, "gradcam", None, fresh=False)
+    again = cv_attr.audit_fold(fold, tmp_path, 120, 20, spec, None, fresh=False)
     assert len(calls) == 1 and calls[0]["explain_n"] == 20 and calls[0]["split"] == "validation"
-    assert again["attribution_settings"] == {"n": 120, "explain_n": 20, "methods": "gradcam"}
-    cv_attr.audit_fold(fold, tmp_path, 120, 20, "gradcam", None, fresh=True)
+    assert again["attribution_settings"] == {"n": 120, "explain_n": 20, "methods": spec}
+    cv_attr.audit_fold(fold, tmp_path, 120, 20, spec, None, fresh=True)
     assert len(calls) == 2
+
+
+def test_a_bare_gradcam_cache_is_reused_only_under_the_same_default_layer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`gradcam` alone means the default layer at the time: an audit cached before the default moved
+    (no layer recorded, or another one) is run again; one under today's default is reused."""
+    from pneumolens.explain.gradcam import DEFAULT_BLOCK_PART
+
+    cv_attr = _script("cv_attribution")
+    folder = tmp_path / "audit-attribution"
+    folder.mkdir()
+    calls = []
+    monkeypatch.setattr(cv_attr, "run_audit", lambda **kw: calls.append(kw) or {"explanations": {}})
+    other = "pool" if DEFAULT_BLOCK_PART != "pool" else "relu"
+    cases = (({}, False), ({"gradcam_default": other}, False), ({"gradcam_default": DEFAULT_BLOCK_PART}, True))
+    for stored, reused in cases:
+        saved = {"attribution_settings": {"n": 120, "explain_n": 40, "methods": "gradcam,ig", **stored}}
+        (folder / "metrics.json").write_text(json.dumps(saved))
+        before = len(calls)
+        cv_attr.audit_fold(tmp_path, tmp_path, 120, 40, "gradcam,ig", None, fresh=False)
+        assert (len(calls) == before) == reused, stored
+    assert "gradcam_default" not in cv_attr.audit_settings(120, 40, cv_attr.METHODS)
 
 
 def test_cv_attribution_plot_draws_a_panel_per_method(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ Default layer: the last convolutional block's ReLU output (``features.block3.rel
 128x128 CnnLstm: 128 channels at 32x32, before the max-pooling whose 16x16 output the LSTM reads).
 Measured, not habit, with ``pneumolens explain-eval --split validation --n 40 --methods
 gradcam:layer=...`` against the pooled output, the block's conv output (pre-BatchNorm) and the
-second block's ReLU (64x64), on the interim model of 2026-11-25, the models shipped on 2026-11-29
-and a 2-epoch one (docs/figures/gradcam-layers/README.md). The last block's output (relu or
+second block's ReLU (64x64), on the interim model of 2026-11-25, three of the models shipped on
+2026-11-29 and a 2-epoch one (docs/figures/gradcam-layers/README.md). The last block's output (relu or
 pool) led the conv output and the earlier block on the deletion gap on every model (tied by
 block2.relu on the 2-epoch model). The rule: the layer with the highest deletion gap
 (reverse-order minus deletion AUC, ROAD-style), unless another matches it within two paired
