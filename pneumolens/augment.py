@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+from .fieldtypes import check_scalar_types
 
 #: Height in pixels of the glyph bank's masks; each paste resizes one to its drawn size.
 GLYPH_HEIGHT = 48
@@ -105,6 +106,7 @@ class AugmentConfig:
     swap: float = 0.0
 
     def __post_init__(self) -> None:
+        check_scalar_types(self, "augment.")
         if self.padding_mode not in ("reflection", "zeros", "border"):
             raise ConfigError(f"augment.padding_mode must be reflection, zeros or border, got {self.padding_mode!r}")
         ranges = {

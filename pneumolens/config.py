@@ -18,6 +18,7 @@ import yaml
 from .augment import AugmentConfig
 from .calibrated import CALIBRATIONS
 from .errors import ConfigError
+from .fieldtypes import check_scalar_types
 from .model import ModelConfig
 
 OPTIMIZERS = ("adam", "adamw")
@@ -91,16 +92,20 @@ class TrainConfig:
     accelerate: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.model, dict):
-            self.model = ModelConfig.from_dict(self.model)
-        if isinstance(self.augment, dict):
-            self.augment = AugmentConfig.from_dict(self.augment)
+        for name, kind in (("model", ModelConfig), ("augment", AugmentConfig)):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, kind.from_dict(value))
+            elif not isinstance(value, kind):
+                raise ConfigError(f"{name} must be a mapping of {'model' if name == 'model' else 'augmentation'} "
+                                  f"keys, got {value!r}")
+        if isinstance(self.calibrate, bool):  # recipes written before Platt scaling existed
+            self.calibrate = "temperature" if self.calibrate else "none"
+        check_scalar_types(self)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
-        if isinstance(self.calibrate, bool):  # recipes written before Platt scaling existed
-            self.calibrate = "temperature" if self.calibrate else "none"
         if self.calibrate not in CALIBRATIONS:
             raise ConfigError(f"calibrate must be one of {CALIBRATIONS}, got {self.calibrate!r}")
         if self.select_epoch not in EPOCH_RULES:
@@ -195,9 +200,14 @@ def load_config(preset: str = "default", yaml_path: str | Path | None = None, ov
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read config ({exc})") from exc
+            raise ConfigError(f"{path}: cannot read config ({' '.join(str(exc).split())})") from exc
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: config must be a mapping of keys to values")
         d = _merge(d, loaded)
     d = _merge(d, {k: v for k, v in (overrides or {}).items() if v is not None})
-    return TrainConfig.from_dict(d)
+    try:
+        return TrainConfig.from_dict(d)
+    except ConfigError as exc:
+        if yaml_path is None:
+            raise
+        raise ConfigError(f"{yaml_path}: {exc}") from exc

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .fieldtypes import check_scalar_types
 
 
 @dataclass
@@ -53,6 +54,7 @@ class ModelConfig:
     bn_momentum: float = 0.01
 
     def __post_init__(self) -> None:
+        check_scalar_types(self, "model.")
         self.channels = tuple(int(c) for c in self.channels)
         self.conv_dropout = tuple(float(d) for d in self.conv_dropout)
         self.lstm_units = tuple(int(u) for u in self.lstm_units)  # type: ignore[assignment]
