@@ -12,14 +12,18 @@ import argparse
 import importlib
 import logging
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 from . import __version__
 from .errors import PneumoLensError
+from .outputs import check_output_dir
 from .printable import PrintableFormatter, printable
 
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMANDS = ("demo", "train", "cv", "evaluate", "predict", "explain", "explain_eval", "audit", "ood_eval", "info", "export", "serve")
+#: Commands whose --out is a folder, checked before any work (predict and export check their output file).
+FOLDER_OUTPUTS = ("demo", "train", "cv", "evaluate", "explain", "explain-eval", "audit", "ood-eval")
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -78,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     try:
+        if args.command in FOLDER_OUTPUTS and getattr(args, "out", None) is not None:
+            check_output_dir(Path(args.out))
         return int(args.func(args) or 0)
     except PneumoLensError as exc:
         print(f"pneumolens {args.command}: error: {printable(exc)}", file=sys.stderr)
