@@ -79,3 +79,18 @@ def test_resume_with_another_recipe_is_refused_in_one_line(synthetic_dataset: Pa
     assert err.count("\n") == 1 and "started with another batch_size" in err
     assert main([*base[:-2], "--max-epochs", "3", "--resume", "--select-epoch", "last"]) == 2
     assert "another select_epoch" in capsys.readouterr().err
+
+
+def test_a_new_run_never_replaces_a_finished_one(synthetic_dataset: Path, tmp_path: Path, capsys) -> None:
+    """Found by a hostile pass: training again into a finished run's --out overwrote its model.pt and
+    checkpoints with only Lightning's warning. Now: one line, exit 2, the run untouched."""
+    out = tmp_path / "run"
+    base = ["train", "--preset", "debug", "--data", str(synthetic_dataset), "--out", str(out), "--no-progress",
+            "--max-images", "40", "--threads", "1", "--max-epochs", "1"]
+    assert main(base) == 0
+    before = (out / "model.pt").read_bytes()
+    capsys.readouterr()
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a training run (model.pt and checkpoints)" in err and "--resume" in err
+    assert (out / "model.pt").read_bytes() == before

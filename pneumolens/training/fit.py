@@ -63,6 +63,15 @@ def _check_same_run(config: TrainConfig, out: Path, epoch: int) -> None:
         )
 
 
+def _refuse_to_replace(out: Path) -> None:
+    """A fresh run never overwrites another run's model or checkpoints: it would lose hours of training."""
+    held = [name for name in ("model.pt", "checkpoints") if (out / name).exists()
+            and (name == "model.pt" or any((out / name).iterdir()))]
+    if held:
+        raise ConfigError(f"{out}: holds a training run ({' and '.join(held)}); pass --resume to continue it, "
+                          "or choose another --out")
+
+
 def fit(
     config: TrainConfig,
     data: str | Path,
@@ -93,6 +102,8 @@ def fit(
         ConfigError: ``resume`` with another recipe than the run was started with (see :func:`_check_same_run`).
     """
     out = Path(out)
+    if not resume:
+        _refuse_to_replace(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     # Read and checked before any work: the checkpoint may come from anywhere (see resume.py).
