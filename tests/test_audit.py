@@ -398,7 +398,8 @@ def test_context_swap_pairs_are_counted_in_the_audit_and_zero_skips_them(
         assert mine == pytest.approx(theirs)
     assert "## Context swap" in (tmp_path / "a" / "report.md").read_text()
     m = run_audit(out=tmp_path / "b", context_pairs=0, **kw)
-    assert m["context_swap"] is None and "## Context swap" not in (tmp_path / "b" / "report.md").read_text()
+    report = (tmp_path / "b" / "report.md").read_text()
+    assert m["context_swap"] is None and "## Context swap" in report and "Not run (`--context-pairs 0`)." in report
 
 
 def _without_kinds(result: dict) -> dict:

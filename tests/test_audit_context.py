@@ -189,9 +189,23 @@ def test_a_model_that_labels_everything_alike_has_nothing_informative() -> None:
     assert r["kinds"]["pneumonia_lungs"]["follow_rate"] is None
     one_class = labels == 1
     assert context_swap(films[one_class], masks[one_class], labels[one_class], lambda x: x.mean((1, 2)), 0.5) == {
-        "pairs": 0, "seed": 0, "kinds": {}, "informative": 0, "followed": 0, "follow_rate": None, "per_pair": []}
+        "pairs": 0, "requested": 100, "seed": 0, "kinds": {}, "informative": 0, "followed": 0, "follow_rate": None,
+        "per_pair": []}
 
 
 def test_a_probability_that_is_not_a_number_makes_a_composite_uninformative() -> None:
     assert follows_lungs([0.9, np.nan], [0.1, 0.1], [0.8, 0.8], 0.5) == (1, 1)
     assert follows_lungs([0.9], [0.1], [np.nan], 0.5) == (0, 0)
+
+
+def test_the_report_says_why_fewer_pairs_than_asked_and_counts_one_pair_in_the_singular() -> None:
+    from pneumolens.audit.markdown import _context_lines
+
+    films, masks, labels, centre = _planted()  # two NORMAL films: at most two pairs
+    r = context_swap(films, masks, labels, lambda x: x[:, centre].mean(axis=1) / 255.0, 0.5, n_pairs=10)
+    text = "\n".join(_context_lines(r))
+    assert (r["pairs"], r["requested"]) == (2, 10)
+    assert "2 NORMAL/PNEUMONIA pairs (10 asked: each film is used once" in text
+    one = context_swap(films, masks, labels, lambda x: x[:, centre].mean(axis=1) / 255.0, 0.5, n_pairs=1)
+    assert "1 NORMAL/PNEUMONIA pair (seed 0)" in "\n".join(_context_lines(one))
+    assert _context_lines(None)[2] == "Not run (`--context-pairs 0`)."

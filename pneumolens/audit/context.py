@@ -106,7 +106,7 @@ def context_swap(
         p: optional P(PNEUMONIA) of every film, already computed (else the paired films are predicted).
 
     Returns:
-        ``pairs``, ``seed``, ``informative``, ``followed``, ``follow_rate`` (None without an
+        ``pairs`` (fewer than ``requested`` = ``n_pairs`` when a class has fewer films), ``seed``, ``informative``, ``followed``, ``follow_rate`` (None without an
         informative composite) over both kinds; ``kinds``: per kind (``normal_lungs``,
         ``pneumonia_lungs``) the same counts and the mean P(PNEUMONIA) of the lungs' films, the
         surroundings' films and the composites; and ``per_pair``: per pair the two films' indices
@@ -114,7 +114,7 @@ def context_swap(
         ``p_pneumonia``, ``p_normal_lungs``, ``p_pneumonia_lungs``), for figures and re-counting.
     """
     pairs = pair_indices(labels, n_pairs, seed)
-    out: dict[str, Any] = {"pairs": len(pairs), "seed": seed, "kinds": {}}
+    out: dict[str, Any] = {"pairs": len(pairs), "requested": n_pairs, "seed": seed, "kinds": {}}
     if not pairs:
         return {**out, "informative": 0, "followed": 0, "follow_rate": None, "per_pair": []}
     used = sorted({i for pair in pairs for i in pair})

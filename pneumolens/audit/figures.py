@@ -232,7 +232,8 @@ def plot_context(
     ax.set_xlabel("composites whose label follows the lungs' film", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(f"{context['pairs']} pairs, informative composites only", fontsize=8)
+    n = context["pairs"]
+    ax.set_title(f"{n} pair{'' if n == 1 else 's'}, informative composites only", fontsize=8)
     fig.suptitle(f"Context swap: does the answer follow the lungs? {CREDIT}", fontsize=9)
     return _save(fig, path)
 

@@ -59,16 +59,24 @@ HEADER = (
 )
 
 
+def _pairs_text(c: Mapping[str, Any]) -> str:
+    """"8 NORMAL/PNEUMONIA pairs (10 asked: ...)": how many pairs were crossed, and why fewer than asked."""
+    n, asked = c["pairs"], c.get("requested", c["pairs"])
+    text = f"{n} NORMAL/PNEUMONIA pair{'' if n == 1 else 's'}"
+    return text + (f" ({asked} asked: each film is used once, so the rarer class's films set the limit)"
+                   if asked > n else "")
+
+
 def _context_lines(c: Mapping[str, Any] | None, figure: str | None = None) -> list[str]:
     """The context-swap section: does the answer follow the lungs or their surroundings?"""
-    if not c:
-        return []
     lines = ["## Context swap: does the answer follow the lungs?", ""]
+    if not c:
+        return [*lines, "Not run (`--context-pairs 0`).", ""]
     if c["follow_rate"] is None:
-        return [*lines, f"Not measured: {c['pairs']} NORMAL/PNEUMONIA pairs, {c['informative']} composites whose two "
+        return [*lines, f"Not measured: {_pairs_text(c)}, {c['informative']} composites whose two "
                 "source films the model labels differently (it needs films of both classes, told apart).", ""]
     lines += [
-        (f"{c['pairs']} NORMAL/PNEUMONIA pairs (seed {c['seed']}), crossed both ways: the approximate lung fields of "
+        (f"{_pairs_text(c)} (seed {c['seed']}), crossed both ways: the approximate lung fields of "
          "one film (grown and blended at the seam) set into the other, so a composite has the lungs of one film and "
          "everything else — markers, text, borders, the body's edges, heart and diaphragm — of the other. Counted "
          "over *informative* composites, whose two source films the model labels differently. A model that reads "
@@ -76,8 +84,8 @@ def _context_lines(c: Mapping[str, Any] | None, figure: str | None = None) -> li
          "are not real films: this measures what the answer rests on, not accuracy; a model trained with "
          "`augment.swap` has seen such composites."),
         "",
-        ("| composite | informative | label follows the lungs | mean P(pneumonia): lungs' film / surroundings' film "
-         "/ composite |"),
+        ("| composite | informative | label follows the lungs | mean P(pneumonia) over all pairs: lungs' film / "
+         "surroundings' film / composite |"),
         "|---|---|---|---|",
     ]
     for key, k in c["kinds"].items():

@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     c = m.get("context_swap")
     if c and c["follow_rate"] is not None:
         print(f"  context swap: the label follows the lungs on {pct(c['follow_rate'])} of {c['informative']} "
-              "informative composites")
+              f"informative composites ({c['pairs']} of {c.get('requested', c['pairs'])} pairs asked)")
     elif c:
         print("  context swap: not measured (needs films of both classes that the model labels differently)")
     print(f"report: {Path(args.out) / 'report.md'}")
