@@ -48,7 +48,9 @@ def test_resume_says_where_it_continues_from(
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     torch.save({"epoch": 3, "global_step": 120, "state_dict": {}}, run / "checkpoints" / "last.ckpt")
-    assert main(["train", "--data", str(synthetic_dataset), "--out", str(run), "--preset", "debug", "--resume"]) == 0
+    # (the run's epoch 3 fits under --max-epochs 10: the command checks the recipe before it says it resumes)
+    assert main(["train", "--data", str(synthetic_dataset), "--out", str(run), "--preset", "debug", "--resume",
+                 "--max-epochs", "10"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines() == [f"resuming from {run / 'checkpoints' / 'last.ckpt'} (epoch 3, step 120)"]
     assert calls["fit"][0][1]["resume"] is True
@@ -75,8 +77,14 @@ def test_resume_with_another_recipe_is_refused_in_one_line(synthetic_dataset: Pa
     assert main(base) == 0
     capsys.readouterr()
     assert main([*base, "--resume", "--batch-size", "8"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "started with another batch_size" in err
+    printed = capsys.readouterr()
+    err = printed.err
+    assert err.count("\n") == 1 and "started with another batch_size (16 then, 8 now)" in err
+    assert "resuming from" not in printed.out  # refused before it claims to resume
+    recipe = out.parent / "swap.yaml"
+    recipe.write_text("augment: {swap: 0.5}\n")
+    assert main([*base, "--resume", "--config", str(recipe)]) == 2
+    assert "another augment.swap (0.0 then, 0.5 now)" in capsys.readouterr().err
     assert main([*base[:-2], "--max-epochs", "3", "--resume", "--select-epoch", "last"]) == 2
     assert "another select_epoch" in capsys.readouterr().err
 

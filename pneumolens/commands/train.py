@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Any
 
 from ..printable import printable
@@ -128,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..training import export_best, fit  # heavy imports only when training
+    from ..training.fit import check_same_run
     from ..training.resume import resume_point
 
     if args.threads:
@@ -160,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
                              skip_bad=args.skip_bad, max_images=args.max_images)
     else:
         point = resume_point(args.out) if args.resume else None  # one line and exit 2 if unsafe
+        if point is not None:
+            check_same_run(config, Path(args.out), point.epoch)  # refused before it says it resumes
         if point is not None and int(os.environ.get("LOCAL_RANK", "0")) == 0:  # once, not per DDP process
             print(f"resuming from {printable(point.path)} (epoch {point.epoch}, step {point.global_step})", flush=True)
         result = fit(

@@ -33,7 +33,21 @@ log = logging.getLogger(__name__)
 RUN_CONFIG = "train_config.json"
 
 
-def _check_same_run(config: TrainConfig, out: Path, epoch: int) -> None:
+def _differences(started: dict, now: dict, skip: tuple[str, ...] = ()) -> list[str]:
+    """``key (then, now)`` for each key whose value differs; inside a nested mapping, ``key.sub (then, now)``."""
+    out = []
+    for k in sorted(set(started) | set(now)):
+        a, b = started.get(k), now.get(k)
+        if k in skip or a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{k}.{d}" for d in _differences(a, b)]
+        else:
+            out.append(f"{k} ({a!r} then, {b!r} now)")
+    return out
+
+
+def check_same_run(config: TrainConfig, out: Path, epoch: int) -> None:
     """``--resume`` continues the run in ``out`` with the recipe it was started with, or refuses.
 
     ``max_epochs`` may grow (a run continued for longer) and ``accelerate`` may change (speed, not
@@ -49,8 +63,7 @@ def _check_same_run(config: TrainConfig, out: Path, epoch: int) -> None:
         except (OSError, ValueError, TypeError, ConfigError) as exc:
             raise ConfigError(f"{path}: cannot read the recipe this run was started with ({exc})") from None
         now = config.to_dict()
-        diff = sorted(k for k in set(started) | set(now)
-                      if started.get(k) != now.get(k) and k not in ("max_epochs", "accelerate", *FINISHING_KEYS))
+        diff = _differences(started, now, skip=("max_epochs", "accelerate", *FINISHING_KEYS))
         if diff:
             raise ConfigError(
                 f"{path}: the run in {out} was started with another {', '.join(diff)}; resume it with the same "
@@ -99,7 +112,7 @@ def fit(
 
     Raises:
         CheckpointError: ``resume`` and the checkpoint to continue from is unreadable or unsafe.
-        ConfigError: ``resume`` with another recipe than the run was started with (see :func:`_check_same_run`).
+        ConfigError: ``resume`` with another recipe than the run was started with (see :func:`check_same_run`).
     """
     out = Path(out)
     if not resume:
@@ -109,7 +122,7 @@ def fit(
     # Read and checked before any work: the checkpoint may come from anywhere (see resume.py).
     point = resume_point(out) if resume else None
     if point is not None:
-        _check_same_run(config, out, point.epoch)
+        check_same_run(config, out, point.epoch)
     L.seed_everything(config.seed, workers=True, verbose=False)
     dm = PneumoniaDataModule.from_config(config, data, skip_bad=skip_bad, max_images=max_images, progress=progress)
     dm.prepare_data()
