@@ -31,7 +31,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             "recursively). Writes per image a panel PNG (the X-ray and one overlay per method), a JSON "
             "(prediction, parameters, timings) and optionally the raw maps, plus index.html. "
             f"Methods: {', '.join(METHOD_NAMES)}; settings per method as NAME:KEY=VALUE, e.g. "
-            "ig:baseline=blur:n_steps=64 or gradcam:layer=features.block2.relu."
+            "ig:baseline=blur:n_steps=64 or gradcam:layer=features.block2.relu. Grad-CAM reads the last "
+            "convolutional block's ReLU output (features.block3.relu) unless told otherwise, chosen on the "
+            "shipped model by how faithful its maps measured (docs/figures/gradcam-layers)."
         ),
         epilog="Example: pneumolens explain scans/ --methods gradcam,lime,shap --out expl/",
     )
