@@ -92,13 +92,12 @@ class TrainConfig:
     accelerate: bool = True
 
     def __post_init__(self) -> None:
-        for name, kind in (("model", ModelConfig), ("augment", AugmentConfig)):
+        for name, kind, what in (("model", ModelConfig, "model"), ("augment", AugmentConfig, "augmentation")):
             value = getattr(self, name)
             if isinstance(value, dict):
                 setattr(self, name, kind.from_dict(value))
             elif not isinstance(value, kind):
-                raise ConfigError(f"{name} must be a mapping of {'model' if name == 'model' else 'augmentation'} "
-                                  f"keys, got {value!r}")
+                raise ConfigError(f"{name} must be a mapping of {what} keys, got {value!r}")
         if isinstance(self.calibrate, bool):  # recipes written before Platt scaling existed
             self.calibrate = "temperature" if self.calibrate else "none"
         check_scalar_types(self)

@@ -6,12 +6,19 @@ checks after them would raise a ``TypeError`` or, for a bool, accept it as 1.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import fields
 from typing import Any, get_type_hints
 
 from .errors import ConfigError
 
 _KINDS = {float: "a number", int: "a whole number", bool: "true or false", str: "text"}
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved field types of a dataclass (resolved once per class)."""
+    return get_type_hints(cls)
 
 
 def check_scalar_types(obj: Any, prefix: str = "") -> None:
@@ -21,7 +28,7 @@ def check_scalar_types(obj: Any, prefix: str = "") -> None:
     neither a bool nor a float. Other fields (tuples, nested configs, optional values) are left to
     their own checks.
     """
-    hints = get_type_hints(type(obj))
+    hints = _hints(type(obj))
     for f in fields(obj):
         want, value = hints.get(f.name), getattr(obj, f.name)
         if want is float:

@@ -25,9 +25,11 @@ from pathlib import Path
 from results_table import training_time_s  # scripts/ is on sys.path when this file runs as a script
 
 from pneumolens.audit import run_audit
+from pneumolens.audit.context import KINDS
 from pneumolens.checkpoint import SHIPPED, load_checkpoint, save_checkpoint
 from pneumolens.commands._common import data_root
 from pneumolens.cv import apply_oof_threshold
+from pneumolens.data import CLASS_NAMES
 from pneumolens.evaluate import evaluate_split
 from pneumolens.ood_eval import run_ood_eval
 
@@ -110,7 +112,7 @@ def audit_section(audit: dict | None, ood: dict | None) -> str:
         )
         context = audit.get("context_swap") or {}
         if context.get("follow_rate") is not None:
-            lungs = {"normal_lungs": "NORMAL", "pneumonia_lungs": "PNEUMONIA"}
+            lungs = {name: CLASS_NAMES[lungs_of] for name, lungs_of, _ in KINDS}
             by_kind = ", ".join(f"{_pct(k['follow_rate'])} with {lungs[key]} lungs"
                                 for key, k in context["kinds"].items() if k.get("follow_rate") is not None)
             where += (

@@ -11,7 +11,7 @@ from pneumolens.cli import main
 
 @pytest.mark.parametrize("argv", [
     ["audit"], ["evaluate"], ["explain-eval"], ["cv", "--preset", "debug"], ["train", "--preset", "debug"], ["demo"],
-    ["ood-eval"],
+    ["ood-eval"], ["explain", "film.png"],
 ])
 def test_an_output_folder_that_is_a_file_is_refused_before_any_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]

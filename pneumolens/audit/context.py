@@ -106,8 +106,9 @@ def context_swap(
         p: optional P(PNEUMONIA) of every film, already computed (else the paired films are predicted).
 
     Returns:
-        ``pairs`` (fewer than ``requested`` = ``n_pairs`` when a class has fewer films), ``seed``, ``informative``, ``followed``, ``follow_rate`` (None without an
-        informative composite) over both kinds; ``kinds``: per kind (``normal_lungs``,
+        ``pairs`` (fewer than ``requested`` = ``n_pairs`` when a class has fewer films), ``seed``,
+        ``informative``, ``followed``, ``follow_rate`` (None without an informative composite) over
+        both kinds; ``kinds``: per kind (``normal_lungs``,
         ``pneumonia_lungs``) the same counts and the mean P(PNEUMONIA) of the lungs' films, the
         surroundings' films and the composites; and ``per_pair``: per pair the two films' indices
         (``normal``, ``pneumonia``) and P(PNEUMONIA) of both films and both composites (``p_normal``,

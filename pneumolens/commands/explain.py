@@ -12,7 +12,6 @@ from pathlib import Path
 from ..devices import add_device_argument, resolve_device
 from ..errors import ConfigError, DatasetError, SettingError
 from ..io import IMAGE_SUFFIXES
-from ..outputs import check_output_dir
 from ..printable import printable
 from ..shards import parse_shard, take_shard
 
@@ -143,7 +142,6 @@ def run(args: argparse.Namespace) -> int:
     specs = parse_methods(args.methods, args.n_samples)
     shard = parse_shard(args.shard) if args.shard is not None else None
     device = resolve_device(args.device, "--device")
-    check_output_dir(args.out)  # before any work: a file in the way must not waste the explanations
 
     def folder_warning(folder: Path, message: str) -> None:
         print(f"pneumolens explain: warning: {printable(message)}", file=sys.stderr)

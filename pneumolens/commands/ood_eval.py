@@ -45,8 +45,6 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..ood_eval import fit_guard, run_ood_eval
 
-    if args.out.exists() and not args.out.is_dir():
-        raise ConfigError(f"--out {args.out}: exists and is not a folder")
     if args.fit_into is not None and args.fit_into.is_dir():
         raise ConfigError(f"--fit-into {args.fit_into}: is a folder; name the model file to write")
     ckpt = load_checkpoint(args.checkpoint)

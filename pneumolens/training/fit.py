@@ -78,8 +78,10 @@ def check_same_run(config: TrainConfig, out: Path, epoch: int) -> None:
 
 def _refuse_to_replace(out: Path) -> None:
     """A fresh run never overwrites another run's model or checkpoints: it would lose hours of training."""
-    held = [name for name in ("model.pt", "checkpoints") if (out / name).exists()
-            and (name == "model.pt" or any((out / name).iterdir()))]
+    checkpoints = out / "checkpoints"
+    held = [name for name, there in (("model.pt", (out / "model.pt").exists()),
+                                     ("checkpoints", checkpoints.is_dir() and any(checkpoints.iterdir())))
+            if there]
     if held:
         raise ConfigError(f"{out}: holds a training run ({' and '.join(held)}); pass --resume to continue it, "
                           "or choose another --out")
