@@ -203,10 +203,9 @@ def load_config(preset: str = "default", yaml_path: str | Path | None = None, ov
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: config must be a mapping of keys to values")
         d = _merge(d, loaded)
+        try:  # the file's own mistakes name the file; the overrides' below do not
+            TrainConfig.from_dict(d)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
     d = _merge(d, {k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return TrainConfig.from_dict(d)
-    except ConfigError as exc:
-        if yaml_path is None:
-            raise
-        raise ConfigError(f"{yaml_path}: {exc}") from exc
+    return TrainConfig.from_dict(d)

@@ -43,3 +43,12 @@ def test_an_unreadable_yaml_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_config("default", path)
     assert str(exc.value).startswith(f"{path}: cannot read config") and "\n" not in str(exc.value)
+
+
+def test_an_error_from_a_command_line_override_is_not_blamed_on_the_yaml(tmp_path: Path) -> None:
+    """The YAML is valid; ``--lr -1`` is not: the message must not name the file."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text("augment: {swap: 0.5}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config("default", path, {"lr": -1.0})
+    assert str(exc.value) == "lr must be positive, got -1.0"
