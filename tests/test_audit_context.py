@@ -205,7 +205,7 @@ def test_the_report_says_why_fewer_pairs_than_asked_and_counts_one_pair_in_the_s
     r = context_swap(films, masks, labels, lambda x: x[:, centre].mean(axis=1) / 255.0, 0.5, n_pairs=10)
     text = "\n".join(_context_lines(r))
     assert (r["pairs"], r["requested"]) == (2, 10)
-    assert "2 NORMAL/PNEUMONIA pairs (10 asked: each film is used once" in text
+    assert "2 NORMAL/PNEUMONIA pairs (seed 0; 10 asked: each film is used once" in text
     one = context_swap(films, masks, labels, lambda x: x[:, centre].mean(axis=1) / 255.0, 0.5, n_pairs=1)
     assert "1 NORMAL/PNEUMONIA pair (seed 0)" in "\n".join(_context_lines(one))
     assert _context_lines(None)[2] == "Not run (`--context-pairs 0`)."

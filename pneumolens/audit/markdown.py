@@ -59,12 +59,13 @@ HEADER = (
 )
 
 
-def _pairs_text(c: Mapping[str, Any]) -> str:
-    """"8 NORMAL/PNEUMONIA pairs (10 asked: ...)": how many pairs were crossed, and why fewer than asked."""
+def _pairs_text(c: Mapping[str, Any], seed: int | None = None) -> str:
+    """"8 NORMAL/PNEUMONIA pairs (seed 0; 10 asked: ...)": how many pairs were crossed, and why fewer than asked."""
     n, asked = c["pairs"], c.get("requested", c["pairs"])
-    text = f"{n} NORMAL/PNEUMONIA pair{'' if n == 1 else 's'}"
-    return text + (f" ({asked} asked: each film is used once, so the rarer class's films set the limit)"
-                   if asked > n else "")
+    notes = [f"seed {seed}"] if seed is not None else []
+    if asked > n:
+        notes.append(f"{asked} asked: each film is used once, so the rarer class's films set the limit")
+    return f"{n} NORMAL/PNEUMONIA pair{'' if n == 1 else 's'}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _context_lines(c: Mapping[str, Any] | None, figure: str | None = None) -> list[str]:
@@ -76,7 +77,7 @@ def _context_lines(c: Mapping[str, Any] | None, figure: str | None = None) -> li
         return [*lines, f"Not measured: {_pairs_text(c)}, {c['informative']} composites whose two "
                 "source films the model labels differently (it needs films of both classes, told apart).", ""]
     lines += [
-        (f"{_pairs_text(c)} (seed {c['seed']}), crossed both ways: the approximate lung fields of "
+        (f"{_pairs_text(c, c['seed'])}, crossed both ways: the approximate lung fields of "
          "one film (grown and blended at the seam) set into the other, so a composite has the lungs of one film and "
          "everything else — markers, text, borders, the body's edges, heart and diaphragm — of the other. Counted "
          "over *informative* composites, whose two source films the model labels differently. A model that reads "
